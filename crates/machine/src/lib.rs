@@ -1,0 +1,18 @@
+//! The Godwit board: a machine like QEMU's RISC-V `virt` built from the
+//! hart, the devices and guest RAM, with an SBI implemented inside the VMM.
+//!
+//! - [`layout`]: the memory map.
+//! - [`loader`]: the riscv64 `Image` header, kernel and initrd placement.
+//! - [`fdt`]: the device tree, written in one place.
+//! - [`sbi`]: the SBI (base, TIME, IPI, RFENCE, HSM, SRST, legacy console).
+//! - [`bus`]: routing of physical accesses outside RAM to devices.
+//! - [`vm`]: building a VM and its run loop.
+
+pub mod bus;
+pub mod fdt;
+pub mod layout;
+pub mod loader;
+pub mod sbi;
+pub mod vm;
+
+pub use vm::{GuestExit, Vm, VmConfig, VmError};

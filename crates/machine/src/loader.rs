@@ -1,0 +1,161 @@
+//! Loading a riscv64 Linux `Image` and an initrd into guest RAM.
+//!
+//! The `Image` header (Documentation/riscv/boot-image-header.rst):
+//! code0/code1 (8 bytes), text_offset (u64 at 8), image_size (u64 at 16),
+//! flags (u64 at 24), version (u32 at 32), reserved, magic "RISCV\0\0\0"
+//! (deprecated, at 48), magic2 "RSC\x05" (at 56).
+
+use godwit_memory::GuestRam;
+
+/// Errors while loading the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: not a RISC-V Linux Image (missing the \"RSC\\x05\" magic at offset 56)")]
+    NotRiscvImage { path: String },
+    #[error(
+        "{path}: {what} ({size} bytes) does not fit in guest RAM ({ram} bytes); use a larger --mem"
+    )]
+    TooBig {
+        path: String,
+        what: &'static str,
+        size: u64,
+        ram: u64,
+    },
+    #[error(transparent)]
+    Memory(#[from] godwit_memory::MemoryError),
+}
+
+/// Where things were placed.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    pub kernel_entry: u64,
+    pub kernel_end: u64,
+    pub initrd: Option<(u64, u64)>,
+    pub dtb: u64,
+}
+
+/// Parsed `Image` header fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub text_offset: u64,
+    pub image_size: u64,
+}
+
+/// Parses the riscv64 `Image` header.
+pub fn parse_image(path: &str, bytes: &[u8]) -> Result<ImageHeader, LoadError> {
+    if bytes.len() < 64 || &bytes[56..60] != b"RSC\x05" {
+        return Err(LoadError::NotRiscvImage {
+            path: path.to_string(),
+        });
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+    let image_size = u64_at(16).max(bytes.len() as u64);
+    Ok(ImageHeader {
+        text_offset: u64_at(8),
+        image_size,
+    })
+}
+
+/// Space kept free at the top of RAM for the device tree.
+pub const DTB_RESERVE: u64 = 64 << 10;
+
+/// Copies the kernel (at RAM base + text_offset) and the initrd (high in
+/// RAM, below the device tree) and returns their placement.
+pub fn load(
+    ram: &GuestRam,
+    kernel_path: &str,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<Placement, LoadError> {
+    let hdr = parse_image(kernel_path, kernel)?;
+    let size = ram.size() as u64;
+    // A 2 MiB-aligned load address is what the kernel expects on rv64.
+    let text_offset = if hdr.text_offset.is_multiple_of(2 << 20) {
+        hdr.text_offset
+    } else {
+        2 << 20
+    };
+    let kernel_entry = ram.base() + text_offset;
+    let kernel_end = kernel_entry + hdr.image_size;
+    if text_offset + hdr.image_size + DTB_RESERVE > size {
+        return Err(LoadError::TooBig {
+            path: kernel_path.into(),
+            what: "kernel",
+            size: hdr.image_size,
+            ram: size,
+        });
+    }
+    ram.write(kernel_entry, kernel)?;
+    let ram_end = ram.base() + size;
+    let dtb = (ram_end - DTB_RESERVE) & !0xfff;
+    let initrd = match initrd {
+        None => None,
+        Some(bytes) => {
+            let len = bytes.len() as u64;
+            let start = dtb.checked_sub(len).map(|s| s & !0xfff);
+            match start {
+                // Keep clear of the kernel and the memory it uses right after
+                // its image (early page tables, BSS), roughly 1/4 of the image.
+                Some(s) if s >= kernel_end + hdr.image_size / 4 + (2 << 20) => {
+                    ram.write(s, bytes)?;
+                    Some((s, s + len))
+                }
+                _ => {
+                    return Err(LoadError::TooBig {
+                        path: "initrd".into(),
+                        what: "kernel + initrd",
+                        size: hdr.image_size + len,
+                        ram: size,
+                    })
+                }
+            }
+        }
+    };
+    Ok(Placement {
+        kernel_entry,
+        kernel_end,
+        initrd,
+        dtb,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(size: usize) -> Vec<u8> {
+        let mut v = vec![0u8; size];
+        v[8..16].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        v[16..24].copy_from_slice(&(size as u64).to_le_bytes());
+        v[48..56].copy_from_slice(b"RISCV\0\0\0");
+        v[56..60].copy_from_slice(b"RSC\x05");
+        v
+    }
+
+    #[test]
+    fn rejects_non_images() {
+        assert!(matches!(
+            parse_image("x", b"hello"),
+            Err(LoadError::NotRiscvImage { .. })
+        ));
+        assert!(matches!(
+            parse_image("x", &[0u8; 4096]),
+            Err(LoadError::NotRiscvImage { .. })
+        ));
+    }
+
+    #[test]
+    fn places_kernel_initrd_and_dtb() {
+        let ram = GuestRam::new(0x8000_0000, 64 << 20).unwrap();
+        let p = load(&ram, "k", &image(8192), Some(&[7u8; 10000])).unwrap();
+        assert_eq!(p.kernel_entry, 0x8020_0000);
+        let (s, e) = p.initrd.unwrap();
+        assert!(s > p.kernel_end && e <= p.dtb);
+        assert_eq!(ram.read_le::<1>(s).unwrap(), [7]);
+        let small = GuestRam::new(0x8000_0000, 4 << 20).unwrap();
+        assert!(matches!(
+            load(&small, "k", &image(8192), Some(&vec![1u8; 3 << 20])),
+            Err(LoadError::TooBig { .. })
+        ));
+    }
+}

@@ -1,0 +1,286 @@
+//! One guest RAM region backed by an anonymous host mapping.
+
+use crate::AtomicBitmap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// log2 of the guest page size tracked by the dirty log and the free map.
+pub const PAGE_SHIFT: u32 = 12;
+/// Guest page size tracked by the dirty log and the free map.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+
+/// Errors from guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The requested size is zero or not a multiple of the page size.
+    #[error("guest RAM size {0} bytes is not a positive multiple of 4 KiB")]
+    BadSize(usize),
+    /// The host refused the mapping.
+    #[error("cannot map {size} bytes of guest RAM: {err}")]
+    Map { size: usize, err: std::io::Error },
+    /// A guest-physical range falls outside RAM.
+    #[error("guest address range {gpa:#x}+{len:#x} is outside RAM")]
+    OutOfRange { gpa: u64, len: usize },
+    /// `madvise` failed.
+    #[error("madvise on guest RAM failed: {0}")]
+    Madvise(std::io::Error),
+}
+
+/// Guest RAM: `size` bytes at guest-physical `base`, one host mapping.
+pub struct GuestRam {
+    base: u64,
+    size: usize,
+    host: *mut u8,
+    dirty: AtomicBitmap,
+    free: AtomicBitmap,
+    logging: AtomicBool,
+    discard_epoch: AtomicU64,
+}
+
+// SAFETY: the mapping lives as long as the struct and is only reached through
+// raw pointers whose users (vCPU, devices, migration) accept the same
+// concurrency as real hardware memory: racy bytes, never a dangling pointer.
+unsafe impl Send for GuestRam {}
+// SAFETY: see above; all bookkeeping is atomic.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// Maps `size` bytes of zeroed guest RAM at guest-physical `base`.
+    pub fn new(base: u64, size: usize) -> Result<Self, MemoryError> {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(MemoryError::BadSize(size));
+        }
+        // SAFETY: an anonymous private mapping with no address hint; the
+        // result is checked for MAP_FAILED before use.
+        let host = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if host == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                size,
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        let pages = size / PAGE_SIZE;
+        Ok(GuestRam {
+            base,
+            size,
+            host: host.cast(),
+            dirty: AtomicBitmap::new(pages),
+            free: AtomicBitmap::new(pages),
+            logging: AtomicBool::new(false),
+            discard_epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// Guest-physical address of the first byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Number of 4 KiB pages.
+    pub fn pages(&self) -> usize {
+        self.size / PAGE_SIZE
+    }
+
+    /// Host address of the first byte (for the vCPU's TLB and userfaultfd).
+    pub fn host_ptr(&self) -> *mut u8 {
+        self.host
+    }
+
+    /// True when `gpa..gpa+len` lies inside RAM.
+    #[inline]
+    pub fn contains(&self, gpa: u64, len: usize) -> bool {
+        gpa >= self.base
+            && (gpa - self.base)
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= self.size as u64)
+    }
+
+    fn offset(&self, gpa: u64, len: usize) -> Result<usize, MemoryError> {
+        if self.contains(gpa, len) {
+            Ok((gpa - self.base) as usize)
+        } else {
+            Err(MemoryError::OutOfRange { gpa, len })
+        }
+    }
+
+    /// Copies guest memory at `gpa` into `buf`.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let off = self.offset(gpa, buf.len())?;
+        // SAFETY: `offset` checked that the range is inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.host.add(off), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `buf` into guest memory at `gpa` and logs the pages as written.
+    pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        let off = self.offset(gpa, buf.len())?;
+        // SAFETY: `offset` checked that the range is inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.host.add(off), buf.len()) };
+        if !buf.is_empty() {
+            let first = off / PAGE_SIZE;
+            let last = (off + buf.len() - 1) / PAGE_SIZE;
+            for page in first..=last {
+                self.note_write(page);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a little-endian integer of `N` bytes.
+    pub fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
+        let mut b = [0u8; N];
+        self.read(gpa, &mut b)?;
+        Ok(b)
+    }
+
+    /// Records that page `page` (index from the start of RAM) was written:
+    /// sets its dirty bit when logging is on and clears its free bit.
+    /// Call it after the bytes are stored.
+    #[inline]
+    pub fn note_write(&self, page: usize) {
+        if self.logging.load(Ordering::Relaxed) {
+            self.dirty.set(page);
+        }
+        self.free.clear(page);
+    }
+
+    /// True when a guest write to `page` must go through [`note_write`]:
+    /// logging is on and the page is not dirty yet, or the page is free.
+    /// The vCPU caches a direct write translation only when this is false.
+    #[inline]
+    pub fn write_needs_note(&self, page: usize) -> bool {
+        (self.logging.load(Ordering::Relaxed) && !self.dirty.get(page)) || self.free.get(page)
+    }
+
+    /// Turns dirty logging on or off. Turning it on clears the log.
+    pub fn set_logging(&self, on: bool) {
+        if on {
+            self.dirty.clear_all();
+        }
+        self.logging.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether dirty logging is on.
+    pub fn logging(&self) -> bool {
+        self.logging.load(Ordering::Relaxed)
+    }
+
+    /// The dirty log. Taking it must go through the VM (see crate docs).
+    pub fn dirty_log(&self) -> &AtomicBitmap {
+        &self.dirty
+    }
+
+    /// The free-page map.
+    pub fn free_map(&self) -> &AtomicBitmap {
+        &self.free
+    }
+
+    /// Gives pages `first..first+count` back to the host (they read as zero
+    /// afterwards) and marks them free.
+    pub fn discard(&self, first: usize, count: usize) -> Result<(), MemoryError> {
+        let end = first.checked_add(count).filter(|&e| e <= self.pages());
+        let Some(end) = end else {
+            return Err(MemoryError::OutOfRange {
+                gpa: self.base + (first * PAGE_SIZE) as u64,
+                len: count * PAGE_SIZE,
+            });
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        // SAFETY: the range was checked to lie inside our mapping.
+        let rc = unsafe {
+            libc::madvise(
+                self.host.add(first * PAGE_SIZE).cast(),
+                count * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Madvise(std::io::Error::last_os_error()));
+        }
+        self.free.set_range(first, end);
+        self.discard_epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Marks pages `first..first+count` free without releasing them (free
+    /// page hints: the guest did not isolate them, so their contents must
+    /// stay). The migration engine may skip such a page only if it was not
+    /// dirtied after logging began.
+    pub fn mark_free(&self, first: usize, count: usize) {
+        self.free.set_range(first, first.saturating_add(count));
+        self.discard_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes every time pages become free. A vCPU that cached direct write
+    /// translations drops them when this changes, so the next write to a
+    /// newly free page clears its free bit.
+    pub fn discard_epoch(&self) -> u64 {
+        self.discard_epoch.load(Ordering::Acquire)
+    }
+
+    /// The bytes of page `page` as a slice. The guest may change them while
+    /// they are read; callers copy them out (as a DMA engine would).
+    pub fn page(&self, page: usize) -> &[u8] {
+        assert!(page < self.pages(), "page index {page} outside RAM");
+        // SAFETY: in bounds (asserted); the mapping outlives `self`.
+        unsafe { std::slice::from_raw_parts(self.host.add(page * PAGE_SIZE), PAGE_SIZE) }
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: `host`/`size` are exactly what mmap returned.
+        unsafe { libc::munmap(self.host.cast(), self.size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_write_and_bounds() {
+        let ram = GuestRam::new(0x8000_0000, 16 * PAGE_SIZE).unwrap();
+        ram.write(0x8000_1000, &[1, 2, 3]).unwrap();
+        assert_eq!(ram.read_le::<3>(0x8000_1000).unwrap(), [1, 2, 3]);
+        assert!(ram.write(0x8001_0000, &[0]).is_err());
+        assert!(ram.read(0x7fff_ffff, &mut [0]).is_err());
+        assert!(GuestRam::new(0, 100).is_err());
+    }
+
+    #[test]
+    fn dirty_and_free_tracking() {
+        let ram = GuestRam::new(0, 16 * PAGE_SIZE).unwrap();
+        ram.write(0, &[1]).unwrap();
+        assert_eq!(ram.dirty_log().count(), 0, "logging off records nothing");
+        ram.set_logging(true);
+        ram.write((PAGE_SIZE * 2 - 1) as u64, &[1, 2]).unwrap();
+        assert_eq!(
+            AtomicBitmap::iter_set(&ram.dirty_log().take()).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        ram.write(5 * PAGE_SIZE as u64, &[9; 8]).unwrap();
+        ram.discard(4, 4).unwrap();
+        assert_eq!(ram.read_le::<1>(5 * PAGE_SIZE as u64).unwrap(), [0]);
+        assert_eq!(ram.free_map().count(), 4);
+        assert!(ram.write_needs_note(5));
+        ram.write(5 * PAGE_SIZE as u64, &[7]).unwrap();
+        assert!(!ram.free_map().get(5));
+        assert!(ram.discard(15, 2).is_err());
+    }
+}

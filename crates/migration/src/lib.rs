@@ -1,0 +1,1 @@
+//! Live migration engine (see its issue); empty until then.

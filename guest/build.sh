@@ -43,7 +43,7 @@ tool_versions() {
 }
 
 # Recipe versions: bump when the build steps below change in a way that changes the output.
-KERNEL_RECIPE=1
+KERNEL_RECIPE=2
 INITRAMFS_RECIPE=1
 
 kernel_hash() {
@@ -73,7 +73,7 @@ build_kernel() {
     fi
     local obj=$out.tmp/obj
     rm -rf "$out.tmp" && mkdir -p "$obj"
-    local mk=(make -s -C "$src" O="$obj" ARCH=riscv CROSS_COMPILE="$cross" KBUILD_BUILD_TIMESTAMP=godwit KBUILD_BUILD_USER=godwit KBUILD_BUILD_HOST=godwit)
+    local mk=(make -s -C "$src" O="$obj" ARCH=riscv CROSS_COMPILE="$cross" KBUILD_BUILD_TIMESTAMP=1970-01-01 KBUILD_BUILD_USER=godwit KBUILD_BUILD_HOST=godwit)
     log "configuring kernel (allnoconfig + guest/kernel.config)"
     "${mk[@]}" allnoconfig >/dev/null
     (cd "$obj" && ARCH=riscv CROSS_COMPILE=$cross "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" .config "$here/kernel.config" >/dev/null)

@@ -99,7 +99,7 @@ pub fn expand_slow(c: u16) -> Option<u32> {
                 | (bit(c, 2) << 5);
             (imm != 0).then(|| i_type(sext(imm, 10), 2, 0, 2, OP_IMM))
         }
-        (1, 3) => (imm6 != 0).then(|| ((imm6 as u32) << 12) | (rd << 7) | 0x37),
+        (1, 3) => (imm6 != 0).then_some(((imm6 as u32) << 12) | (rd << 7) | 0x37),
         (1, 4) => {
             let shamt = (bit(c, 12) << 5) | ((c >> 2) & 0x1f);
             match (c >> 10) & 3 {

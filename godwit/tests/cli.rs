@@ -1,0 +1,59 @@
+//! Bad input is a clear error before anything runs.
+
+mod common;
+use common::*;
+
+fn stderr_of(args: &[&str]) -> (Option<i32>, String) {
+    let out = godwit().args(args).output().expect("spawn godwit");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_kernel_file() {
+    let (code, err) = stderr_of(&[
+        "run",
+        "--kernel",
+        "/nonexistent/Image",
+        "--initrd",
+        "/nonexistent/initrd",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("/nonexistent/Image") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn not_a_riscv_image() {
+    let dir = std::env::temp_dir().join(format!("godwit-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bogus = dir.join("bogus");
+    std::fs::write(&bogus, vec![0x7fu8; 4096]).unwrap();
+    let b = bogus.to_str().unwrap();
+    let (code, err) = stderr_of(&["run", "--kernel", b, "--initrd", b]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a RISC-V Linux Image"), "{err}");
+}
+
+#[test]
+fn bad_memory_sizes() {
+    let (k, i) = guest_image();
+    let (k, i) = (
+        k.to_str().unwrap().to_string(),
+        i.to_str().unwrap().to_string(),
+    );
+    let (code, err) = stderr_of(&["run", "--kernel", &k, "--initrd", &i, "--mem", "lots"]);
+    assert_eq!(code, Some(2), "clap usage error");
+    assert!(err.contains("not a size"), "{err}");
+    let (code, err) = stderr_of(&["run", "--kernel", &k, "--initrd", &i, "--mem", "1M"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("out of range"), "{err}");
+    let (code, err) = stderr_of(&["run", "--kernel", &k, "--initrd", &i, "--mem", "100000G"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("out of range"), "{err}");
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds the guest image
+# (cached), checks formatting and lints, and runs every test in release mode
+# (the boot tests run a real Linux guest; debug builds are too slow for that).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+guest/build.sh
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release --workspace

@@ -110,6 +110,10 @@ build_initramfs() {
 main() {
     ensure_packages
     mkdir -p "$guest_cache"
+    # One build at a time per cache (tests boot several guests in parallel,
+    # and each may call this script): the others wait, then find it cached.
+    exec 9>"$guest_cache/.lock"
+    flock 9
     local kdir idir
     kdir=$guest_cache/kernel-$(kernel_hash)
     idir=$guest_cache/initramfs-$(initramfs_hash)

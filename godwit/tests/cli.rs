@@ -57,3 +57,28 @@ fn bad_memory_sizes() {
     assert_eq!(code, Some(1));
     assert!(err.contains("out of range"), "{err}");
 }
+
+#[test]
+fn ctl_without_a_vm_and_with_bad_arguments() {
+    let (code, err) = stderr_of(&["ctl", "/nonexistent/godwit.sock", "query-status"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("/nonexistent/godwit.sock") && err.contains("does not exist"),
+        "{err}"
+    );
+    let (code, err) = stderr_of(&["ctl", "/nonexistent/godwit.sock", "snapshot", "[1]"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("must be a JSON object"), "{err}");
+}
+
+#[test]
+fn restore_from_a_file_that_is_not_a_snapshot() {
+    let dir = std::env::temp_dir().join(format!("godwit-cli-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bogus = dir.join("not-a-snapshot");
+    std::fs::write(&bogus, b"hello\n").unwrap();
+    let (code, err) = stderr_of(&["run", "--restore", bogus.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a Godwit snapshot"), "{err}");
+}

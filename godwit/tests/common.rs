@@ -99,3 +99,138 @@ pub fn assert_clean_run(out: &Output) -> serde_json::Value {
     assert_eq!(done[0]["bad"], 0, "integrity errors at the end\n{tail}");
     done[0].clone()
 }
+
+/// A `godwit` process whose console is read line by line on a thread.
+pub struct Running {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `godwit` with `args`, stdout piped.
+    pub fn start(args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = godwit()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn godwit");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a console line starting with `prefix`; returns it.
+    pub fn wait_for(&mut self, prefix: &str, timeout: std::time::Duration) -> String {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let tail: Vec<&String> = self.seen.iter().rev().take(20).collect();
+                    panic!("no line starting with {prefix:?} within {timeout:?}; last lines: {tail:#?}");
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to end; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                while let Ok(l) = self
+                    .lines
+                    .recv_timeout(std::time::Duration::from_millis(200))
+                {
+                    self.seen.push(l);
+                }
+                return st.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("godwit did not exit within {timeout:?}");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one QMP-style command on a control socket and returns the reply.
+pub fn qmp(sock: &std::path::Path, execute: &str, args: serde_json::Value) -> serde_json::Value {
+    qmp_raw(
+        sock,
+        &serde_json::json!({"execute": execute, "arguments": args}).to_string(),
+    )
+}
+
+/// Sends one raw line on a control socket and returns the parsed reply.
+pub fn qmp_raw(sock: &std::path::Path, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < end => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
+        }
+    };
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).unwrap();
+    let mut w = stream;
+    writeln!(w, "{line}").unwrap();
+    let mut reply = String::new();
+    r.read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+}
+
+/// A fresh temporary folder for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("godwit-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The JSON of a `GODWIT <kind> {...}` line.
+pub fn line_json(line: &str) -> serde_json::Value {
+    let j = line
+        .split_once(' ')
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(_, j)| j)
+        .unwrap_or("");
+    serde_json::from_str(j).unwrap_or_else(|e| panic!("bad status JSON in {line:?}: {e}"))
+}

@@ -6,13 +6,17 @@
 //! - [`fdt`]: the device tree, written in one place.
 //! - [`sbi`]: the SBI (base, TIME, IPI, RFENCE, HSM, SRST, legacy console).
 //! - [`bus`]: routing of physical accesses outside RAM to devices.
-//! - [`vm`]: building a VM and its run loop.
+//! - [`vm`]: building a VM, its run loop, and the handle to pause it.
+//! - [`state`]: the machine state as bytes; [`snapshot`]: state + RAM in a file.
 
 pub mod bus;
 pub mod fdt;
 pub mod layout;
 pub mod loader;
 pub mod sbi;
+pub mod snapshot;
+pub mod state;
 pub mod vm;
 
-pub use vm::{GuestExit, Vm, VmConfig, VmError};
+pub use state::VmState;
+pub use vm::{GuestExit, Vm, VmConfig, VmError, VmGone, VmHandle};

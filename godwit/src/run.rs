@@ -1,0 +1,124 @@
+//! `godwit run`: boot a VM (or restore one from a snapshot) and serve its
+//! console and control socket until it ends.
+
+use crate::control::ControlServer;
+use crate::vmctl::VmControl;
+use crate::{guest_image, size};
+use anyhow::{Context, Result};
+use godwit_machine::{snapshot, Vm, VmConfig};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Kernel `Image` (default: the built guest image, see guest/build.sh).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (default: the built guest image).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Guest RAM size: bytes, or with a K/M/G suffix (512M, 1G).
+    #[arg(long, default_value = "512M", value_parser = size::parse_size)]
+    mem: u64,
+    /// Guest workload (adds `godwit.workload=NAME` to the kernel command line).
+    #[arg(long)]
+    workload: Option<String>,
+    /// Extra kernel command line words, e.g. "wws_mb=64 pages_per_s=0".
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Board without the virtio-balloon (no free page reporting).
+    #[arg(long)]
+    no_balloon: bool,
+    /// Open a QMP-style control socket at this path.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Resume the VM saved in this snapshot file instead of booting.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "workload"])]
+    restore: Option<PathBuf>,
+}
+
+/// The kernel command line every Godwit guest gets before the user's words.
+/// `page_reporting_order=0`: the guest reports free memory down to single
+/// 4 KiB pages (the kernel's default is 2 MiB blocks), so as little free
+/// memory as possible is ever migrated. Override it with `--append`.
+pub const BASE_CMDLINE: &str = "console=ttyS0 earlycon=sbi page_reporting.page_reporting_order=0";
+
+/// The full kernel command line for a workload and extra words.
+pub fn cmdline(workload: Option<&str>, append: &str) -> String {
+    let mut c = BASE_CMDLINE.to_string();
+    if let Some(w) = workload {
+        c.push_str(" godwit.workload=");
+        c.push_str(w);
+    }
+    if !append.trim().is_empty() {
+        c.push(' ');
+        c.push_str(append.trim());
+    }
+    c
+}
+
+fn build_vm(args: &RunArgs) -> Result<Vm> {
+    if let Some(path) = &args.restore {
+        let snap = snapshot::load(path)?;
+        let mut vm = Vm::empty(
+            snap.state.ram_bytes,
+            Box::new(std::io::stdout()),
+            snap.state.balloon.is_some(),
+        )?;
+        snap.fill_ram(&vm.ram)?;
+        vm.restore_state(&snap.state)?;
+        eprintln!("godwit: restored {}", path.display());
+        return Ok(vm);
+    }
+    let (kernel, initrd) = guest_image::resolve(args.kernel.clone(), args.initrd.clone())?;
+    Ok(Vm::new(VmConfig {
+        kernel,
+        initrd,
+        mem_bytes: args.mem,
+        cmdline: cmdline(args.workload.as_deref(), &args.append),
+        console: Box::new(std::io::stdout()),
+        balloon: !args.no_balloon,
+    })?)
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    let mut vm = build_vm(&args).context("cannot start the VM")?;
+    let handle = vm.handle();
+    std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                handle.push_input(&buf[..n]);
+            }
+        })
+        .context("cannot start the console input thread")?;
+    let server = match &args.control {
+        Some(path) => {
+            let target = Arc::new(VmControl { vm: vm.handle() });
+            let server = ControlServer::start(path, target)
+                .with_context(|| format!("cannot open the control socket {}", path.display()))?;
+            eprintln!("godwit: control socket {}", server.path().display());
+            Some(server)
+        }
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let first = vm.hart.instret();
+    let exit = vm.run();
+    let secs = started.elapsed().as_secs_f64();
+    let insns = vm.hart.instret() - first;
+    if let Some(s) = server {
+        s.shutdown();
+    }
+    eprintln!(
+        "godwit: guest ended: {exit:?}; {insns} instructions in {secs:.2} s ({:.1} MIPS)",
+        insns as f64 / secs / 1e6
+    );
+    Ok(exit.status())
+}

@@ -1,0 +1,213 @@
+//! VM state: pause/resume, snapshot to a file and restore in a fresh
+//! process (integrity and timers checked from inside the guest), the
+//! control socket's error handling, and the balloon's free page reporting.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// Boots `workload`, snapshots it while it runs, quits, restores the
+/// snapshot in a new process and checks the guest carries on cleanly.
+fn snapshot_and_restore(name: &str, workload: &str, append: &str) {
+    guest_image();
+    let dir = temp_dir(name);
+    let sock = dir.join("ctl.sock");
+    let snap = dir.join("vm.snap");
+    let s = sock.to_str().unwrap();
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--control",
+        s,
+        "--workload",
+        workload,
+        "--append",
+        append,
+    ]);
+    vm.wait_for("GODWIT READY", Duration::from_secs(60));
+    for _ in 0..3 {
+        vm.wait_for("GODWIT HB", Duration::from_secs(30));
+    }
+    let reply = qmp(&sock, "snapshot", json!({ "path": snap.to_str().unwrap() }));
+    assert!(
+        reply["return"]["pages_stored"].as_u64().unwrap_or(0) > 100,
+        "{reply}"
+    );
+    let before = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(30)));
+    assert_eq!(qmp(&sock, "quit", json!({}))["return"], json!({}));
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+
+    let mut restored = Running::start(&["run", "--restore", snap.to_str().unwrap()]);
+    let first = line_json(&restored.wait_for("GODWIT HB", Duration::from_secs(60)));
+    // The restored guest continues from the snapshot: its heartbeat counter
+    // goes on from where it was when the snapshot was taken.
+    assert!(
+        first["seq"].as_u64() <= before["seq"].as_u64(),
+        "restored from the snapshot, not later: {first} vs {before}"
+    );
+    assert!(first["seq"].as_u64().unwrap_or(0) >= 3, "{first}");
+    let done = line_json(&restored.wait_for("GODWIT DONE", Duration::from_secs(120)));
+    assert_eq!(done["bad"], 0, "integrity after restore: {done}");
+    assert_eq!(restored.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        restored
+            .seen
+            .iter()
+            .all(|l| !l.starts_with("GODWIT CORRUPT") && !l.starts_with("GODWIT ERROR")),
+        "{:?}",
+        restored.seen
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn snapshot_restore_memtouch() {
+    snapshot_and_restore("mt", "memtouch", "wws_mb=16 duration_s=8");
+}
+
+#[test]
+fn snapshot_restore_quicksort() {
+    snapshot_and_restore("qs", "quicksort", "procs=2 array_mb=1 duration_s=8");
+}
+
+#[test]
+fn snapshot_restore_idle_timers_keep_working() {
+    snapshot_and_restore("idle", "idle", "duration_s=6");
+}
+
+#[test]
+fn snapshot_restore_alloc_free() {
+    snapshot_and_restore(
+        "af",
+        "alloc-free",
+        "alloc_mb=32 hold_ms=500 free_ms=500 cycles=3",
+    );
+}
+
+#[test]
+fn pause_resume_and_bad_commands() {
+    guest_image();
+    let dir = temp_dir("ctl");
+    let sock = dir.join("ctl.sock");
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--control",
+        sock.to_str().unwrap(),
+        "--workload",
+        "idle",
+        "--append",
+        "duration_s=6",
+    ]);
+    vm.wait_for("GODWIT READY", Duration::from_secs(60));
+    assert_eq!(
+        qmp(&sock, "query-status", json!({}))["return"]["status"],
+        "running"
+    );
+    let stop = qmp(&sock, "stop", json!({}));
+    assert!(
+        stop["return"]["pause_latency_us"].as_u64().is_some(),
+        "{stop}"
+    );
+    assert_eq!(
+        qmp(&sock, "query-status", json!({}))["return"]["status"],
+        "paused"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(qmp(&sock, "cont", json!({}))["return"], json!({}));
+    // Garbage and unknown commands get error replies; the VM carries on.
+    assert_eq!(
+        qmp_raw(&sock, "{not json")["error"]["class"],
+        "GenericError"
+    );
+    assert_eq!(
+        qmp(&sock, "no-such-command", json!({}))["error"]["class"],
+        "CommandNotFound"
+    );
+    assert_eq!(
+        qmp(&sock, "snapshot", json!({}))["error"]["class"],
+        "GenericError"
+    );
+    let done = line_json(&vm.wait_for("GODWIT DONE", Duration::from_secs(60)));
+    assert_eq!(done["bad"], 0);
+    // The guest saw the pause as a gap in its own clock (at least 400 ms).
+    assert!(
+        done["max_stall_ms"].as_f64().unwrap_or(0.0) >= 400.0,
+        "{done}"
+    );
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn free_page_reporting_returns_memory_to_the_host() {
+    guest_image();
+    let dir = temp_dir("balloon");
+    let sock = dir.join("ctl.sock");
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "512M",
+        "--control",
+        sock.to_str().unwrap(),
+        "--workload",
+        "alloc-free",
+        "--append",
+        "alloc_mb=160 hold_ms=3000 free_ms=8000 cycles=1",
+    ]);
+    vm.wait_for("GODWIT READY", Duration::from_secs(60));
+    let pid = vm.child.id();
+    // While the 160 MiB are held, the VMM's RSS includes them.
+    let mut held = 0;
+    let mut held_free_pages = u64::MAX;
+    for _ in 0..60 {
+        let hb = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(30)));
+        if hb["allocated_mb"] == 160 {
+            held = rss_kb(pid);
+            held_free_pages = qmp(&sock, "query-balloon", json!({}))["return"]["free_pages"]
+                .as_u64()
+                .unwrap_or(0);
+            break;
+        }
+    }
+    assert!(held > 160 * 1024, "RSS while holding: {held} KiB");
+    // After the guest frees them, reporting hands them back within seconds.
+    let mut after = held;
+    let mut free_pages = 0;
+    for _ in 0..100 {
+        let hb = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(30)));
+        if hb["allocated_mb"] == 0 {
+            after = rss_kb(pid);
+            free_pages = qmp(&sock, "query-balloon", json!({}))["return"]["free_pages"]
+                .as_u64()
+                .unwrap_or(0);
+            if after + 100 * 1024 < held {
+                break;
+            }
+        }
+    }
+    eprintln!("RSS {held} KiB -> {after} KiB; free pages {held_free_pages} -> {free_pages}");
+    assert!(
+        after + 100 * 1024 < held,
+        "RSS did not drop: {held} KiB -> {after} KiB"
+    );
+    assert!(
+        free_pages > held_free_pages + 20_000,
+        "free-page count did not grow: {held_free_pages} -> {free_pages}"
+    );
+    let _ = qmp(&sock, "quit", json!({}));
+    let _ = vm.wait_exit(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -283,6 +283,23 @@ impl Vm {
         self.paused = paused;
     }
 
+    /// Turns the dirty log on (cleared) or off. On the vCPU thread, so the
+    /// write translations the vCPU cached are dropped in the same step: with
+    /// logging on, the first store to every page goes through the log.
+    pub fn set_dirty_logging(&mut self, on: bool) {
+        self.ram.set_logging(on);
+        self.hart.tlb_flush_writes();
+    }
+
+    /// Fetches and clears the dirty log (one bit per page, as `u64` words).
+    /// The vCPU's cached write translations go with it, so the next store to
+    /// any page of the log sets its bit again.
+    pub fn take_dirty_log(&mut self) -> Vec<u64> {
+        let words = self.ram.dirty_log().take();
+        self.hart.tlb_flush_writes();
+        words
+    }
+
     /// Captures the complete machine state (not RAM).
     pub fn save_state(&mut self) -> VmState {
         self.bus.uart.flush();

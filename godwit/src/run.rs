@@ -1,13 +1,14 @@
 //! `godwit run`: boot a VM (or restore one from a snapshot) and serve its
 //! console and control socket until it ends.
 
+use crate::console::{Heartbeats, Tap};
 use crate::control::ControlServer;
 use crate::vmctl::VmControl;
 use crate::{guest_image, size};
 use anyhow::{Context, Result};
-use godwit_machine::{snapshot, Vm, VmConfig};
+use godwit_machine::{snapshot, Vm, VmConfig, VmHandle};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -58,12 +59,13 @@ pub fn cmdline(workload: Option<&str>, append: &str) -> String {
     c
 }
 
-fn build_vm(args: &RunArgs) -> Result<Vm> {
+fn build_vm(args: &RunArgs, beats: &Heartbeats) -> Result<Vm> {
+    let console = || Box::new(Tap::new(std::io::stdout(), beats.clone()));
     if let Some(path) = &args.restore {
         let snap = snapshot::load(path)?;
         let mut vm = Vm::empty(
             snap.state.ram_bytes,
-            Box::new(std::io::stdout()),
+            console(),
             snap.state.balloon.is_some(),
         )?;
         snap.fill_ram(&vm.ram)?;
@@ -77,14 +79,13 @@ fn build_vm(args: &RunArgs) -> Result<Vm> {
         initrd,
         mem_bytes: args.mem,
         cmdline: cmdline(args.workload.as_deref(), &args.append),
-        console: Box::new(std::io::stdout()),
+        console: console(),
         balloon: !args.no_balloon,
     })?)
 }
 
-pub fn run(args: RunArgs) -> Result<i32> {
-    let mut vm = build_vm(&args).context("cannot start the VM")?;
-    let handle = vm.handle();
+/// Forwards our stdin to the guest's console.
+pub fn console_input(handle: VmHandle) -> Result<()> {
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
@@ -98,16 +99,33 @@ pub fn run(args: RunArgs) -> Result<i32> {
             }
         })
         .context("cannot start the console input thread")?;
-    let server = match &args.control {
-        Some(path) => {
-            let target = Arc::new(VmControl { vm: vm.handle() });
-            let server = ControlServer::start(path, target)
-                .with_context(|| format!("cannot open the control socket {}", path.display()))?;
-            eprintln!("godwit: control socket {}", server.path().display());
-            Some(server)
-        }
-        None => None,
-    };
+    Ok(())
+}
+
+/// Opens the control socket for `vm` if a path was given.
+pub fn control_server(
+    path: Option<&Path>,
+    vm: &Vm,
+    beats: &Heartbeats,
+) -> Result<Option<ControlServer>> {
+    let Some(path) = path else { return Ok(None) };
+    let target = Arc::new(VmControl::new(
+        vm.handle(),
+        vm.ram.clone(),
+        vm.bus.balloon.is_some(),
+        beats.clone(),
+    ));
+    let server = ControlServer::start(path, target)
+        .with_context(|| format!("cannot open the control socket {}", path.display()))?;
+    eprintln!("godwit: control socket {}", server.path().display());
+    Ok(Some(server))
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    let beats = Heartbeats::default();
+    let mut vm = build_vm(&args, &beats).context("cannot start the VM")?;
+    console_input(vm.handle())?;
+    let server = control_server(args.control.as_deref(), &vm, &beats)?;
     let started = std::time::Instant::now();
     let first = vm.hart.instret();
     let exit = vm.run();

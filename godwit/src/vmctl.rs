@@ -1,16 +1,44 @@
 //! The control socket's commands for a running VM (`godwit run --control`).
 
+use crate::console::Heartbeats;
 use crate::control::{CommandError, ControlTarget, ErrorClass};
+use crate::migrate_src::{self, Job};
 use godwit_machine::{snapshot, VmHandle};
-use godwit_memory::PAGE_SIZE;
+use godwit_memory::{GuestRam, PAGE_SIZE};
+use godwit_migration::Params;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Commands of a VM run: `query-status`, `stop`, `cont`, `snapshot`,
-/// `balloon`, `query-balloon`, `quit`.
+/// `balloon`, `query-balloon`, `quit`, and the migration commands
+/// (`migrate`, `migrate-set-parameters`, `query-migrate`,
+/// `migrate-start-postcopy`, `migrate-cancel`).
 pub struct VmControl {
     pub vm: VmHandle,
+    pub ram: Arc<GuestRam>,
+    pub balloon: bool,
+    pub beats: Heartbeats,
+    pub params: Mutex<Params>,
+    pub job: Mutex<Option<Arc<Job>>>,
+}
+
+impl VmControl {
+    pub fn new(vm: VmHandle, ram: Arc<GuestRam>, balloon: bool, beats: Heartbeats) -> Self {
+        VmControl {
+            vm,
+            ram,
+            balloon,
+            beats,
+            params: Mutex::new(Params::default()),
+            job: Mutex::new(None),
+        }
+    }
+
+    fn current_job(&self) -> Option<Arc<Job>> {
+        self.job.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 fn gone(_: godwit_machine::VmGone) -> CommandError {
@@ -115,6 +143,73 @@ impl ControlTarget for VmControl {
                     }))
                 })
                 .map_err(gone)?,
+            "migrate" => {
+                let mut params = self
+                    .params
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                migrate_src::apply_parameters(&mut params, args, true)?;
+                let uri = arg_str(args, "uri")?;
+                let to = uri.strip_prefix("tcp:").unwrap_or(uri).to_string();
+                let mut slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(j) = slot.as_ref() {
+                    if !j.progress.status().is_final() {
+                        return Err(CommandError::new(
+                            ErrorClass::MigrationActive,
+                            "a migration is already running",
+                        ));
+                    }
+                    if j.progress.status() == godwit_migration::Status::Completed {
+                        return Err(CommandError::generic("this VM has already migrated away"));
+                    }
+                }
+                let job = migrate_src::start(self, to, params)
+                    .map_err(|e| CommandError::generic(format!("{e:#}")))?;
+                *slot = Some(job);
+                Ok(json!({}))
+            }
+            "migrate-set-parameters" => {
+                let mut params = self.params.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = params.clone();
+                migrate_src::apply_parameters(&mut p, args, false)?;
+                *params = p;
+                Ok(serde_json::to_value(&*params).unwrap_or(json!({})))
+            }
+            "query-migrate-parameters" => {
+                let params = self.params.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(serde_json::to_value(&*params).unwrap_or(json!({})))
+            }
+            "query-migrate" => Ok(match self.current_job() {
+                None => json!({ "status": "none" }),
+                Some(j) => j.query(),
+            }),
+            "migrate-cancel" => {
+                if let Some(j) = self.current_job() {
+                    j.progress
+                        .cancel
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(json!({}))
+            }
+            "migrate-start-postcopy" => match self.current_job() {
+                Some(j) if !j.progress.status().is_final() => {
+                    if !matches!(
+                        j.mode,
+                        godwit_migration::Mode::Precopy | godwit_migration::Mode::Hybrid
+                    ) {
+                        return Err(CommandError::generic(format!(
+                            "a {} migration has no pre-copy phase to switch from",
+                            j.mode
+                        )));
+                    }
+                    j.progress
+                        .start_postcopy
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(json!({}))
+                }
+                _ => Err(CommandError::generic("no migration is running")),
+            },
             "quit" => {
                 self.vm.quit().map_err(gone)?;
                 Ok(json!({}))

@@ -19,4 +19,4 @@ pub mod state;
 pub mod vm;
 
 pub use state::VmState;
-pub use vm::{GuestExit, Vm, VmConfig, VmError, VmGone, VmHandle};
+pub use vm::{check_mem, GuestExit, Vm, VmConfig, VmError, VmGone, VmHandle};

@@ -182,7 +182,8 @@ fn read_file(p: &PathBuf) -> Result<Vec<u8>, VmError> {
     })
 }
 
-fn check_mem(bytes: u64) -> Result<(), VmError> {
+/// Checks a RAM size against what the board supports.
+pub fn check_mem(bytes: u64) -> Result<(), VmError> {
     if !(MIN_RAM..=MAX_RAM).contains(&bytes) || !bytes.is_multiple_of(4096) {
         return Err(VmError::MemSize(bytes));
     }

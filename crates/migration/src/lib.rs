@@ -2,7 +2,153 @@
 //!
 //! Knows nothing about RISC-V: it sees guest RAM as a host mapping plus the
 //! dirty log and the free-page map (`godwit-memory`), and the VM as
-//! pause / resume / save-state / load-state.
+//! pause / resume / save-state / load-state ([`SourceVm`], [`DestVm`]), so a
+//! KVM backend could use it unchanged.
+//!
+//! - [`source::migrate`] runs on the source VMM (stop-and-copy, pre-copy,
+//!   post-copy, hybrid);
+//! - [`dest::Incoming`] on the destination: accepts the two connections,
+//!   checks the handshake, then receives into a fresh VM.
+//!
+//! The protocol is in [`wire`], the post-copy push order in [`prepaging`],
+//! the `userfaultfd` wrapper in [`uffd`].
 
+pub mod dest;
 pub mod prepaging;
+pub mod source;
+pub mod stats;
 pub mod uffd;
+pub mod wire;
+
+use godwit_memory::GuestRam;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use prepaging::Strategy;
+pub use stats::{Progress, Report, Status};
+
+/// The source VM, as the engine needs it. All methods are called from the
+/// migration thread while the vCPU runs on its own.
+pub trait SourceVm: Send + Sync {
+    /// Guest RAM (shared with the vCPU).
+    fn ram(&self) -> Arc<GuestRam>;
+    /// Whether the VM has a balloon (the destination must build the same).
+    fn has_balloon(&self) -> bool;
+    /// Stops the vCPU; returns how long that took.
+    fn pause(&self) -> anyhow::Result<Duration>;
+    /// Lets the vCPU run again (after a cancelled or failed migration).
+    fn resume(&self) -> anyhow::Result<()>;
+    /// The complete machine state (not RAM) as bytes; the VM is paused.
+    fn save_state(&self) -> anyhow::Result<Vec<u8>>;
+    /// Dirty logging on (cleared) or off.
+    fn set_dirty_logging(&self, on: bool) -> anyhow::Result<()>;
+    /// Fetch-and-clear of the dirty log (bitmap words).
+    fn take_dirty_log(&self) -> anyhow::Result<Vec<u64>>;
+    /// Asks the guest to hint its free pages (virtio-balloon free page
+    /// hinting); false if the guest cannot.
+    fn start_free_page_hints(&self) -> anyhow::Result<bool>;
+    /// Ends a hinting run: the guest may reuse its hinted pages.
+    fn stop_free_page_hints(&self) -> anyhow::Result<()>;
+}
+
+/// The destination VM: built empty with the RAM size from the handshake,
+/// paused until the engine resumes it.
+pub trait DestVm: Send + Sync {
+    /// Guest RAM (the engine writes pages into it or serves its faults).
+    fn ram(&self) -> Arc<GuestRam>;
+    /// Loads the machine state the source saved.
+    fn load_state(&self, state: &[u8]) -> anyhow::Result<()>;
+    /// Starts the vCPU.
+    fn resume(&self) -> anyhow::Result<()>;
+    /// Turns dirty logging on or off (post-copy uses it to count pushed pages
+    /// the guest then wrote: pre-paging hits).
+    fn set_dirty_logging(&self, on: bool) -> anyhow::Result<()>;
+    /// Fetch-and-clear of the dirty log.
+    fn take_dirty_log(&self) -> anyhow::Result<Vec<u64>>;
+}
+
+/// How the VM moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    StopAndCopy,
+    Precopy,
+    Postcopy,
+    Hybrid,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Ok(match s {
+            "stop-and-copy" => Mode::StopAndCopy,
+            "precopy" | "pre-copy" => Mode::Precopy,
+            "postcopy" | "post-copy" => Mode::Postcopy,
+            "hybrid" => Mode::Hybrid,
+            _ => {
+                return Err(format!(
+                "unknown migration mode '{s}' (choose stop-and-copy, precopy, postcopy or hybrid)"
+            ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::StopAndCopy => "stop-and-copy",
+            Mode::Precopy => "precopy",
+            Mode::Postcopy => "postcopy",
+            Mode::Hybrid => "hybrid",
+        })
+    }
+}
+
+/// Migration parameters (`migrate-set-parameters` and `migrate` arguments).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Params {
+    pub mode: Mode,
+    pub prepaging: Strategy,
+    /// Bytes per second on the wire, 0 for no limit. In post-copy it paces
+    /// the push only; demand replies are never held back.
+    pub max_bandwidth: u64,
+    /// Pre-copy stops iterating when the rest fits in this many ms.
+    pub downtime_limit_ms: u64,
+    /// Pre-copy gives up iterating after this many rounds.
+    pub max_rounds: u32,
+    /// Hybrid: pre-copy rounds before switching to post-copy.
+    pub hybrid_rounds: u32,
+    /// Ask the guest for free page hints when migration starts.
+    pub free_page_hints: bool,
+    /// How long the destination watches the guest after completion before
+    /// it sends its report (for "throughput after").
+    pub after_window_ms: u64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            mode: Mode::Postcopy,
+            prepaging: Strategy::Dual,
+            max_bandwidth: 0,
+            downtime_limit_ms: 300,
+            max_rounds: 30,
+            hybrid_rounds: 1,
+            free_page_hints: true,
+            after_window_ms: 1000,
+        }
+    }
+}
+
+/// `true` when every byte of `page` is zero.
+pub fn is_zero(page: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: reinterpreting initialized bytes as u64 words is sound for
+        // any bit pattern; `align_to` handles the unaligned ends.
+        unsafe { page.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
+}

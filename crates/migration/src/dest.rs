@@ -1,0 +1,533 @@
+//! The receiving side: accept the source's two connections, check the
+//! handshake, then load pages and state into a fresh VM — directly, or in
+//! post-copy by serving the guest's page faults through `userfaultfd`.
+
+use crate::source::latency_summary;
+use crate::uffd::{Resolve, Resolver, Uffd};
+use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
+use crate::DestVm;
+use anyhow::{anyhow, bail, Context, Result};
+use godwit_memory::{AtomicBitmap, GuestRam};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long to wait for the source at any step before giving up.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections that do not speak the protocol are dropped; after this many
+/// `accept` gives up.
+const MAX_STRAY: usize = 16;
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// An accepted incoming migration: the handshake is done, the VM not built.
+pub struct Incoming {
+    pub hello: Hello,
+    main: TcpStream,
+    fault: TcpStream,
+}
+
+fn read_hello(s: &mut TcpStream) -> Result<Hello> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    match wire::recv(s, 0)? {
+        Msg::Hello(h) => Ok(h),
+        m => bail!("expected a handshake, got {}", m.name()),
+    }
+}
+
+/// Waits for a source on `listener` and checks its handshake with `check`
+/// (plus the protocol version and page size). A refusal is sent to the
+/// source with the reason and returned as an error here too.
+pub fn accept(
+    listener: &TcpListener,
+    check: impl Fn(&Hello) -> Result<(), String>,
+) -> Result<Incoming> {
+    let mut strays = 0;
+    loop {
+        let (mut main, peer) = listener.accept().context("accepting a migration")?;
+        let hello = match read_hello(&mut main) {
+            Ok(h) if h.channel == Channel::Main => h,
+            Ok(_) | Err(_) => {
+                strays += 1;
+                eprintln!("godwit: ignored a connection from {peer} that is not a migration");
+                if strays >= MAX_STRAY {
+                    bail!("{MAX_STRAY} connections that are not migrations; giving up");
+                }
+                continue;
+            }
+        };
+        let verdict = if hello.version != wire::VERSION {
+            Err(format!(
+                "protocol version {} (this destination speaks version {})",
+                hello.version,
+                wire::VERSION
+            ))
+        } else if hello.page_size as usize != PAGE {
+            Err(format!(
+                "page size {} (this destination uses {PAGE})",
+                hello.page_size
+            ))
+        } else {
+            check(&hello)
+        };
+        if let Err(why) = verdict {
+            let _ = wire::send(&mut main, &Msg::Refuse(why.clone()));
+            bail!("refused a migration from {peer}: {why}");
+        }
+        wire::send(&mut main, &Msg::Accept)?;
+        listener.set_nonblocking(false)?;
+        let (mut fault, _) = accept_within(listener, Duration::from_secs(10))?;
+        let fh = read_hello(&mut fault)?;
+        if fh.channel != Channel::Fault || fh.session != hello.session {
+            let _ = wire::send(
+                &mut fault,
+                &Msg::Refuse("not the fault channel of this migration".into()),
+            );
+            bail!("the second connection from {peer} is not this migration's fault channel");
+        }
+        wire::send(&mut fault, &Msg::Accept)?;
+        for s in [&main, &fault] {
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(PEER_TIMEOUT))?;
+            s.set_write_timeout(Some(PEER_TIMEOUT))?;
+        }
+        return Ok(Incoming { hello, main, fault });
+    }
+}
+
+fn accept_within(
+    listener: &TcpListener,
+    limit: Duration,
+) -> Result<(TcpStream, std::net::SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((s, a)) => {
+                listener.set_nonblocking(false)?;
+                s.set_nonblocking(false)?;
+                return Ok((s, a));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    listener.set_nonblocking(false)?;
+                    bail!("the source did not open its fault connection within {limit:?}");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e).context("accepting the fault connection"),
+        }
+    }
+}
+
+/// What the destination learned, for its log (the source gets it as JSON).
+pub struct Received {
+    pub report: Value,
+}
+
+/// Shared state of post-copy receipt.
+struct Post<'a> {
+    ram: &'a GuestRam,
+    resolver: Resolver,
+    pending: AtomicBitmap,
+    received: AtomicBitmap,
+    requested: AtomicBitmap,
+    pushed: AtomicBitmap,
+    pending_count: usize,
+    received_count: AtomicUsize,
+    requested_at: Mutex<HashMap<u32, Instant>>,
+    latencies_us: Mutex<Vec<f64>>,
+    network_faults: AtomicU64,
+    local_faults: AtomicU64,
+    served_by_push: AtomicU64,
+    duplicates: AtomicU64,
+    all_in: (Mutex<bool>, Condvar),
+    finished: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl Post<'_> {
+    fn install(&self, page: Page, via_push: bool) -> Result<()> {
+        let p = page.index as usize;
+        let off = p * PAGE;
+        let r = match &page.data {
+            Some(d) => self.resolver.copy(off, &d[..]),
+            None => self.resolver.zeropage(off),
+        }
+        .with_context(|| format!("cannot place page {p} into guest RAM"))?;
+        let newly = self.pending.get(p) && !self.received.set(p);
+        if !newly || r == Resolve::AlreadyPresent {
+            // Not pending, or here twice: the protocol says never.
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        if !newly {
+            return Ok(());
+        }
+        if via_push {
+            self.pushed.set(p);
+        }
+        if self.requested.get(p) {
+            let t = self
+                .requested_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&page.index);
+            if let Some(t) = t {
+                self.latencies_us
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            if via_push {
+                self.served_by_push.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.received_count.fetch_add(1, Ordering::AcqRel) + 1 == self.pending_count {
+            let (m, c) = &self.all_in;
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            c.notify_all();
+        }
+        Ok(())
+    }
+
+    fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        let (m, c) = &self.all_in;
+        let _g = m.lock().unwrap_or_else(|e| e.into_inner());
+        c.notify_all();
+    }
+
+    /// Serves the guest's page faults until told to stop.
+    fn fault_loop(&self, mut uffd: Uffd, fault_conn: &TcpStream) -> Result<()> {
+        let mut w = fault_conn;
+        while !self.finished.load(Ordering::Acquire) {
+            let Some(off) = uffd.next_fault(Duration::from_millis(10))? else {
+                continue;
+            };
+            let p = off / PAGE;
+            if p >= self.ram.pages() {
+                continue;
+            }
+            if self.pending.get(p) && !self.received.get(p) {
+                if !self.requested.set(p) {
+                    self.requested_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(p as u32, Instant::now());
+                    self.network_faults.fetch_add(1, Ordering::Relaxed);
+                    w.write_all(&Msg::Demand(vec![p as u32]).encode())
+                        .context("cannot send a demand request to the source")?;
+                }
+                // Already requested: the faulting thread waits for the copy.
+            } else {
+                // Free, zero, already here, or discarded since: local.
+                self.local_faults.fetch_add(1, Ordering::Relaxed);
+                self.resolver.zeropage(off)?;
+            }
+        }
+        uffd.unregister()
+            .context("cannot unregister guest RAM from userfaultfd")?;
+        Ok(())
+    }
+}
+
+impl Incoming {
+    /// Receives the VM into `vm` and runs it. Returns once every page is at
+    /// the destination and the report went to the source. `guest` is asked,
+    /// `after_window` after completion, for what the VMM saw of the guest
+    /// (resume and completion times are passed in, as Unix ns).
+    pub fn run(
+        self,
+        vm: &dyn DestVm,
+        after_window: Duration,
+        guest: &dyn Fn(u128, u128) -> Value,
+    ) -> Result<Received> {
+        let ram = vm.ram();
+        let pages = ram.pages();
+        let mut main = self.main;
+        let have = AtomicBitmap::new(pages);
+        let mut rounds = 0u32;
+        let mut pages_received = 0u64;
+        let started = Instant::now();
+        loop {
+            let msg = match wire::recv(&mut main, pages) {
+                Ok(m) => m,
+                Err(WireError::Closed) => {
+                    bail!("the source closed the connection before the VM was handed over; discarding what arrived")
+                }
+                Err(e) => return Err(anyhow!(e).context("receiving the migration")),
+            };
+            match msg {
+                Msg::Pages(list) => {
+                    for pg in list {
+                        let p = pg.index as usize;
+                        let gpa = ram.base() + (p * PAGE) as u64;
+                        match pg.data {
+                            Some(d) => ram.write(gpa, &d[..])?,
+                            None if have.get(p) => ram.write(gpa, &[0u8; PAGE])?,
+                            None => {}
+                        }
+                        have.set(p);
+                        pages_received += 1;
+                    }
+                }
+                Msg::RoundEnd(n) => rounds = n,
+                Msg::State(state) => {
+                    vm.load_state(&state).context("cannot load the VM state")?;
+                    wire::send(&mut main, &Msg::Ready)?;
+                    wait_go(&mut main, pages)?;
+                    vm.resume()?;
+                    let resumed = unix_ns();
+                    wire::send(&mut main, &Msg::Complete)?;
+                    std::thread::sleep(after_window);
+                    let report = json!({
+                        "resumed_unix_ns": resumed.to_string(),
+                        "rounds_received": rounds,
+                        "pages_received": pages_received,
+                        "receive_ms": started.elapsed().as_secs_f64() * 1e3,
+                        "network_faults": 0,
+                        "guest": guest(resumed, resumed),
+                    });
+                    wire::send(&mut main, &Msg::Report(report.to_string()))?;
+                    return Ok(Received { report });
+                }
+                Msg::Switch { state, pending } => {
+                    return postcopy(
+                        vm,
+                        &ram,
+                        main,
+                        self.fault,
+                        have,
+                        state,
+                        pending,
+                        (rounds, pages_received),
+                        after_window,
+                        guest,
+                    );
+                }
+                Msg::Cancel(why) => {
+                    bail!("the source cancelled the migration ({why}); discarding what arrived")
+                }
+                Msg::Error(why) => bail!("the source failed ({why}); discarding what arrived"),
+                m => bail!("unexpected {} from the source", m.name()),
+            }
+        }
+    }
+}
+
+fn wait_go(main: &mut TcpStream, pages: usize) -> Result<()> {
+    match wire::recv(main, pages) {
+        Ok(Msg::Go) => Ok(()),
+        Ok(Msg::Cancel(why)) => {
+            bail!("the source cancelled the migration ({why}); discarding what arrived")
+        }
+        Ok(m) => bail!("expected Go from the source, got {}", m.name()),
+        Err(e) => {
+            Err(anyhow!(e)
+                .context("the source did not commit the migration; discarding what arrived"))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn postcopy(
+    vm: &dyn DestVm,
+    ram: &GuestRam,
+    mut main: TcpStream,
+    fault: TcpStream,
+    have: AtomicBitmap,
+    state: Vec<u8>,
+    pending_words: Vec<u64>,
+    (rounds, pages_received): (u32, u64),
+    after_window: Duration,
+    guest: &dyn Fn(u128, u128) -> Value,
+) -> Result<Received> {
+    let pages = ram.pages();
+    let pending = AtomicBitmap::new(pages);
+    pending.load_from(&pending_words);
+    // Pages that arrived in pre-copy rounds but changed since: drop them so
+    // the guest faults on them instead of reading stale bytes.
+    for p in AtomicBitmap::iter_set(&pending_words) {
+        if p < pages && have.get(p) {
+            ram.discard(p, 1)?;
+        }
+    }
+    // SAFETY: guest RAM is one anonymous mapping owned by `ram`, which
+    // outlives the registration (it is unregistered before this returns).
+    let uffd = unsafe { Uffd::register(ram.host_ptr(), ram.size()) }
+        .context("post-copy needs userfaultfd on guest RAM")?;
+    vm.load_state(&state).context("cannot load the VM state")?;
+    let pending_count = pending.count();
+    let post = Post {
+        ram,
+        resolver: uffd.resolver(),
+        pending,
+        received: AtomicBitmap::new(pages),
+        requested: AtomicBitmap::new(pages),
+        pushed: AtomicBitmap::new(pages),
+        pending_count,
+        received_count: AtomicUsize::new(0),
+        requested_at: Mutex::new(HashMap::new()),
+        latencies_us: Mutex::new(Vec::new()),
+        network_faults: AtomicU64::new(0),
+        local_faults: AtomicU64::new(0),
+        served_by_push: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        all_in: (Mutex::new(pending_count == 0), Condvar::new()),
+        finished: AtomicBool::new(false),
+        failure: Mutex::new(None),
+    };
+    wire::send(&mut main, &Msg::Ready)?;
+    wait_go(&mut main, pages)?;
+    vm.set_dirty_logging(true)?;
+    let t_go = Instant::now();
+    let fault_read = fault.try_clone()?;
+    fault_read.set_read_timeout(None)?;
+    let result = std::thread::scope(|scope| -> Result<(u128, u128, u64)> {
+        let faults = scope.spawn(|| {
+            let r = post.fault_loop(uffd, &fault);
+            if let Err(e) = &r {
+                post.fail(format!("{e:#}"));
+            }
+            r
+        });
+        let demand_replies = scope.spawn(|| {
+            let mut r = &fault_read;
+            loop {
+                match wire::recv(&mut r, pages) {
+                    Ok(Msg::Pages(list)) => {
+                        for pg in list {
+                            if let Err(e) = post.install(pg, false) {
+                                post.fail(format!("{e:#}"));
+                                return;
+                            }
+                        }
+                    }
+                    Ok(m) => {
+                        post.fail(format!("unexpected {} on the fault connection", m.name()));
+                        return;
+                    }
+                    Err(e) => {
+                        if !post.finished.load(Ordering::Acquire) {
+                            post.fail(format!("fault connection: {e}"));
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        let resume = vm.resume();
+        let resumed = unix_ns();
+        let pushed = resume.and_then(|()| receive_push(&post, &mut main, pages));
+        if let Err(e) = &pushed {
+            post.fail(format!("{e:#}"));
+        }
+        // Wait until every pending page is in (or something failed).
+        {
+            let (m, c) = &post.all_in;
+            let mut all = m.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = Instant::now() + PEER_TIMEOUT;
+            while !*all && post.failure.lock().map(|f| f.is_none()).unwrap_or(false) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                all = c
+                    .wait_timeout(all, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
+        let completed = unix_ns();
+        post.finished.store(true, Ordering::Release);
+        let _ = fault.shutdown(std::net::Shutdown::Both);
+        let f = faults
+            .join()
+            .map_err(|_| anyhow!("the fault thread panicked"))?;
+        let _ = demand_replies.join();
+        if let Some(why) = post
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            bail!("post-copy failed at the destination: {why}");
+        }
+        f?;
+        let n = post.received_count.load(Ordering::Acquire);
+        if n != pending_count {
+            bail!("post-copy stalled: {n} of {pending_count} pages arrived");
+        }
+        Ok((resumed, completed, t_go.elapsed().as_millis() as u64))
+    });
+    let (resumed, completed, postcopy_ms) = result?;
+    let written = vm.take_dirty_log()?;
+    vm.set_dirty_logging(false)?;
+    let mut hits = 0u64;
+    let mut written_n = 0u64;
+    for p in AtomicBitmap::iter_set(&written) {
+        if p >= pages {
+            continue;
+        }
+        written_n += 1;
+        if post.pushed.get(p) && !post.requested.get(p) {
+            hits += 1;
+        }
+    }
+    wire::send(&mut main, &Msg::Complete)?;
+    std::thread::sleep(after_window);
+    let lat = post
+        .latencies_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (p50, p99, max) = latency_summary(lat);
+    let report = json!({
+        "resumed_unix_ns": resumed.to_string(),
+        "completed_unix_ns": completed.to_string(),
+        "postcopy_ms": postcopy_ms,
+        "rounds_received": rounds,
+        "pages_received": pages_received + pending_count as u64,
+        "pages_pending": pending_count,
+        "network_faults": post.network_faults.load(Ordering::Relaxed),
+        "local_faults": post.local_faults.load(Ordering::Relaxed),
+        "faults_served_by_push": post.served_by_push.load(Ordering::Relaxed),
+        "duplicate_pages": post.duplicates.load(Ordering::Relaxed),
+        "fault_latency_us_p50": p50,
+        "fault_latency_us_p99": p99,
+        "fault_latency_us_max": max,
+        "prepaging_hits": hits,
+        "pages_written_during_postcopy": written_n,
+        "guest": guest(resumed, completed),
+    });
+    wire::send(&mut main, &Msg::Report(report.to_string()))?;
+    Ok(Received { report })
+}
+
+/// The push stream: pages until `PushDone`.
+fn receive_push(post: &Post, main: &mut TcpStream, pages: usize) -> Result<()> {
+    loop {
+        match wire::recv(main, pages) {
+            Ok(Msg::Pages(list)) => {
+                for pg in list {
+                    post.install(pg, true)?;
+                }
+            }
+            Ok(Msg::PushDone) => return Ok(()),
+            Ok(m) => bail!("unexpected {} from the source during post-copy", m.name()),
+            Err(e) => return Err(anyhow!(e).context("the push stream from the source broke")),
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! The sending side: connect, hand shake, then move the VM in the chosen
+//! mode. See [`crate::wire`] for the exchange.
+
+use crate::prepaging::PushOrder;
+use crate::stats::{percentile, Progress, Report, Status};
+use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
+use crate::{is_zero, Mode, Params, SourceVm};
+use anyhow::{anyhow, bail, Context, Result};
+use godwit_memory::{AtomicBitmap, GuestRam};
+use std::io::{BufWriter, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long to wait for the destination to answer any one step.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pages per `Pages` frame on the push / pre-copy stream.
+const BATCH: usize = 32;
+/// Send buffer of the push connection in post-copy: small, so that little
+/// pushed data sits between the engine and the link.
+const PUSH_SNDBUF: usize = 256 << 10;
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn connect(to: &str) -> Result<TcpStream> {
+    let addrs: Vec<_> = to
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve migration address '{to}' (want HOST:PORT)"))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(PEER_TIMEOUT))?;
+                s.set_write_timeout(Some(PEER_TIMEOUT))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => anyhow!(e).context(format!(
+            "cannot connect to the destination {to} (is `godwit receive --listen {to}` running?)"
+        )),
+        None => anyhow!("migration address '{to}' resolves to nothing"),
+    })
+}
+
+/// Caps the kernel's pacing rate of a TCP socket (bytes/s): the socket
+/// sends no faster, so it never builds a queue at a slower link.
+fn set_pacing(s: &TcpStream, bytes_per_s: u64) -> Result<()> {
+    let v: u64 = bytes_per_s;
+    // SAFETY: setsockopt with a pointer to a live u64 and its size; the
+    // kernel accepts a 32- or 64-bit value for SO_MAX_PACING_RATE.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&v as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot set SO_MAX_PACING_RATE");
+    }
+    Ok(())
+}
+
+fn set_sndbuf(s: &TcpStream, bytes: usize) -> Result<()> {
+    let v = bytes as libc::c_int;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot set SO_SNDBUF");
+    }
+    Ok(())
+}
+
+/// Reads one message, mapping the peer's own error reports to errors.
+fn expect(s: &mut TcpStream, pages: usize, what: &str) -> Result<Msg> {
+    match wire::recv(s, pages) {
+        Ok(Msg::Error(e)) => bail!("the destination failed: {e}"),
+        Ok(Msg::Refuse(e)) => bail!("the destination refused the migration: {e}"),
+        Ok(m) => Ok(m),
+        Err(WireError::Closed) => {
+            bail!("the destination closed the connection (waiting for {what})")
+        }
+        Err(e) => Err(anyhow!(e).context(format!("waiting for {what} from the destination"))),
+    }
+}
+
+/// Counts what goes out on a connection.
+struct Out<'a> {
+    w: BufWriter<TcpStream>,
+    progress: &'a Progress,
+}
+
+impl Out<'_> {
+    fn send(&mut self, m: &Msg) -> Result<()> {
+        let bytes = m.encode();
+        self.progress
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.w
+            .write_all(&bytes)
+            .with_context(|| format!("cannot send {} to the destination", m.name()))
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.w.flush().context("cannot send to the destination")
+    }
+}
+
+/// Reads a page for the wire; `None` data for a zero page.
+fn read_page(ram: &GuestRam, p: usize, progress: &Progress) -> Page {
+    let bytes = ram.page(p);
+    if is_zero(bytes) {
+        progress.pages_zero.fetch_add(1, Ordering::Relaxed);
+        return Page {
+            index: p as u32,
+            data: None,
+        };
+    }
+    let mut d = Box::new([0u8; PAGE]);
+    d.copy_from_slice(bytes);
+    Page {
+        index: p as u32,
+        data: Some(d),
+    }
+}
+
+/// Sends `pages` in batches; checks for cancellation between batches.
+fn send_pages(
+    out: &mut Out,
+    ram: &GuestRam,
+    pages: impl Iterator<Item = usize>,
+    counter: &std::sync::atomic::AtomicU64,
+    cancellable: bool,
+) -> Result<u64> {
+    let progress = out.progress;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut n = 0;
+    for p in pages {
+        batch.push(read_page(ram, p, progress));
+        n += 1;
+        if batch.len() == BATCH {
+            out.send(&Msg::Pages(std::mem::take(&mut batch)))?;
+            counter.fetch_add(BATCH as u64, Ordering::Relaxed);
+            if cancellable && progress.cancel.load(Ordering::Relaxed) {
+                bail!("cancelled");
+            }
+        }
+    }
+    if !batch.is_empty() {
+        counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        out.send(&Msg::Pages(batch))?;
+    }
+    Ok(n)
+}
+
+/// Pages in `words` that are not free now.
+fn not_free(words: &[u64], ram: &GuestRam) -> Vec<usize> {
+    let free = ram.free_map();
+    AtomicBitmap::iter_set(words)
+        .filter(|&p| p < ram.pages() && !free.get(p))
+        .collect()
+}
+
+fn or_into(acc: &mut [u64], more: &[u64]) {
+    for (a, b) in acc.iter_mut().zip(more) {
+        *a |= b;
+    }
+}
+
+struct Conns {
+    main: TcpStream,
+    fault: TcpStream,
+    pages: usize,
+}
+
+fn handshake(to: &str, vm: &dyn SourceVm, params: &Params) -> Result<Conns> {
+    let ram = vm.ram();
+    let session = (unix_ns() as u64) ^ ((std::process::id() as u64) << 32);
+    let hello = |channel| {
+        Msg::Hello(Hello {
+            version: wire::VERSION,
+            channel,
+            session,
+            ram_bytes: ram.size() as u64,
+            page_size: PAGE as u32,
+            balloon: vm.has_balloon(),
+            mode: params.mode.to_string(),
+        })
+    };
+    let mut main = connect(to)?;
+    wire::send(&mut main, &hello(Channel::Main)).context("cannot send the handshake")?;
+    match expect(&mut main, 0, "the handshake answer")? {
+        Msg::Accept => {}
+        m => bail!("the destination answered the handshake with {}", m.name()),
+    }
+    let mut fault = connect(to)?;
+    wire::send(&mut fault, &hello(Channel::Fault)).context("cannot send the handshake")?;
+    match expect(&mut fault, 0, "the handshake answer")? {
+        Msg::Accept => {}
+        m => bail!("the destination answered the handshake with {}", m.name()),
+    }
+    Ok(Conns {
+        main,
+        fault,
+        pages: ram.pages(),
+    })
+}
+
+/// Migrates the VM to `to` (`HOST:PORT` of `godwit receive`). On success
+/// the source VM stays paused (the destination runs it); on a failure
+/// before the commit point the source VM runs again, unharmed.
+pub fn migrate(
+    vm: &dyn SourceVm,
+    to: &str,
+    params: &Params,
+    progress: &Progress,
+) -> Result<Report> {
+    let ram = vm.ram();
+    let mut report = Report {
+        mode: params.mode.to_string(),
+        prepaging: match params.mode {
+            Mode::Postcopy | Mode::Hybrid => params.prepaging.to_string(),
+            _ => "n/a".into(),
+        },
+        ram_bytes: ram.size() as u64,
+        pages_total: ram.pages() as u64,
+        max_bandwidth: params.max_bandwidth,
+        ..Report::default()
+    };
+    progress
+        .pages_total
+        .store(ram.pages() as u64, Ordering::Relaxed);
+    let conns = handshake(to, vm, params)?;
+    if params.max_bandwidth > 0 {
+        set_pacing(&conns.main, params.max_bandwidth)?;
+    }
+    let mut s = Session {
+        vm,
+        ram: &ram,
+        params,
+        progress,
+        report: &mut report,
+        paused: false,
+        committed: false,
+        logging: false,
+        hinting: false,
+    };
+    let result = s.run(conns);
+    if let Err(e) = &result {
+        s.unwind(e);
+    }
+    result?;
+    report.status = "completed".into();
+    Ok(report)
+}
+
+struct Session<'a> {
+    vm: &'a dyn SourceVm,
+    ram: &'a GuestRam,
+    params: &'a Params,
+    progress: &'a Progress,
+    report: &'a mut Report,
+    paused: bool,
+    committed: bool,
+    logging: bool,
+    hinting: bool,
+}
+
+impl Session<'_> {
+    /// After a failure: before the commit point the source runs on.
+    fn unwind(&mut self, e: &anyhow::Error) {
+        if self.hinting {
+            let _ = self.vm.stop_free_page_hints();
+        }
+        if self.logging {
+            let _ = self.vm.set_dirty_logging(false);
+        }
+        if self.paused && !self.committed {
+            let _ = self.vm.resume();
+        }
+        self.report.error = Some(format!("{e:#}"));
+    }
+
+    fn run(&mut self, conns: Conns) -> Result<()> {
+        let Conns {
+            main,
+            mut fault,
+            pages,
+        } = conns;
+        let mut reader = main.try_clone().context("cannot clone the connection")?;
+        let mut out = Out {
+            w: BufWriter::with_capacity(1 << 20, main.try_clone()?),
+            progress: self.progress,
+        };
+        self.progress.set_status(Status::Active);
+        let nonfree = (0..pages).filter(|&p| !self.ram.free_map().get(p)).count() as u64;
+        self.report.nonfree_pages = nonfree;
+        let start = self.progress.started;
+
+        // Pre-copy rounds (pre-copy and hybrid).
+        let mut unsent: Vec<u64> = vec![0; pages.div_ceil(64)];
+        let iterate = matches!(self.params.mode, Mode::Precopy | Mode::Hybrid);
+        let mut switch_to_postcopy = self.params.mode == Mode::Postcopy;
+        if iterate {
+            switch_to_postcopy = self.precopy_rounds(&mut out, &mut unsent)?;
+        }
+        if self.progress.cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
+
+        // Stop the source.
+        let t_pause = Instant::now();
+        self.report.pause_latency_us = self.vm.pause()?.as_micros() as u64;
+        self.report.paused_unix_ns = unix_ns();
+        self.paused = true;
+        self.progress.set_status(Status::Device);
+        if self.logging {
+            or_into(&mut unsent, &self.vm.take_dirty_log()?);
+            self.vm.set_dirty_logging(false)?;
+            self.logging = false;
+        } else {
+            unsent.iter_mut().for_each(|w| *w = u64::MAX);
+        }
+        if self.hinting {
+            self.vm.stop_free_page_hints()?;
+            self.hinting = false;
+        }
+        let remaining = not_free(&unsent, self.ram);
+        let free_now = self.ram.free_map().count() as u64;
+        let state = self.vm.save_state()?;
+        self.report.state_bytes = state.len() as u64;
+
+        if !switch_to_postcopy {
+            // Stop-and-copy of what is left, then the state.
+            self.progress
+                .pages_remaining
+                .store(remaining.len() as u64, Ordering::Relaxed);
+            if !iterate {
+                self.progress
+                    .pages_free_skipped
+                    .store(free_now, Ordering::Relaxed);
+            }
+            send_pages(
+                &mut out,
+                self.ram,
+                remaining.iter().copied(),
+                &self.progress.pages_stop_copy,
+                true,
+            )?;
+            out.send(&Msg::State(state))?;
+            out.flush()?;
+            match expect(&mut reader, pages, "Ready")? {
+                Msg::Ready => {}
+                m => bail!("the destination sent {} instead of Ready", m.name()),
+            }
+            if self.progress.cancel.load(Ordering::Relaxed) {
+                bail!("cancelled");
+            }
+            self.committed = true;
+            out.send(&Msg::Go)?;
+            out.flush()?;
+            match expect(&mut reader, pages, "Complete")? {
+                Msg::Complete => {}
+                m => bail!("the destination sent {} instead of Complete", m.name()),
+            }
+            self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            let _ = t_pause;
+        } else {
+            self.postcopy(&mut out, &mut reader, &mut fault, remaining, state, pages)?;
+        }
+        self.progress.set_status(Status::Completed);
+        self.progress.pages_remaining.store(0, Ordering::Relaxed);
+
+        // The destination's report: its side of the figures.
+        reader.set_read_timeout(Some(
+            PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
+        ))?;
+        match expect(&mut reader, pages, "the report")? {
+            Msg::Report(json) => self.merge_dest_report(&json),
+            m => bail!("the destination sent {} instead of its report", m.name()),
+        }
+        let _ = main.shutdown(Shutdown::Both);
+        let _ = fault.shutdown(Shutdown::Both);
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let r = &mut *self.report;
+        r.rounds = g(&self.progress.rounds);
+        r.pages_precopy = g(&self.progress.pages_precopy);
+        r.pages_stop_copy = g(&self.progress.pages_stop_copy);
+        r.pages_pushed = g(&self.progress.pages_pushed);
+        r.pages_demand = g(&self.progress.pages_demand);
+        r.pages_zero = g(&self.progress.pages_zero);
+        r.pages_free_skipped = g(&self.progress.pages_free_skipped);
+        r.bytes_sent = g(&self.progress.bytes_sent);
+        if r.resumed_unix_ns > r.paused_unix_ns {
+            r.downtime_ms = (r.resumed_unix_ns - r.paused_unix_ns) as f64 / 1e6;
+        }
+        Ok(())
+    }
+
+    /// Runs pre-copy rounds until the rest fits the downtime limit (or the
+    /// rounds stop shrinking, or hit the limit). Leaves the pages still to
+    /// send in `unsent`. Returns whether to finish with post-copy.
+    fn precopy_rounds(&mut self, out: &mut Out, unsent: &mut [u64]) -> Result<bool> {
+        let p = self.params;
+        let progress = self.progress;
+        self.vm.set_dirty_logging(true)?;
+        self.logging = true;
+        if p.free_page_hints && self.vm.has_balloon() {
+            self.hinting = self.vm.start_free_page_hints()?;
+            self.report.free_page_hints = self.hinting;
+        }
+        // Round 1: every page not free.
+        let pages = self.ram.pages();
+        let t = Instant::now();
+        let free = self.ram.free_map();
+        let mut skipped = 0u64;
+        let all = (0..pages).filter(|&q| {
+            let f = free.get(q);
+            skipped += f as u64;
+            !f
+        });
+        let mut sent = send_pages(out, self.ram, all, &progress.pages_precopy, true)?;
+        progress
+            .pages_free_skipped
+            .store(skipped, Ordering::Relaxed);
+        out.send(&Msg::RoundEnd(1))?;
+        out.flush()?;
+        progress.rounds.store(1, Ordering::Relaxed);
+        let mut rate = sent as f64 * PAGE as f64 / t.elapsed().as_secs_f64().max(1e-6);
+        let mut prev = u64::MAX;
+        let mut stuck = 0;
+        loop {
+            let dirty = self.vm.take_dirty_log()?;
+            let todo = not_free(&dirty, self.ram);
+            let n = todo.len() as u64;
+            progress.dirty_last_round.store(n, Ordering::Relaxed);
+            progress.pages_remaining.store(n, Ordering::Relaxed);
+            let rounds = progress.rounds.load(Ordering::Relaxed) as u32;
+            let est_ms = n as f64 * PAGE as f64 / rate.max(1.0) * 1e3;
+            stuck = if n >= prev { stuck + 1 } else { 0 };
+            prev = n;
+            let fits = est_ms <= p.downtime_limit_ms as f64;
+            let hybrid_switch = p.mode == Mode::Hybrid && rounds >= p.hybrid_rounds;
+            let asked = progress.start_postcopy.load(Ordering::Relaxed);
+            if fits || hybrid_switch || asked || rounds >= p.max_rounds || stuck >= 2 {
+                unsent.copy_from_slice(&dirty);
+                return Ok(hybrid_switch || asked);
+            }
+            if progress.cancel.load(Ordering::Relaxed) {
+                bail!("cancelled");
+            }
+            let t = Instant::now();
+            sent = send_pages(
+                out,
+                self.ram,
+                todo.into_iter(),
+                &progress.pages_precopy,
+                true,
+            )?;
+            out.send(&Msg::RoundEnd(rounds + 1))?;
+            out.flush()?;
+            progress.rounds.store(rounds as u64 + 1, Ordering::Relaxed);
+            let r = sent as f64 * PAGE as f64 / t.elapsed().as_secs_f64().max(1e-6);
+            if sent >= 64 {
+                rate = r;
+            }
+        }
+    }
+
+    /// Post-copy from the paused source: state and pending map first, then
+    /// push and demand until every pending page is at the destination.
+    fn postcopy(
+        &mut self,
+        out: &mut Out,
+        reader: &mut TcpStream,
+        fault: &mut TcpStream,
+        remaining: Vec<usize>,
+        state: Vec<u8>,
+        pages: usize,
+    ) -> Result<()> {
+        let progress = self.progress;
+        if self.params.mode == Mode::Postcopy {
+            progress
+                .pages_free_skipped
+                .store((pages - remaining.len()) as u64, Ordering::Relaxed);
+        }
+        let done = AtomicBitmap::new(pages);
+        done.fill();
+        let pending = AtomicBitmap::new(pages);
+        for &p in &remaining {
+            done.clear(p);
+            pending.set(p);
+        }
+        progress
+            .pages_remaining
+            .store(remaining.len() as u64, Ordering::Relaxed);
+        out.send(&Msg::Switch {
+            state,
+            pending: pending.snapshot(),
+        })?;
+        out.flush()?;
+        match expect(reader, pages, "Ready")? {
+            Msg::Ready => {}
+            m => bail!("the destination sent {} instead of Ready", m.name()),
+        }
+        if progress.cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
+        self.committed = true;
+        out.send(&Msg::Go)?;
+        out.flush()?;
+        progress.set_status(Status::PostcopyActive);
+        // The push connection: paced a little under the link, small buffer.
+        let main = out.w.get_ref();
+        set_sndbuf(main, PUSH_SNDBUF)?;
+        if self.params.max_bandwidth > 0 {
+            set_pacing(main, self.params.max_bandwidth * 95 / 100)?;
+        }
+        fault.set_read_timeout(None)?;
+        let order = Mutex::new(PushOrder::new(self.params.prepaging, pages));
+        let ram = self.ram;
+        let start = progress.started;
+        let result = std::thread::scope(|scope| -> Result<()> {
+            let demand = scope.spawn(|| serve_demand(fault, ram, &done, &order, progress, pages));
+            let pushed = push(out, ram, &done, &order, progress);
+            // Wait for the destination to have every page.
+            let r = pushed.and_then(|()| match expect(reader, pages, "Complete")? {
+                Msg::Complete => Ok(()),
+                m => bail!("the destination sent {} instead of Complete", m.name()),
+            });
+            self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            // Ends the demand thread (its reads fail once the socket is shut).
+            let _ = fault.shutdown(Shutdown::Read);
+            let d = demand
+                .join()
+                .map_err(|_| anyhow!("the demand thread panicked"))?;
+            r?;
+            if let Err(e) = d {
+                if !e.to_string().contains("closed") {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        result
+    }
+
+    fn merge_dest_report(&mut self, json: &str) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+            self.report.error = Some("the destination's report is not JSON".into());
+            return;
+        };
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let r = &mut *self.report;
+        r.resumed_unix_ns = v
+            .get("resumed_unix_ns")
+            .and_then(|x| x.as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        r.network_faults = f("network_faults") as u64;
+        r.local_faults = f("local_faults") as u64;
+        r.faults_served_by_push = f("faults_served_by_push") as u64;
+        r.duplicate_pages = f("duplicate_pages") as u64;
+        r.fault_latency_us_p50 = f("fault_latency_us_p50");
+        r.fault_latency_us_p99 = f("fault_latency_us_p99");
+        r.fault_latency_us_max = f("fault_latency_us_max");
+        r.prepaging_hits = f("prepaging_hits") as u64;
+        r.pages_written_during_postcopy = f("pages_written_during_postcopy") as u64;
+        r.destination = v;
+    }
+}
+
+/// The push: every page not done, in the pre-paging order, paced by the
+/// socket. Ends with `PushDone`.
+fn push(
+    out: &mut Out,
+    ram: &GuestRam,
+    done: &AtomicBitmap,
+    order: &Mutex<PushOrder>,
+    progress: &Progress,
+) -> Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let next = order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next(|p| done.get(p));
+        let Some(p) = next else { break };
+        if done.set(p) {
+            continue; // a demand reply took it
+        }
+        batch.push(read_page(ram, p, progress));
+        progress.pages_remaining.fetch_sub(1, Ordering::Relaxed);
+        // Small frames: a fault's pivot change takes effect quickly.
+        if batch.len() == 8 {
+            progress.pages_pushed.fetch_add(8, Ordering::Relaxed);
+            out.send(&Msg::Pages(std::mem::take(&mut batch)))?;
+            out.flush()?;
+        }
+    }
+    progress
+        .pages_pushed
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if !batch.is_empty() {
+        out.send(&Msg::Pages(batch))?;
+    }
+    out.send(&Msg::PushDone)?;
+    out.flush()
+}
+
+/// Answers demand requests on the fault connection, first come first
+/// served, ahead of anything pushed.
+fn serve_demand(
+    fault: &TcpStream,
+    ram: &GuestRam,
+    done: &AtomicBitmap,
+    order: &Mutex<PushOrder>,
+    progress: &Progress,
+    pages: usize,
+) -> Result<()> {
+    let mut r = fault;
+    let mut w = BufWriter::with_capacity(64 << 10, fault);
+    loop {
+        let msg = match wire::recv(&mut r, pages) {
+            Ok(m) => m,
+            Err(WireError::Closed) => bail!("closed"),
+            Err(WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotConnected | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                bail!("closed")
+            }
+            Err(e) => return Err(anyhow!(e).context("reading demand requests")),
+        };
+        let Msg::Demand(list) = msg else {
+            bail!(
+                "the destination sent {} on the fault connection",
+                msg.name()
+            );
+        };
+        let mut reply = Vec::new();
+        for p in list {
+            let p = p as usize;
+            if done.set(p) {
+                continue; // already pushed (in flight) or free: nothing to do
+            }
+            reply.push(read_page(ram, p, progress));
+            progress.pages_remaining.fetch_sub(1, Ordering::Relaxed);
+            order.lock().unwrap_or_else(|e| e.into_inner()).on_fault(p);
+        }
+        if !reply.is_empty() {
+            progress
+                .pages_demand
+                .fetch_add(reply.len() as u64, Ordering::Relaxed);
+            let m = Msg::Pages(reply);
+            let bytes = m.encode();
+            progress
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            w.write_all(&bytes)
+                .context("cannot answer a demand request")?;
+            w.flush().context("cannot answer a demand request")?;
+        }
+    }
+}
+
+/// Latency percentiles of `v` (µs): p50, p99, max.
+pub fn latency_summary(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (
+        percentile(&v, 50.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(0.0),
+    )
+}

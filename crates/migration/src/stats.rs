@@ -1,0 +1,215 @@
+//! Live counters of a running migration and its final report.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Where a migration stands (`query-migrate`'s `status`, QEMU's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    None,
+    Setup,
+    Active,
+    Device,
+    PostcopyActive,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    const ALL: [Status; 8] = [
+        Status::None,
+        Status::Setup,
+        Status::Active,
+        Status::Device,
+        Status::PostcopyActive,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The wire name (`"postcopy-active"`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Setup => "setup",
+            Status::Active => "active",
+            Status::Device => "device",
+            Status::PostcopyActive => "postcopy-active",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the migration has ended (one way or another).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// Counters shared between the migration threads and whoever watches them
+/// (the control socket's `query-migrate`), plus the two requests a user can
+/// make while it runs.
+pub struct Progress {
+    status: AtomicU8,
+    pub started: Instant,
+    pub pages_total: AtomicU64,
+    pub pages_precopy: AtomicU64,
+    pub pages_stop_copy: AtomicU64,
+    pub pages_pushed: AtomicU64,
+    pub pages_demand: AtomicU64,
+    pub pages_zero: AtomicU64,
+    pub pages_free_skipped: AtomicU64,
+    pub pages_remaining: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub rounds: AtomicU64,
+    pub dirty_last_round: AtomicU64,
+    /// Set by `migrate-cancel`.
+    pub cancel: AtomicBool,
+    /// Set by `migrate-start-postcopy`.
+    pub start_postcopy: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            status: AtomicU8::new(Status::Setup as u8),
+            started: Instant::now(),
+            pages_total: AtomicU64::new(0),
+            pages_precopy: AtomicU64::new(0),
+            pages_stop_copy: AtomicU64::new(0),
+            pages_pushed: AtomicU64::new(0),
+            pages_demand: AtomicU64::new(0),
+            pages_zero: AtomicU64::new(0),
+            pages_free_skipped: AtomicU64::new(0),
+            pages_remaining: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+            dirty_last_round: AtomicU64::new(0),
+            cancel: AtomicBool::new(false),
+            start_postcopy: AtomicBool::new(false),
+            error: Mutex::new(None),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let v = self.status.load(Ordering::Acquire);
+        Status::ALL
+            .into_iter()
+            .find(|s| *s as u8 == v)
+            .unwrap_or(Status::Failed)
+    }
+
+    pub fn set_status(&self, s: Status) {
+        self.status.store(s as u8, Ordering::Release);
+    }
+
+    /// Records why the migration failed.
+    pub fn fail(&self, why: String) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.set_status(Status::Failed);
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The live counters as JSON (`query-migrate` while running).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "status": self.status().as_str(),
+            "elapsed_ms": self.started.elapsed().as_millis() as u64,
+            "pages_total": g(&self.pages_total),
+            "pages_precopy": g(&self.pages_precopy),
+            "pages_stop_copy": g(&self.pages_stop_copy),
+            "pages_pushed": g(&self.pages_pushed),
+            "pages_demand": g(&self.pages_demand),
+            "pages_zero": g(&self.pages_zero),
+            "pages_free_skipped": g(&self.pages_free_skipped),
+            "pages_remaining": g(&self.pages_remaining),
+            "bytes_sent": g(&self.bytes_sent),
+            "rounds": g(&self.rounds),
+            "dirty_pages_last_round": g(&self.dirty_last_round),
+            "error": self.error(),
+        })
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
+/// The engine's part of "what every migration reports" (DESIGN.md). The
+/// VMM adds what the guest saw (heartbeats) before printing it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub prepaging: String,
+    pub status: String,
+    pub ram_bytes: u64,
+    pub pages_total: u64,
+    /// Pages that were not free when the migration started.
+    pub nonfree_pages: u64,
+    /// Start of `migrate` to the last page at the destination.
+    pub total_ms: f64,
+    /// Source pause to destination resume (host wall clocks; both VMMs run
+    /// on one machine in our testbed).
+    pub downtime_ms: f64,
+    /// How long the source vCPU took to stop.
+    pub pause_latency_us: u64,
+    /// Unix time (ns) of the source pause and of the destination resume.
+    pub paused_unix_ns: u128,
+    pub resumed_unix_ns: u128,
+    pub rounds: u64,
+    pub pages_precopy: u64,
+    pub pages_stop_copy: u64,
+    pub pages_pushed: u64,
+    pub pages_demand: u64,
+    pub pages_zero: u64,
+    pub pages_free_skipped: u64,
+    /// Pages that crossed the wire more than once in post-copy (pre-copy
+    /// resends dirty pages by design and does not count here).
+    pub duplicate_pages: u64,
+    pub state_bytes: u64,
+    pub bytes_sent: u64,
+    /// Pages the destination fetched on demand (guest touched a page that
+    /// was not there yet and the request went to the source).
+    pub network_faults: u64,
+    /// Faults on pages the destination resolved locally (free or already
+    /// present) without the network.
+    pub local_faults: u64,
+    /// Demand requests answered by a pushed page that crossed in flight.
+    pub faults_served_by_push: u64,
+    pub fault_latency_us_p50: f64,
+    pub fault_latency_us_p99: f64,
+    pub fault_latency_us_max: f64,
+    /// Pushed pages the guest wrote at the destination after they arrived
+    /// without faulting: the push was ahead of the guest.
+    pub prepaging_hits: u64,
+    /// Pages the guest wrote at the destination during post-copy.
+    pub pages_written_during_postcopy: u64,
+    /// Free page hints the guest gave at migration start.
+    pub free_page_hints: bool,
+    pub max_bandwidth: u64,
+    pub error: Option<String>,
+    /// Everything the destination reported (its engine figures and what its
+    /// VMM saw of the guest), as it sent it.
+    pub destination: serde_json::Value,
+}
+
+/// p-th percentile (0..=100) of sorted `v`, 0 if empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}

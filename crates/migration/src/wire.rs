@@ -1,0 +1,602 @@
+//! The migration wire protocol: a versioned handshake, then length-framed
+//! messages over two TCP connections.
+//!
+//! ```text
+//! frame   := len:u32le  type:u8  body[len-1]        (len <= MAX_FRAME)
+//! page    := index:u32le kind:u8 [data: 4096 bytes if kind == DATA]
+//! Pages   := count:u16le page*count crc32:u32le     (crc over all before it)
+//! ```
+//!
+//! The source opens the **main** connection, then the **fault** connection,
+//! each starting with `Hello` (same session id). The destination answers each
+//! with `Accept` or `Refuse(reason)`; a refusal (protocol version, RAM size,
+//! page size) reaches the source before the guest is paused.
+//!
+//! ```text
+//!  stop-and-copy / pre-copy                 post-copy / hybrid
+//!  src                      dst             src                        dst
+//!  Hello(main) ───────────▶                 Hello(main) ─────────────▶
+//!            ◀─────────── Accept                       ◀───────────── Accept
+//!  Hello(fault) ──────────▶                 Hello(fault) ────────────▶
+//!            ◀─────────── Accept                       ◀───────────── Accept
+//!  [pre-copy rounds, VM running]            [hybrid: pre-copy rounds]
+//!  Pages ... RoundEnd(n) ─▶                 Pages ... RoundEnd(n) ───▶
+//!  -- pause --                              -- pause --
+//!  Pages (last dirty) ────▶                 Switch(state, pending map) ▶
+//!  State(vm state) ───────▶                            ◀───────────── Ready
+//!            ◀─────────── Ready             Go ──────────────────────▶  -- resume --
+//!  Go ────────────────────▶ -- resume --    Pages (pushed) ──main────▶
+//!            ◀─────────── Complete                    ◀──fault──────── Demand(page)
+//!            ◀─────────── Report(json)      Pages (demand) ──fault───▶
+//!                                           PushDone ────────────────▶
+//!                                                      ◀───────────── Complete
+//!                                                      ◀───────────── Report(json)
+//! ```
+//!
+//! Demand replies travel on their own connection, so they never wait behind
+//! pushed pages in a socket buffer; the push connection is additionally paced
+//! (`SO_MAX_PACING_RATE`) under the link rate so it never fills the link's
+//! queue either. `Go` is the commit point: before it the source may resume
+//! (cancel, error) and the destination discards what it got; after it only
+//! the destination runs the guest.
+//!
+//! Decoding never trusts the peer: every length is bounded, every page index
+//! is checked against the RAM size the handshake agreed on, and page batches
+//! and the VM state carry a CRC-32 so a corruption is an error, not a guest
+//! that silently runs on bad memory.
+
+use std::io::{self, Read, Write};
+
+/// Protocol version; both sides must speak exactly this one.
+pub const VERSION: u32 = 1;
+/// Handshake magic.
+pub const MAGIC: [u8; 8] = *b"GODWITMG";
+/// Guest page size on the wire.
+pub const PAGE: usize = 4096;
+/// Largest frame accepted (bytes after the length word).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Most pages in one `Pages` frame.
+pub const MAX_BATCH: usize = 256;
+
+/// Page carries 4096 bytes of data.
+pub const KIND_DATA: u8 = 0;
+/// Page is all zeros; no data follows.
+pub const KIND_ZERO: u8 = 1;
+
+/// Which of the two connections a `Hello` opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Main,
+    Fault,
+}
+
+/// The handshake a source sends first on each connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    pub channel: Channel,
+    pub session: u64,
+    pub ram_bytes: u64,
+    pub page_size: u32,
+    pub balloon: bool,
+    /// The migration mode's name, for the destination's log.
+    pub mode: String,
+}
+
+/// One page in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub index: u32,
+    /// `None`: a zero page.
+    pub data: Option<Box<[u8; PAGE]>>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Hello(Hello),
+    Accept,
+    Refuse(String),
+    Pages(Vec<Page>),
+    RoundEnd(u32),
+    /// Stop-and-copy / pre-copy: the VM state (encoded by the VMM).
+    State(Vec<u8>),
+    /// Post-copy: the VM state and the pages the destination must fetch
+    /// (bitmap words); every other page is present or free.
+    Switch {
+        state: Vec<u8>,
+        pending: Vec<u64>,
+    },
+    Ready,
+    Go,
+    Demand(Vec<u32>),
+    PushDone,
+    Complete,
+    Report(String),
+    Cancel(String),
+    Error(String),
+}
+
+/// A decoding error: the peer sent something this side cannot accept.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("malformed message from the peer: {0}")]
+    Malformed(String),
+}
+
+fn bad<T>(why: impl Into<String>) -> Result<T, WireError> {
+    Err(WireError::Malformed(why.into()))
+}
+
+const T_HELLO: u8 = 1;
+const T_ACCEPT: u8 = 2;
+const T_REFUSE: u8 = 3;
+const T_PAGES: u8 = 4;
+const T_ROUND_END: u8 = 5;
+const T_STATE: u8 = 6;
+const T_SWITCH: u8 = 7;
+const T_READY: u8 = 8;
+const T_GO: u8 = 9;
+const T_DEMAND: u8 = 10;
+const T_PUSH_DONE: u8 = 11;
+const T_COMPLETE: u8 = 12;
+const T_REPORT: u8 = 13;
+const T_CANCEL: u8 = 14;
+const T_ERROR: u8 = 15;
+
+/// Longest string (reason, report) accepted.
+const MAX_TEXT: usize = 1 << 20;
+
+impl Msg {
+    /// Encodes the message as one frame, length word included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0, 0, 0, 0];
+        match self {
+            Msg::Hello(h) => {
+                b.push(T_HELLO);
+                b.extend_from_slice(&MAGIC);
+                b.extend_from_slice(&h.version.to_le_bytes());
+                b.push(match h.channel {
+                    Channel::Main => 0,
+                    Channel::Fault => 1,
+                });
+                b.extend_from_slice(&h.session.to_le_bytes());
+                b.extend_from_slice(&h.ram_bytes.to_le_bytes());
+                b.extend_from_slice(&h.page_size.to_le_bytes());
+                b.push(h.balloon as u8);
+                put_text(&mut b, &h.mode);
+            }
+            Msg::Accept => b.push(T_ACCEPT),
+            Msg::Refuse(s) => {
+                b.push(T_REFUSE);
+                put_text(&mut b, s);
+            }
+            Msg::Pages(pages) => {
+                b.push(T_PAGES);
+                let start = b.len();
+                b.extend_from_slice(&(pages.len() as u16).to_le_bytes());
+                for p in pages {
+                    b.extend_from_slice(&p.index.to_le_bytes());
+                    match &p.data {
+                        Some(d) => {
+                            b.push(KIND_DATA);
+                            b.extend_from_slice(&d[..]);
+                        }
+                        None => b.push(KIND_ZERO),
+                    }
+                }
+                let crc = crc32fast::hash(&b[start..]);
+                b.extend_from_slice(&crc.to_le_bytes());
+            }
+            Msg::RoundEnd(n) => {
+                b.push(T_ROUND_END);
+                b.extend_from_slice(&n.to_le_bytes());
+            }
+            Msg::State(state) => {
+                b.push(T_STATE);
+                b.extend_from_slice(&crc32fast::hash(state).to_le_bytes());
+                b.extend_from_slice(state);
+            }
+            Msg::Switch { state, pending } => {
+                b.push(T_SWITCH);
+                let start = b.len();
+                b.extend_from_slice(&(state.len() as u32).to_le_bytes());
+                b.extend_from_slice(state);
+                for w in pending {
+                    b.extend_from_slice(&w.to_le_bytes());
+                }
+                let crc = crc32fast::hash(&b[start..]);
+                b.extend_from_slice(&crc.to_le_bytes());
+            }
+            Msg::Ready => b.push(T_READY),
+            Msg::Go => b.push(T_GO),
+            Msg::Demand(pages) => {
+                b.push(T_DEMAND);
+                b.extend_from_slice(&(pages.len() as u16).to_le_bytes());
+                for p in pages {
+                    b.extend_from_slice(&p.to_le_bytes());
+                }
+            }
+            Msg::PushDone => b.push(T_PUSH_DONE),
+            Msg::Complete => b.push(T_COMPLETE),
+            Msg::Report(s) => {
+                b.push(T_REPORT);
+                put_text(&mut b, s);
+            }
+            Msg::Cancel(s) => {
+                b.push(T_CANCEL);
+                put_text(&mut b, s);
+            }
+            Msg::Error(s) => {
+                b.push(T_ERROR);
+                put_text(&mut b, s);
+            }
+        }
+        let len = (b.len() - 4) as u32;
+        b[..4].copy_from_slice(&len.to_le_bytes());
+        b
+    }
+
+    /// Decodes one frame body (type byte first). `pages` is the RAM size in
+    /// pages agreed in the handshake (0 before it): page indices and bitmap
+    /// lengths are checked against it.
+    pub fn decode(body: &[u8], pages: usize) -> Result<Msg, WireError> {
+        let mut r = Reader { b: body, at: 0 };
+        let t = r.u8()?;
+        let msg = match t {
+            T_HELLO => {
+                if r.take(8)? != MAGIC {
+                    return bad("not a Godwit migration stream (wrong magic)");
+                }
+                let version = r.u32()?;
+                let channel = match r.u8()? {
+                    0 => Channel::Main,
+                    1 => Channel::Fault,
+                    c => return bad(format!("unknown channel {c}")),
+                };
+                Msg::Hello(Hello {
+                    version,
+                    channel,
+                    session: r.u64()?,
+                    ram_bytes: r.u64()?,
+                    page_size: r.u32()?,
+                    balloon: r.u8()? != 0,
+                    mode: r.text()?,
+                })
+            }
+            T_ACCEPT => Msg::Accept,
+            T_REFUSE => Msg::Refuse(r.text()?),
+            T_PAGES => {
+                let n = r.u16()? as usize;
+                if n > MAX_BATCH {
+                    return bad(format!("batch of {n} pages (most is {MAX_BATCH})"));
+                }
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let index = r.u32()?;
+                    if index as usize >= pages {
+                        return bad(format!("page {index} outside RAM of {pages} pages"));
+                    }
+                    let data = match r.u8()? {
+                        KIND_DATA => {
+                            let mut d = Box::new([0u8; PAGE]);
+                            d.copy_from_slice(r.take(PAGE)?);
+                            Some(d)
+                        }
+                        KIND_ZERO => None,
+                        k => return bad(format!("unknown page kind {k}")),
+                    };
+                    out.push(Page { index, data });
+                }
+                let covered = &body[1..r.at];
+                let crc = r.u32()?;
+                if crc32fast::hash(covered) != crc {
+                    return bad("page batch checksum mismatch (corrupted in transit)");
+                }
+                Msg::Pages(out)
+            }
+            T_ROUND_END => Msg::RoundEnd(r.u32()?),
+            T_STATE => {
+                let crc = r.u32()?;
+                let state = r.rest().to_vec();
+                if crc32fast::hash(&state) != crc {
+                    return bad("VM state checksum mismatch (corrupted in transit)");
+                }
+                Msg::State(state)
+            }
+            T_SWITCH => {
+                let start = r.at;
+                let len = r.u32()? as usize;
+                let state = r.take(len)?.to_vec();
+                let words = pages.div_ceil(64);
+                let mut pending = Vec::with_capacity(words);
+                for _ in 0..words {
+                    pending.push(r.u64()?);
+                }
+                let covered = &body[start..r.at];
+                let crc = r.u32()?;
+                if crc32fast::hash(covered) != crc {
+                    return bad("switch message checksum mismatch (corrupted in transit)");
+                }
+                if let Some(last) = pending.last() {
+                    let tail = pages % 64;
+                    if tail != 0 && last >> tail != 0 {
+                        return bad("pending map names pages beyond the end of RAM");
+                    }
+                }
+                Msg::Switch { state, pending }
+            }
+            T_READY => Msg::Ready,
+            T_GO => Msg::Go,
+            T_DEMAND => {
+                let n = r.u16()? as usize;
+                if n > MAX_BATCH {
+                    return bad(format!("demand for {n} pages (most is {MAX_BATCH})"));
+                }
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let p = r.u32()?;
+                    if p as usize >= pages {
+                        return bad(format!("demand for page {p} outside RAM of {pages} pages"));
+                    }
+                    out.push(p);
+                }
+                Msg::Demand(out)
+            }
+            T_PUSH_DONE => Msg::PushDone,
+            T_COMPLETE => Msg::Complete,
+            T_REPORT => Msg::Report(r.text()?),
+            T_CANCEL => Msg::Cancel(r.text()?),
+            T_ERROR => Msg::Error(r.text()?),
+            t => return bad(format!("unknown message type {t}")),
+        };
+        if r.at != body.len() {
+            return bad(format!(
+                "{} stray bytes after message type {t}",
+                body.len() - r.at
+            ));
+        }
+        Ok(msg)
+    }
+
+    /// A short name for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Hello(_) => "Hello",
+            Msg::Accept => "Accept",
+            Msg::Refuse(_) => "Refuse",
+            Msg::Pages(_) => "Pages",
+            Msg::RoundEnd(_) => "RoundEnd",
+            Msg::State(_) => "State",
+            Msg::Switch { .. } => "Switch",
+            Msg::Ready => "Ready",
+            Msg::Go => "Go",
+            Msg::Demand(_) => "Demand",
+            Msg::PushDone => "PushDone",
+            Msg::Complete => "Complete",
+            Msg::Report(_) => "Report",
+            Msg::Cancel(_) => "Cancel",
+            Msg::Error(_) => "Error",
+        }
+    }
+}
+
+fn put_text(b: &mut Vec<u8>, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+    b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    b.extend_from_slice(s);
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
+        let Some(end) = end else {
+            return bad(format!("message truncated (wanted {n} more bytes)"));
+        };
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        let s = &self.b[self.at..];
+        self.at = self.b.len();
+        s
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(a))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn text(&mut self) -> Result<String, WireError> {
+        let n = self.u32()? as usize;
+        if n > MAX_TEXT {
+            return bad(format!("text of {n} bytes (most is {MAX_TEXT})"));
+        }
+        String::from_utf8(self.take(n)?.to_vec()).or_else(|_| bad("text is not valid UTF-8"))
+    }
+}
+
+/// Writes one message.
+pub fn send(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
+    w.write_all(&msg.encode())
+}
+
+/// Reads one frame and decodes it (see [`Msg::decode`] for `pages`).
+pub fn recv(r: &mut impl Read, pages: usize) -> Result<Msg, WireError> {
+    let mut len = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut len) {
+        return Err(match e.kind() {
+            io::ErrorKind::UnexpectedEof => WireError::Closed,
+            _ => WireError::Io(e),
+        });
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return bad(format!("frame of {len} bytes (must be 1..={MAX_FRAME})"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => WireError::Closed,
+        _ => WireError::Io(e),
+    })?;
+    Msg::decode(&body, pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: Msg, pages: usize) {
+        let bytes = m.encode();
+        let got = recv(&mut &bytes[..], pages).expect("decodes");
+        assert_eq!(got, m);
+    }
+
+    fn page(fill: u8) -> Option<Box<[u8; PAGE]>> {
+        Some(Box::new([fill; PAGE]))
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(
+            Msg::Hello(Hello {
+                version: VERSION,
+                channel: Channel::Fault,
+                session: 7,
+                ram_bytes: 1 << 29,
+                page_size: 4096,
+                balloon: true,
+                mode: "postcopy".into(),
+            }),
+            0,
+        );
+        for m in [
+            Msg::Accept,
+            Msg::Refuse("no".into()),
+            Msg::RoundEnd(3),
+            Msg::State(vec![1, 2, 3]),
+            Msg::Ready,
+            Msg::Go,
+            Msg::PushDone,
+            Msg::Complete,
+            Msg::Report("{}".into()),
+            Msg::Cancel("user".into()),
+            Msg::Error("boom".into()),
+            Msg::Demand(vec![0, 99]),
+        ] {
+            round_trip(m, 100);
+        }
+        round_trip(
+            Msg::Pages(vec![
+                Page {
+                    index: 0,
+                    data: page(1),
+                },
+                Page {
+                    index: 99,
+                    data: None,
+                },
+            ]),
+            100,
+        );
+        round_trip(
+            Msg::Switch {
+                state: vec![9; 10],
+                pending: vec![u64::MAX, 0xf],
+            },
+            68,
+        );
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_not_a_panic() {
+        let pages = 16;
+        // Page index out of range.
+        let m = Msg::Pages(vec![Page {
+            index: 16,
+            data: None,
+        }])
+        .encode();
+        assert!(recv(&mut &m[..], pages).is_err());
+        // Corrupted page data.
+        let mut m = Msg::Pages(vec![Page {
+            index: 1,
+            data: page(3),
+        }])
+        .encode();
+        m[100] ^= 1;
+        let e = recv(&mut &m[..], pages).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        // Oversized and zero lengths.
+        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert!(recv(&mut &huge[..], pages).is_err());
+        assert!(recv(&mut &[0u8, 0, 0, 0][..], pages).is_err());
+        // Truncated frames: every prefix of every message fails cleanly.
+        let m = Msg::Switch {
+            state: vec![1; 5],
+            pending: vec![1],
+        }
+        .encode();
+        for cut in 0..m.len() {
+            assert!(recv(&mut &m[..cut], 64).is_err());
+        }
+        // Pending bits beyond the end of RAM.
+        let m = Msg::Switch {
+            state: vec![],
+            pending: vec![1 << 20],
+        }
+        .encode();
+        assert!(recv(&mut &m[..], 16).is_err());
+        // Demand out of range, unknown type, stray bytes, wrong magic.
+        assert!(recv(&mut &Msg::Demand(vec![16]).encode()[..], pages).is_err());
+        assert!(Msg::decode(&[200], pages).is_err());
+        assert!(Msg::decode(&[T_GO, 0], pages).is_err());
+        let mut h = Msg::Hello(Hello {
+            version: 1,
+            channel: Channel::Main,
+            session: 1,
+            ram_bytes: 1,
+            page_size: 1,
+            balloon: false,
+            mode: String::new(),
+        })
+        .encode();
+        h[5] = b'X';
+        assert!(recv(&mut &h[..], 0).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let body: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8).collect();
+            let _ = Msg::decode(&body, 1024);
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `godwit migrate`: drive a migration through the source VM's control
+//! socket, show its progress, print a summary and write the JSON report.
+
+use crate::control::ControlClient;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The source VM's control socket (`godwit run --control PATH`).
+    #[arg(long)]
+    control: PathBuf,
+    /// The destination (`godwit receive --listen HOST:PORT`).
+    #[arg(long)]
+    to: String,
+    /// stop-and-copy, precopy, postcopy or hybrid.
+    #[arg(long, default_value = "postcopy")]
+    mode: String,
+    /// Post-copy push order: none, forward, dual, multi-pivot[:K].
+    #[arg(long, default_value = "dual")]
+    prepaging: String,
+    /// Wire bandwidth limit in bytes/s (0: none). In post-copy it paces the
+    /// push only; set it a little under the link rate.
+    #[arg(long)]
+    max_bandwidth: Option<u64>,
+    /// Pre-copy downtime target in ms.
+    #[arg(long)]
+    downtime_limit: Option<u64>,
+    /// Pre-copy round limit.
+    #[arg(long)]
+    max_rounds: Option<u64>,
+    /// Hybrid: pre-copy rounds before post-copy.
+    #[arg(long)]
+    hybrid_rounds: Option<u64>,
+    /// Do not ask the guest for free page hints.
+    #[arg(long)]
+    no_free_page_hints: bool,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Leave the (paused) source VMM running after success.
+    #[arg(long)]
+    keep_source: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let mut c = ControlClient::connect(&args.control)?;
+    c.set_timeout(Some(Duration::from_secs(30)))?;
+    let mut params = json!({ "mode": args.mode, "prepaging": args.prepaging });
+    let set = |p: &mut Value, k: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            p[k] = json!(v);
+        }
+    };
+    set(&mut params, "max-bandwidth", args.max_bandwidth);
+    set(&mut params, "downtime-limit", args.downtime_limit);
+    set(&mut params, "max-rounds", args.max_rounds);
+    set(&mut params, "hybrid-rounds", args.hybrid_rounds);
+    if args.no_free_page_hints {
+        params["free-page-hints"] = json!(false);
+    }
+    c.execute("migrate-set-parameters", params)
+        .context("the source refused the migration parameters")?;
+    c.execute("migrate", json!({ "uri": format!("tcp:{}", args.to) }))
+        .context("the source could not start the migration")?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
+    let q = loop {
+        let q = c.execute("query-migrate", Value::Null)?;
+        let status = q["status"].as_str().unwrap_or("?").to_string();
+        if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            break q;
+        }
+        if tty || last_line.elapsed() >= Duration::from_secs(1) {
+            progress_line(&q, started, tty);
+            last_line = Instant::now();
+        }
+        if started.elapsed() > Duration::from_secs(args.timeout) {
+            let _ = c.execute("migrate-cancel", Value::Null);
+            bail!(
+                "the migration took longer than {} s; cancelled",
+                args.timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if tty {
+        eprintln!();
+    }
+    if q["status"] != "completed" {
+        bail!(
+            "migration {}: {} (the source VM keeps running)",
+            q["status"].as_str().unwrap_or("failed"),
+            q["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let report = q["report"].clone();
+    println!("{}", summary(&report));
+    println!("{report}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !args.keep_source {
+        c.execute("quit", Value::Null)
+            .context("cannot end the source VMM")?;
+    }
+    Ok(0)
+}
+
+fn progress_line(q: &Value, started: Instant, tty: bool) {
+    let g = |k: &str| q[k].as_u64().unwrap_or(0);
+    let total = g("pages_total").max(1);
+    let moved = g("pages_precopy") + g("pages_stop_copy") + g("pages_pushed") + g("pages_demand");
+    let frac = (moved as f64 / total as f64).min(1.0);
+    let width = 30;
+    let fill = (frac * width as f64) as usize;
+    let secs = started.elapsed().as_secs_f64();
+    let line = format!(
+        "[{}{}] {:>5.1}% {} {} pages, round {}, {:.1} MB sent ({:.1} MB/s), {:.1} s",
+        "#".repeat(fill),
+        ".".repeat(width - fill),
+        frac * 100.0,
+        q["status"].as_str().unwrap_or("?"),
+        moved,
+        g("rounds"),
+        g("bytes_sent") as f64 / 1e6,
+        g("bytes_sent") as f64 / 1e6 / secs.max(1e-3),
+        secs
+    );
+    let mut e = std::io::stderr();
+    if tty {
+        let _ = write!(e, "\r{line}");
+    } else {
+        let _ = writeln!(e, "{line}");
+    }
+}
+
+/// The report for people.
+pub fn summary(r: &Value) -> String {
+    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let u = |k: &str| r[k].as_u64().unwrap_or(0);
+    let opt = |k: &str| match r[k].as_f64() {
+        Some(v) => format!("{v:.1}"),
+        None => "n/a".into(),
+    };
+    let mut s = format!(
+        "migration {} ({}): total {:.0} ms, downtime {:.1} ms (VMMs), guest stall {} ms, guest downtime (console) {} ms\n",
+        r["mode"].as_str().unwrap_or("?"),
+        r["prepaging"].as_str().unwrap_or("?"),
+        f("total_ms"),
+        f("downtime_ms"),
+        opt("guest_max_stall_ms"),
+        opt("guest_downtime_console_ms"),
+    );
+    s += &format!(
+        "  pages: pre-copy {} (rounds {}), stop-copy {}, pushed {}, demand {}, zero {}, free skipped {}, duplicates {}; state {} bytes; {:.1} MB on the wire\n",
+        u("pages_precopy"), u("rounds"), u("pages_stop_copy"), u("pages_pushed"), u("pages_demand"),
+        u("pages_zero"), u("pages_free_skipped"), u("duplicate_pages"), u("state_bytes"),
+        f("bytes_sent") / 1e6
+    );
+    s += &format!(
+        "  faults: network {}, local {}, served by push {}; latency p50 {:.0} us, p99 {:.0} us, max {:.0} us; pre-paging hits {}\n",
+        u("network_faults"), u("local_faults"), u("faults_served_by_push"),
+        f("fault_latency_us_p50"), f("fault_latency_us_p99"), f("fault_latency_us_max"), u("prepaging_hits")
+    );
+    s += &format!(
+        "  guest throughput ({}): before {}, during {}, after {}; guest bad pages {}",
+        r["throughput_unit"].as_str().unwrap_or("?"),
+        opt("throughput_before"),
+        opt("throughput_during"),
+        opt("throughput_after"),
+        r["guest_bad"]
+    );
+    s
+}

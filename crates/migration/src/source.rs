@@ -669,12 +669,12 @@ fn serve_demand(
             }
             reply.push(read_page(ram, p, progress));
             progress.pages_remaining.fetch_sub(1, Ordering::Relaxed);
-            order.lock().unwrap_or_else(|e| e.into_inner()).on_fault(p);
         }
         if !reply.is_empty() {
             progress
                 .pages_demand
                 .fetch_add(reply.len() as u64, Ordering::Relaxed);
+            let reply_pages: Vec<usize> = reply.iter().map(|p| p.index as usize).collect();
             let m = Msg::Pages(reply);
             let bytes = m.encode();
             progress
@@ -683,6 +683,11 @@ fn serve_demand(
             w.write_all(&bytes)
                 .context("cannot answer a demand request")?;
             w.flush().context("cannot answer a demand request")?;
+            // Move the push's pivot only after the reply is on its way.
+            let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
+            for p in &reply_pages {
+                order.on_fault(*p);
+            }
         }
     }
 }

@@ -1,9 +1,13 @@
 //! `godwit`: the command line of the Godwit VMM.
 
+mod console;
 mod control;
 mod cpubench;
 mod ctl;
 mod guest_image;
+mod migrate;
+mod migrate_src;
+mod receive;
 mod run;
 mod size;
 mod vmctl;
@@ -29,6 +33,10 @@ enum Command {
     /// Compare with QEMU (TCG) on the same guest: boot time and CPU-bound
     /// throughput, alternating runs.
     BenchCpu(cpubench::Args),
+    /// Wait for an incoming migration and run the VM it brings.
+    Receive(receive::Args),
+    /// Migrate a running VM (through its control socket) to a `receive`.
+    Migrate(migrate::Args),
     /// Send one command to a running VM's control socket; prints the reply.
     Ctl(ctl::Args),
 }
@@ -39,6 +47,8 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::BenchCpu(args) => cpubench::run(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::Receive(args) => receive::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

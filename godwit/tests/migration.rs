@@ -263,7 +263,7 @@ fn postcopy_multi_pivot_quicksort() {
     migrate_and_check(
         "pc-mp",
         "quicksort",
-        "procs=2 mb=8",
+        "procs=2 array_mb=8",
         "postcopy",
         "multi-pivot",
     );

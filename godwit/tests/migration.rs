@@ -173,7 +173,7 @@ fn migrate_and_check(
     let t0 = beats[0]["t_ms"].as_f64().unwrap();
     let t3 = beats[3]["t_ms"].as_f64().unwrap();
     assert!(
-        (250.0..=1000.0).contains(&(t3 - t0)),
+        (250.0..=5000.0).contains(&(t3 - t0)),
         "heartbeats (timer sleeps) irregular at the destination: {beats:?}"
     );
     if mode == "postcopy" || mode == "hybrid" {

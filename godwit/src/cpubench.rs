@@ -16,11 +16,21 @@
 //! that fails, stalls or reports a guest error ends the benchmark with an
 //! error; children are killed on every path (also on Ctrl-C / SIGTERM, and
 //! by the kernel if this process dies: `PR_SET_PDEATHSIG`).
+//!
+//! `--dirty-log` measures something else: what dirty logging costs Godwit
+//! (no QEMU). `memtouch` and `quicksort` run with logging off, on, and on
+//! with the log taken every 100 ms as pre-copy rounds would take it; the
+//! three take turns within each round. Throughput is given per guest
+//! second and per second of the vCPU thread's CPU time (the steadier one on
+//! a busy host). The VM runs on a thread of this process, since logging is
+//! switched and the log taken through [`VmHandle::exec`]; see
+//! [`run_dirty_log`].
 
 use anyhow::{bail, Context, Result};
+use godwit_machine::{GuestExit, Vm, VmConfig, VmHandle};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,12 +71,20 @@ pub struct Args {
     /// The QEMU executable.
     #[arg(long, default_value = "qemu-system-riscv64")]
     qemu: PathBuf,
+    /// Instead of the QEMU comparison: the cost of dirty logging in Godwit
+    /// (memtouch and quicksort with logging off, on, and on with the log
+    /// taken every 100 ms; `--runs` of each, interleaved).
+    #[arg(long)]
+    dirty_log: bool,
 }
 
 /// Runs the benchmark; Ok(0) whenever the measurement worked, whether or
 /// not the targets were met.
 pub fn run(args: Args) -> Result<i32> {
     catch_interrupts();
+    if args.dirty_log {
+        return run_dirty_log(&args);
+    }
     let setup = Setup::new(&args)?;
     let host_start = host_info();
     eprintln!(
@@ -177,9 +195,7 @@ impl Setup {
         if args.mem == 0 || !args.mem.is_multiple_of(1 << 20) {
             bail!("--mem must be a whole number of MiB (QEMU's -m), like 512M");
         }
-        let (kernel, initrd) = crate::guest_image::resolve(None, None)
-            .context("the guest image is missing: build it with guest/build.sh")?;
-        let initrd = initrd.context("the guest image has no initramfs")?;
+        let (kernel, initrd) = guest_image()?;
         let qemu_version = check_qemu(&args.qemu)?;
         Ok(Setup {
             godwit: std::env::current_exe().context("cannot find the godwit executable")?,
@@ -223,6 +239,13 @@ impl Setup {
             }
         }
     }
+}
+
+/// The default guest image: kernel and initramfs.
+fn guest_image() -> Result<(PathBuf, PathBuf)> {
+    let (kernel, initrd) = crate::guest_image::resolve(None, None)
+        .context("the guest image is missing: build it with guest/build.sh")?;
+    Ok((kernel, initrd.context("the guest image has no initramfs")?))
 }
 
 /// Checks that QEMU runs and has its RISC-V firmware; returns its version.
@@ -351,6 +374,21 @@ struct Throughput {
     sorts: u64,
 }
 
+/// A heartbeat rate after the warm-up.
+struct Rate {
+    /// Per second of guest time.
+    per_s: f64,
+    /// Per second of host time (between the arrivals of the heartbeats):
+    /// a check on the guest clock.
+    per_s_host_clock: f64,
+    /// Per second of CPU time of the vCPU thread (in-process VMs only).
+    /// Other load on the host takes wall time, and with it guest time, from
+    /// the VM, but not CPU time, so this figure varies less.
+    per_vcpu_s: Option<f64>,
+    /// Guest seconds the rate was measured over.
+    window_guest_s: f64,
+}
+
 /// Godwit's own instruction count (from its exit line on stderr).
 struct Mips {
     instructions: u64,
@@ -389,6 +427,9 @@ struct Line {
     at: Duration,
     stream: Stream,
     text: String,
+    /// CPU time of the VMM's vCPU thread when the line was written (known
+    /// only for an in-process VM).
+    vcpu_time: Option<Duration>,
 }
 
 /// A started VMM with reader threads on its stdout and stderr; killed when
@@ -538,7 +579,13 @@ fn read_lines(
                 let text = String::from_utf8_lossy(&buf)
                     .trim_end_matches(['\r', '\n'])
                     .to_string();
-                if tx.send(Line { at, stream, text }).is_err() {
+                let line = Line {
+                    at,
+                    stream,
+                    text,
+                    vcpu_time: None,
+                };
+                if tx.send(line).is_err() {
                     break;
                 }
             }
@@ -578,6 +625,7 @@ struct Transcript {
 /// A `GODWIT HB|DONE {json}` line.
 struct Report {
     at: Duration,
+    vcpu_time: Option<Duration>,
     done: bool,
     json: Value,
 }
@@ -645,6 +693,7 @@ impl Transcript {
                     .with_context(|| format!("bad JSON from {}: {}", self.vmm.name(), l.text))?;
                 Ok(Report {
                     at: l.at,
+                    vcpu_time: l.vcpu_time,
                     done,
                     json,
                 })
@@ -652,39 +701,63 @@ impl Transcript {
             .collect()
     }
 
-    /// Quicksort throughput: elements over the heartbeat intervals that
-    /// start after the warm-up, divided by their total length.
-    fn throughput(&self) -> Result<Throughput> {
+    /// A number from a heartbeat.
+    fn field(&self, r: &Report, key: &str) -> Result<f64> {
+        r.json[key].as_f64().with_context(|| {
+            format!(
+                "no {key} in a heartbeat from {}: {}",
+                self.vmm.name(),
+                r.json
+            )
+        })
+    }
+
+    /// The heartbeats' `key` rate (a `..._per_s` field) over the intervals
+    /// that start after the warm-up: the count over those intervals divided
+    /// by their total length.
+    fn rate(&self, key: &str) -> Result<Rate> {
         let name = self.vmm.name();
         let reports = self.reports()?;
-        let num = |r: &Report, key: &str| {
-            r.json[key]
-                .as_f64()
-                .with_context(|| format!("no {key} in a heartbeat from {name}: {}", r.json))
-        };
-        let (mut elems, mut guest_ms, mut first_at) = (0.0, 0.0, None);
+        let (mut count, mut guest_ms, mut first) = (0.0, 0.0, None);
         for pair in reports.windows(2) {
-            let t0 = num(&pair[0], "t_ms")?;
+            let t0 = self.field(&pair[0], "t_ms")?;
             if t0 < WARMUP_MS {
                 continue;
             }
-            let dt_ms = num(&pair[1], "t_ms")? - t0;
-            elems += num(&pair[1], "elems_per_s")? * dt_ms / 1e3;
+            let dt_ms = self.field(&pair[1], "t_ms")? - t0;
+            count += self.field(&pair[1], key)? * dt_ms / 1e3;
             guest_ms += dt_ms;
-            first_at.get_or_insert(pair[0].at);
+            first.get_or_insert(&pair[0]);
         }
-        let (Some(first_at), Some(last)) = (first_at, reports.last()) else {
+        let (Some(first), Some(last)) = (first, reports.last()) else {
             bail!("{name}: no heartbeats after the {WARMUP_MS} ms warm-up");
         };
         if guest_ms <= 0.0 {
             bail!("{name}: the heartbeats after the warm-up span no time");
         }
-        let host_s = (last.at - first_at).as_secs_f64();
-        Ok(Throughput {
-            elems_per_s: elems / (guest_ms / 1e3),
-            elems_per_s_host_clock: if host_s > 0.0 { elems / host_s } else { 0.0 },
-            done_elems_per_s: num(last, "elems_per_s")?,
+        let host_s = (last.at - first.at).as_secs_f64();
+        let vcpu_s = match (first.vcpu_time, last.vcpu_time) {
+            (Some(a), Some(b)) if b > a => Some((b - a).as_secs_f64()),
+            _ => None,
+        };
+        Ok(Rate {
+            per_s: count / (guest_ms / 1e3),
+            per_s_host_clock: if host_s > 0.0 { count / host_s } else { 0.0 },
+            per_vcpu_s: vcpu_s.map(|s| count / s),
             window_guest_s: guest_ms / 1e3,
+        })
+    }
+
+    /// Quicksort throughput (see [`Transcript::rate`]).
+    fn throughput(&self) -> Result<Throughput> {
+        let rate = self.rate("elems_per_s")?;
+        let reports = self.reports()?;
+        let last = reports.last().context("no heartbeats")?;
+        Ok(Throughput {
+            elems_per_s: rate.per_s,
+            elems_per_s_host_clock: rate.per_s_host_clock,
+            done_elems_per_s: self.field(last, "elems_per_s")?,
+            window_guest_s: rate.window_guest_s,
             sorts: last.json["sorts"].as_u64().unwrap_or(0),
         })
     }
@@ -887,4 +960,674 @@ fn host_info() -> Value {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     })
+}
+
+// ---------------------------------------------------------------------------
+// The cost of dirty logging (--dirty-log)
+
+/// How often the `taken` condition takes the log (a pre-copy round's pace).
+const TAKE_PERIOD: Duration = Duration::from_millis(100);
+
+/// Dirty logging during a run; switched at `GODWIT READY`, so boots are alike.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Logging {
+    Off,
+    /// On, the log never taken: each page's first store is logged, later
+    /// ones go through cached write translations. The set only grows.
+    On,
+    /// On, taken every [`TAKE_PERIOD`]: after each take the first store to
+    /// every page is logged again (the take drops the write translations).
+    Taken,
+}
+
+impl Logging {
+    const ALL: [Logging; 3] = [Logging::Off, Logging::On, Logging::Taken];
+
+    fn name(self) -> &'static str {
+        match self {
+            Logging::Off => "off",
+            Logging::On => "on",
+            Logging::Taken => "on+take",
+        }
+    }
+}
+
+/// A guest workload of the dirty-log benchmark and the heartbeat rate that
+/// measures it.
+struct DirtyWorkload {
+    name: &'static str,
+    /// Guest parameters, except duration_s.
+    params: &'static str,
+    /// The HB field with the rate.
+    rate_key: &'static str,
+    /// How the table shows the rate: divided by `scale`, in `unit`.
+    scale: f64,
+    unit: &'static str,
+}
+
+impl DirtyWorkload {
+    fn cmdline(&self, seconds: u32) -> String {
+        crate::run::cmdline(
+            Some(self.name),
+            &format!("{} duration_s={seconds}", self.params),
+        )
+    }
+}
+
+const DIRTY_WORKLOADS: [DirtyWorkload; 2] = [
+    DirtyWorkload {
+        name: "memtouch",
+        params: "wws_mb=32 pages_per_s=0",
+        rate_key: "pages_per_s",
+        scale: 1e3,
+        unit: "k pages/s",
+    },
+    DirtyWorkload {
+        name: "quicksort",
+        params: QUICKSORT_PARAMS,
+        rate_key: "elems_per_s",
+        scale: 1e6,
+        unit: "M elems/s",
+    },
+];
+
+/// `--dirty-log`: every round runs each workload under the three logging
+/// conditions, their order rotating from round to round so that neither
+/// host noise nor a warm cache favours one.
+fn run_dirty_log(args: &Args) -> Result<i32> {
+    let (kernel, initrd) = guest_image()?;
+    let bench = DirtyBench {
+        kernel,
+        initrd,
+        mem_bytes: args.mem,
+        seconds: args.seconds,
+    };
+    let host_start = host_info();
+    eprintln!(
+        "bench-cpu --dirty-log: {} run(s) per condition, logging off / on / on + take every {} ms, interleaved; {} s per run ({} ms warm-up); {} MiB RAM",
+        args.runs,
+        TAKE_PERIOD.as_millis(),
+        args.seconds,
+        WARMUP_MS,
+        args.mem >> 20,
+    );
+    let mut runs: Vec<DirtyRun> = Vec::new();
+    for round in 1..=args.runs {
+        for (w, workload) in DIRTY_WORKLOADS.iter().enumerate() {
+            for k in 0..Logging::ALL.len() {
+                let logging = Logging::ALL[(k + round as usize - 1) % Logging::ALL.len()];
+                let run = measure_dirty(&bench, w, logging, round)?;
+                eprintln!(
+                    "bench-cpu: [{round}/{}] {:<9} {:<8} {:6.1} {} ({:6.1} per vCPU s), {:5.1} MIPS{}",
+                    args.runs,
+                    workload.name,
+                    logging.name(),
+                    run.rate.per_s / workload.scale,
+                    workload.unit,
+                    run.rate.per_vcpu_s.unwrap_or(f64::NAN) / workload.scale,
+                    run.mips,
+                    match Stats::of(&run.pages_per_take()) {
+                        Some(s) => format!(
+                            ", {} takes, {:.0} dirty pages/take",
+                            run.takes.len(),
+                            s.mean
+                        ),
+                        None => String::new(),
+                    }
+                );
+                runs.push(run);
+            }
+        }
+    }
+    let rows = DirtyRow::summarize(&runs);
+    println!();
+    print_dirty_table(args, &host_start, &rows);
+    if let Some(path) = &args.json {
+        let cmdlines: serde_json::Map<String, Value> = DIRTY_WORKLOADS
+            .iter()
+            .map(|w| (w.name.to_string(), json!(w.cmdline(args.seconds))))
+            .collect();
+        let doc = json!({
+            "godwit_version": env!("CARGO_PKG_VERSION"),
+            "benchmark": "dirty-log",
+            "runs": args.runs,
+            "seconds": args.seconds,
+            "mem_bytes": args.mem,
+            "take_period_ms": TAKE_PERIOD.as_millis() as u64,
+            "warmup_ms": WARMUP_MS,
+            "cmdlines": cmdlines,
+            "host": host_start,
+            "host_end": host_info(),
+            "measurements": runs.iter().map(DirtyRun::to_json).collect::<Vec<_>>(),
+            "summary": rows.iter().map(DirtyRow::to_json).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&doc)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    Ok(0)
+}
+
+/// What every run of the dirty-log benchmark boots.
+struct DirtyBench {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    mem_bytes: u64,
+    seconds: u32,
+}
+
+impl DirtyBench {
+    /// The VM for `workload`, its console going to `console`.
+    fn config(&self, workload: &DirtyWorkload, console: Box<dyn Write + Send>) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: Some(self.initrd.clone()),
+            mem_bytes: self.mem_bytes,
+            cmdline: workload.cmdline(self.seconds),
+            console,
+            // As `godwit run` boots it by default.
+            balloon: true,
+        }
+    }
+}
+
+/// One take of the log during a run.
+struct Take {
+    /// When it returned, since the VM was started.
+    at: Duration,
+    /// Pages in the log.
+    pages: u64,
+    /// From asking the vCPU thread to having the log back.
+    latency: Duration,
+}
+
+/// What one in-process run measured.
+struct DirtyRun {
+    round: u32,
+    /// Index into [`DIRTY_WORKLOADS`].
+    workload: usize,
+    logging: Logging,
+    boot_s: f64,
+    wall_s: f64,
+    rate: Rate,
+    /// Guest instructions per host second from READY to DONE.
+    mips: f64,
+    /// The takes after the warm-up, until DONE.
+    takes: Vec<Take>,
+    /// For [`Logging::On`]: pages in the log at DONE, i.e. every page the
+    /// guest wrote since READY.
+    dirty_at_done: Option<u64>,
+}
+
+impl DirtyRun {
+    fn pages_per_take(&self) -> Vec<f64> {
+        self.takes.iter().map(|t| t.pages as f64).collect()
+    }
+
+    fn take_ms(&self) -> Vec<f64> {
+        self.takes
+            .iter()
+            .map(|t| t.latency.as_secs_f64() * 1e3)
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
+        let w = &DIRTY_WORKLOADS[self.workload];
+        json!({
+            "round": self.round,
+            "workload": w.name,
+            "logging": self.logging.name(),
+            "boot_s": self.boot_s,
+            "wall_s": self.wall_s,
+            "rate_field": w.rate_key,
+            "rate_per_s": self.rate.per_s,
+            "rate_per_s_host_clock": self.rate.per_s_host_clock,
+            "rate_per_vcpu_s": self.rate.per_vcpu_s,
+            "window_guest_s": self.rate.window_guest_s,
+            "mips": self.mips,
+            "takes": self.takes.len(),
+            "dirty_pages_per_take": self.takes.iter().map(|t| t.pages).collect::<Vec<_>>(),
+            "take_ms": self.take_ms(),
+            "dirty_pages_at_done": self.dirty_at_done,
+        })
+    }
+}
+
+/// Boots workload `w` in this process, switches logging on at READY as
+/// `logging` says (taking the log every [`TAKE_PERIOD`] for
+/// [`Logging::Taken`]), and collects the console until the guest powers off.
+fn measure_dirty(bench: &DirtyBench, w: usize, logging: Logging, round: u32) -> Result<DirtyRun> {
+    let workload = &DIRTY_WORKLOADS[w];
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let console = ConsoleLines {
+        buf: Vec::new(),
+        started,
+        tx: tx.clone(),
+    };
+    let vm = InProcessVm::start(bench.config(workload, Box::new(console)), tx)?;
+    let mut lines: Vec<Line> = Vec::new();
+    // (arrival, host instant, instructions retired) at READY and at DONE.
+    let mut ready: Option<(Duration, Instant, u64)> = None;
+    let mut done: Option<(Duration, Instant, u64)> = None;
+    let mut dirty_at_done = None;
+    let mut takes = Vec::new();
+    let mut next_take: Option<Instant> = None;
+    let duration = Duration::from_secs(bench.seconds.into());
+    let exit = loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted; stopped the VM");
+        }
+        let deadline = ready.map_or(BOOT_TIMEOUT, |r| r.0 + duration + EXIT_SLACK);
+        if started.elapsed() >= deadline {
+            bail!(
+                "the guest {}; stopped it{}",
+                if ready.is_none() {
+                    "printed no GODWIT READY in time"
+                } else {
+                    "did not power off in time after GODWIT READY"
+                },
+                tail(&lines)
+            );
+        }
+        if let Some(due) = next_take.filter(|&d| Instant::now() >= d) {
+            let asked = Instant::now();
+            let words = vm.exec(|vm| vm.take_dirty_log())?;
+            takes.push(Take {
+                at: started.elapsed(),
+                pages: words.iter().map(|w| u64::from(w.count_ones())).sum(),
+                latency: asked.elapsed(),
+            });
+            // Keep the schedule; skip ahead rather than catch up in a burst.
+            let mut next = due + TAKE_PERIOD;
+            while next <= Instant::now() {
+                next += TAKE_PERIOD;
+            }
+            next_take = Some(next);
+        }
+        let mut wait = (deadline.saturating_sub(started.elapsed())).min(Duration::from_millis(200));
+        if let Some(due) = next_take {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
+        match rx.recv_timeout(wait) {
+            Ok(VmEvent::Console(line)) => {
+                if ready.is_none() && line.text.contains("GODWIT READY") {
+                    let on = logging != Logging::Off;
+                    let insns = vm.exec(move |vm| {
+                        if on {
+                            vm.set_dirty_logging(true);
+                        }
+                        vm.hart.instret()
+                    })?;
+                    ready = Some((line.at, Instant::now(), insns));
+                    if logging == Logging::Taken {
+                        next_take = Some(Instant::now() + TAKE_PERIOD);
+                    }
+                } else if ready.is_some() && done.is_none() && line.text.contains("GODWIT DONE ") {
+                    let (insns, dirty) =
+                        vm.exec(|vm| (vm.hart.instret(), vm.ram.dirty_log().count()))?;
+                    done = Some((line.at, Instant::now(), insns));
+                    if logging == Logging::On {
+                        dirty_at_done = Some(dirty as u64);
+                    }
+                    next_take = None;
+                }
+                lines.push(line);
+            }
+            Ok(VmEvent::Ended(exit)) => break exit,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                bail!(
+                    "the VM thread ended without reporting how the guest ended{}",
+                    tail(&lines)
+                )
+            }
+        }
+    };
+    drop(vm);
+    let transcript = Transcript {
+        vmm: Vmm::Godwit,
+        wall_s: started.elapsed().as_secs_f64(),
+        lines,
+        // The status `godwit run` would have exited with.
+        status: ExitStatus::from_raw(exit.status() << 8),
+    };
+    transcript.check()?;
+    let (Some(ready), Some(done)) = (ready, done) else {
+        bail!("no GODWIT READY or DONE from the guest");
+    };
+    let host_s = (done.1 - ready.1).as_secs_f64();
+    let counted_from = ready.0 + Duration::from_secs_f64(WARMUP_MS / 1e3);
+    takes.retain(|t| t.at >= counted_from && t.at <= done.0);
+    Ok(DirtyRun {
+        round,
+        workload: w,
+        logging,
+        boot_s: transcript.boot_s()?,
+        wall_s: transcript.wall_s,
+        rate: transcript.rate(workload.rate_key)?,
+        mips: (done.2 - ready.2) as f64 / host_s / 1e6,
+        takes,
+        dirty_at_done,
+    })
+}
+
+/// What the in-process VM reports.
+enum VmEvent {
+    /// A console line, timestamped as the UART wrote it.
+    Console(Line),
+    /// The guest ended (the vCPU thread now only serves jobs, see below).
+    Ended(GuestExit),
+}
+
+/// The guest console, cut into timestamped lines.
+struct ConsoleLines {
+    buf: Vec<u8>,
+    started: Instant,
+    tx: Sender<VmEvent>,
+}
+
+impl Write for ConsoleLines {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        for &b in data {
+            if b != b'\n' {
+                self.buf.push(b);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&self.buf)
+                .trim_end_matches('\r')
+                .to_string();
+            self.buf.clear();
+            let line = Line {
+                at: self.started.elapsed(),
+                stream: Stream::Stdout,
+                text,
+                // The UART writes on the vCPU thread, as the guest prints.
+                vcpu_time: thread_cpu_time(),
+            };
+            // The benchmark gone means nobody is listening: drop the line.
+            let _ = self.tx.send(VmEvent::Console(line));
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// A Godwit VM on a thread of this process. Told to quit and joined when
+/// dropped.
+struct InProcessVm {
+    handle: VmHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessVm {
+    /// Builds the VM on its own thread and starts the guest; `tx` hears
+    /// how the guest ended.
+    fn start(cfg: VmConfig, tx: Sender<VmEvent>) -> Result<InProcessVm> {
+        let (handle_tx, handle_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("bench-vcpu".into())
+            .spawn(move || {
+                let mut vm = match Vm::new(cfg) {
+                    Ok(vm) => vm,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(vm.handle()));
+                let exit = vm.run();
+                let _ = tx.send(VmEvent::Ended(exit));
+                if exit != GuestExit::Quit {
+                    // Park, serving jobs until told to quit: a job queued
+                    // just as the guest powered off (a take) would otherwise
+                    // wait forever, since `VmHandle::exec` cannot tell that
+                    // the vCPU thread has gone.
+                    vm.set_paused(true);
+                    vm.run();
+                }
+            })
+            .context("cannot start the vCPU thread")?;
+        let handle = handle_rx
+            .recv()
+            .context("the vCPU thread died building the VM")?
+            .context("cannot build the VM")?;
+        Ok(InProcessVm {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `f` on the vCPU thread.
+    fn exec<R: Send + 'static>(&self, f: impl FnOnce(&mut Vm) -> R + Send + 'static) -> Result<R> {
+        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            bail!("the vCPU thread has ended");
+        }
+        Ok(self.handle.exec(f)?)
+    }
+}
+
+impl Drop for InProcessVm {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if !thread.is_finished() {
+                let _ = self.handle.quit();
+            }
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One line of the summary: a workload under one logging condition.
+struct DirtyRow {
+    workload: usize,
+    logging: Logging,
+    /// Workload rate per guest second.
+    rate: Option<Stats>,
+    /// Workload rate per second of vCPU thread CPU time.
+    rate_vcpu: Option<Stats>,
+    /// Mean `rate` over the mean `rate` with logging off.
+    ratio: f64,
+    /// The same for `rate_vcpu`.
+    ratio_vcpu: f64,
+    /// Run-by-run `rate_vcpu` over the logging-off run of the same round
+    /// (neighbours in time, so they share the host's mood).
+    paired_vcpu: Option<Stats>,
+    mips: Option<Stats>,
+    pages_per_take: Option<Stats>,
+    take_ms: Option<Stats>,
+    dirty_at_done: Option<Stats>,
+}
+
+impl DirtyRow {
+    fn summarize(runs: &[DirtyRun]) -> Vec<DirtyRow> {
+        let mut rows = Vec::new();
+        for w in 0..DIRTY_WORKLOADS.len() {
+            let of = |l: Logging| {
+                runs.iter()
+                    .filter(move |r| r.workload == w && r.logging == l)
+            };
+            let stats = |l: Logging, f: &dyn Fn(&DirtyRun) -> Vec<f64>| {
+                Stats::of(&of(l).flat_map(f).collect::<Vec<_>>())
+            };
+            let per_s = |r: &DirtyRun| vec![r.rate.per_s];
+            let per_vcpu_s = |r: &DirtyRun| r.rate.per_vcpu_s.into_iter().collect();
+            let ratio = |a: Option<Stats>, b: Option<Stats>| match (a, b) {
+                (Some(a), Some(b)) if b.mean > 0.0 => a.mean / b.mean,
+                _ => f64::NAN,
+            };
+            let off = (
+                stats(Logging::Off, &per_s),
+                stats(Logging::Off, &per_vcpu_s),
+            );
+            for logging in Logging::ALL {
+                let rate = stats(logging, &per_s);
+                let rate_vcpu = stats(logging, &per_vcpu_s);
+                let paired: Vec<f64> = of(logging)
+                    .filter_map(|r| {
+                        let base = of(Logging::Off).find(|o| o.round == r.round)?;
+                        Some(r.rate.per_vcpu_s? / base.rate.per_vcpu_s?)
+                    })
+                    .collect();
+                rows.push(DirtyRow {
+                    workload: w,
+                    logging,
+                    ratio: ratio(rate, off.0),
+                    ratio_vcpu: ratio(rate_vcpu, off.1),
+                    rate,
+                    rate_vcpu,
+                    paired_vcpu: Stats::of(&paired),
+                    mips: stats(logging, &|r| vec![r.mips]),
+                    pages_per_take: stats(logging, &DirtyRun::pages_per_take),
+                    take_ms: stats(logging, &DirtyRun::take_ms),
+                    dirty_at_done: stats(logging, &|r| {
+                        r.dirty_at_done.map(|d| d as f64).into_iter().collect()
+                    }),
+                });
+            }
+        }
+        rows
+    }
+
+    fn to_json(&self) -> Value {
+        let w = &DIRTY_WORKLOADS[self.workload];
+        json!({
+            "workload": w.name,
+            "logging": self.logging.name(),
+            "rate_field": w.rate_key,
+            "rate_per_s": Stats::to_json(self.rate),
+            "ratio_to_off": self.ratio,
+            "rate_per_vcpu_s": Stats::to_json(self.rate_vcpu),
+            "ratio_to_off_per_vcpu_s": self.ratio_vcpu,
+            "ratio_to_off_same_round_per_vcpu_s": Stats::to_json(self.paired_vcpu),
+            "mips": Stats::to_json(self.mips),
+            "dirty_pages_per_take": Stats::to_json(self.pages_per_take),
+            "take_ms": Stats::to_json(self.take_ms),
+            "dirty_pages_at_done": Stats::to_json(self.dirty_at_done),
+        })
+    }
+}
+
+/// Two tables: the workloads' throughput, then what the log saw.
+fn print_dirty_table(args: &Args, host: &Value, rows: &[DirtyRow]) {
+    let load: Vec<String> = host["loadavg"]
+        .as_array()
+        .map_or(Vec::new(), |a| a.iter().map(|x| x.to_string()).collect());
+    println!(
+        "bench-cpu --dirty-log: Godwit, {} run(s) per row, {} s each ({} ms warm-up), log taken every {} ms in on+take; mean (min–max); host: {} CPUs, load {} at start",
+        args.runs,
+        args.seconds,
+        WARMUP_MS,
+        TAKE_PERIOD.as_millis(),
+        host["nproc"],
+        load.join(" ")
+    );
+    println!(
+        "{:<10} {:<8} {:<28} {:>6}  {:<20} {:>6}  {:<20} guest MIPS",
+        "workload",
+        "logging",
+        "per guest s",
+        "vs off",
+        "per vCPU CPU s",
+        "vs off",
+        "same round vs off",
+    );
+    for r in rows {
+        let w = &DIRTY_WORKLOADS[r.workload];
+        println!(
+            "{:<10} {:<8} {:<28} {:>6.3}  {:<20} {:>6.3}  {:<20} {}",
+            w.name,
+            r.logging.name(),
+            format!("{} {}", Stats::show(r.rate, w.scale, 1), w.unit),
+            r.ratio,
+            Stats::show(r.rate_vcpu, w.scale, 1),
+            r.ratio_vcpu,
+            Stats::show(r.paired_vcpu, 1.0, 3),
+            Stats::show(r.mips, 1.0, 1),
+        );
+    }
+    println!();
+    println!(
+        "{:<10} {:<8} {:<24} {:<22} pages dirtied READY–DONE",
+        "workload", "logging", "dirty pages per take", "take (ms)",
+    );
+    for r in rows.iter().filter(|r| r.logging != Logging::Off) {
+        println!(
+            "{:<10} {:<8} {:<24} {:<22} {}",
+            DIRTY_WORKLOADS[r.workload].name,
+            r.logging.name(),
+            Stats::show(r.pages_per_take, 1.0, 0),
+            Stats::show(r.take_ms, 1.0, 2),
+            Stats::show(r.dirty_at_done, 1.0, 0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_are_cut_at_newlines() {
+        let (tx, rx) = mpsc::channel();
+        let mut c = ConsoleLines {
+            buf: Vec::new(),
+            started: Instant::now(),
+            tx,
+        };
+        c.write_all(b"GODWIT READY {}\r\nGODWIT ").unwrap();
+        c.write_all(b"HB {\"t_ms\":1}\nno newline yet").unwrap();
+        let texts: Vec<String> = rx
+            .try_iter()
+            .map(|e| match e {
+                VmEvent::Console(l) => {
+                    assert!(l.vcpu_time.is_some());
+                    l.text
+                }
+                VmEvent::Ended(_) => panic!("no exit was sent"),
+            })
+            .collect();
+        assert_eq!(texts, ["GODWIT READY {}", "GODWIT HB {\"t_ms\":1}"]);
+    }
+
+    #[test]
+    fn rates_count_the_intervals_after_the_warm_up() {
+        // Heartbeats every second of guest time; the host saw them 1.25 s
+        // apart and the vCPU thread ran 0.5 s between them.
+        let hb = |i: u64, rate: u64| Line {
+            at: Duration::from_millis(1250 * i),
+            stream: Stream::Stdout,
+            text: format!("GODWIT HB {{\"t_ms\":{},\"pages_per_s\":{rate}}}", 1000 * i),
+            vcpu_time: Some(Duration::from_millis(500 * i)),
+        };
+        let t = Transcript {
+            vmm: Vmm::Godwit,
+            wall_s: 5.0,
+            lines: vec![hb(0, 0), hb(1, 10), hb(2, 20), hb(3, 100), hb(4, 300)],
+            status: ExitStatus::from_raw(0),
+        };
+        let r = t.rate("pages_per_s").unwrap();
+        // Counted: the intervals starting at 2 s and 3 s: 100 + 300 pages.
+        assert_eq!(r.window_guest_s, 2.0);
+        assert_eq!(r.per_s, 200.0);
+        assert_eq!(r.per_s_host_clock, 400.0 / 2.5);
+        assert_eq!(r.per_vcpu_s, Some(400.0));
+    }
 }

@@ -89,6 +89,8 @@ type Job = Box<dyn FnOnce(&mut Vm) + Send>;
 struct Pending {
     input: VecDeque<u8>,
     jobs: VecDeque<Job>,
+    /// The run loop has returned: no job will ever run again.
+    gone: bool,
 }
 
 /// What the vCPU thread shares with everyone else.
@@ -135,6 +137,9 @@ impl VmHandle {
         let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut p = self.shared.lock();
+            if p.gone {
+                return Err(VmGone);
+            }
             p.jobs.push_back(Box::new(move |vm| {
                 let _ = tx.send(f(vm));
             }));
@@ -351,7 +356,16 @@ impl Vm {
     }
 
     /// Runs the guest until it powers off, reboots, or is told to quit.
+    /// Jobs sent after that fail with [`VmGone`] instead of waiting.
     pub fn run(&mut self) -> GuestExit {
+        let exit = self.run_loop();
+        let mut p = self.shared.lock();
+        p.gone = true;
+        p.jobs.clear(); // dropping a job's sender answers its caller: VmGone
+        exit
+    }
+
+    fn run_loop(&mut self) -> GuestExit {
         loop {
             if self.shared.attention.load(Ordering::Acquire) || self.paused {
                 self.service();

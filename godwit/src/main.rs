@@ -1,5 +1,6 @@
 //! `godwit`: the command line of the Godwit VMM.
 
+mod bench;
 mod console;
 mod control;
 mod cpubench;
@@ -10,6 +11,8 @@ mod migrate_src;
 mod receive;
 mod run;
 mod size;
+mod testbed;
+mod tlsgen;
 mod vmctl;
 
 use clap::{Parser, Subcommand};
@@ -37,8 +40,14 @@ enum Command {
     Receive(receive::Args),
     /// Migrate a running VM (through its control socket) to a `receive`.
     Migrate(migrate::Args),
+    /// Make a TLS identity (and a CA) for authenticated migration.
+    TlsGen(tlsgen::Args),
     /// Send one command to a running VM's control socket; prints the reply.
     Ctl(ctl::Args),
+    /// Two network namespaces joined by a veth link shaped with tbf (root).
+    Testbed(testbed::Args),
+    /// Migrate the same guest with every mode and strategy; table, JSON, plots.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -47,8 +56,11 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::BenchCpu(args) => cpubench::run(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::TlsGen(args) => tlsgen::run(args),
         Command::Receive(args) => receive::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Testbed(args) => testbed::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

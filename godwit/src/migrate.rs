@@ -38,6 +38,12 @@ pub struct Args {
     /// Do not ask the guest for free page hints.
     #[arg(long)]
     no_free_page_hints: bool,
+    /// TLS identity folder (`godwit tls-gen`), as seen by the source VMM.
+    #[arg(long, required_unless_present = "tls_plain")]
+    tls_dir: Option<PathBuf>,
+    /// Migrate over plain TCP (no authentication, no encryption).
+    #[arg(long, conflicts_with = "tls_dir")]
+    tls_plain: bool,
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -62,6 +68,17 @@ pub fn run(args: Args) -> Result<i32> {
     set(&mut params, "downtime-limit", args.downtime_limit);
     set(&mut params, "max-rounds", args.max_rounds);
     set(&mut params, "hybrid-rounds", args.hybrid_rounds);
+    match &args.tls_dir {
+        Some(d) => {
+            let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+            params["tls-creds"] = json!(abs.to_string_lossy());
+            params["tls-plain"] = json!(false);
+        }
+        None => {
+            params["tls-creds"] = json!("");
+            params["tls-plain"] = json!(args.tls_plain);
+        }
+    }
     if args.no_free_page_hints {
         params["free-page-hints"] = json!(false);
     }
@@ -102,11 +119,15 @@ pub fn run(args: Args) -> Result<i32> {
         );
     }
     let report = q["report"].clone();
-    println!("{}", summary(&report));
-    println!("{report}");
+    // Written before anything else, so a closed stdout cannot lose it.
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", summary(&report));
+    if args.json.is_none() {
+        let _ = writeln!(out, "{report}");
     }
     if !args.keep_source {
         c.execute("quit", Value::Null)

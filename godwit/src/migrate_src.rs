@@ -144,6 +144,17 @@ pub fn apply_parameters(
                     .parse::<Strategy>()
                     .map_err(|e| CommandError::generic(e.to_string()))?;
             }
+            "tls-creds" => {
+                let s = v.as_str().ok_or_else(|| {
+                    CommandError::generic("parameter 'tls-creds' must be a folder path")
+                })?;
+                p.tls_creds = (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+            }
+            "tls-plain" => {
+                p.tls_plain = v.as_bool().ok_or_else(|| {
+                    CommandError::generic("parameter 'tls-plain' must be true or false")
+                })?
+            }
             "uri" if migrate => {}
             _ => {
                 return Err(CommandError::generic(format!(
@@ -157,6 +168,7 @@ pub fn apply_parameters(
 
 /// Starts the migration thread.
 pub fn start(ctl: &VmControl, to: String, params: Params) -> Result<Arc<Job>> {
+    let security = params.security()?;
     let job = Arc::new(Job {
         mode: params.mode,
         progress: Arc::new(Progress::new()),
@@ -173,7 +185,7 @@ pub fn start(ctl: &VmControl, to: String, params: Params) -> Result<Arc<Job>> {
         .name("migration".into())
         .spawn(move || {
             let start = console::unix_ns();
-            let r = source::migrate(&vm, &to, &params, &j.progress);
+            let r = source::migrate(&vm, &to, &params, &security, &j.progress);
             let result = match r {
                 Ok(report) => Ok(full_report(report, &beats, start)),
                 Err(e) => {

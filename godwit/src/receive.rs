@@ -6,7 +6,7 @@ use crate::run;
 use anyhow::{anyhow, Context, Result};
 use godwit_machine::{check_mem, Vm, VmHandle};
 use godwit_memory::GuestRam;
-use godwit_migration::{dest, DestVm};
+use godwit_migration::{dest, DestVm, Security};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +27,13 @@ pub struct Args {
     /// reporting back ("throughput after"), in ms.
     #[arg(long, default_value_t = 1000)]
     report_after_ms: u64,
+    /// TLS identity folder (`godwit tls-gen`): the source must present a
+    /// certificate from the same CA.
+    #[arg(long, required_unless_present = "tls_plain")]
+    tls_dir: Option<PathBuf>,
+    /// Accept the migration over plain TCP (no authentication, no encryption).
+    #[arg(long, conflicts_with = "tls_dir")]
+    tls_plain: bool,
 }
 
 /// The VM being received, for the engine.
@@ -62,14 +69,16 @@ impl DestVm for VmDest {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    let security = Security::from_dir(args.tls_dir.as_deref())?;
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
-        "godwit: waiting for a migration on {}",
-        listener.local_addr()?
+        "godwit: waiting for a migration on {} ({})",
+        listener.local_addr()?,
+        security.name()
     );
     let want = args.mem;
-    let incoming = dest::accept(&listener, |h| {
+    let incoming = dest::accept(&listener, &security, |h| {
         check_mem(h.ram_bytes).map_err(|e| e.to_string())?;
         match want {
             Some(m) if m != h.ram_bytes => Err(format!(

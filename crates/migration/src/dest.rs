@@ -3,6 +3,7 @@
 //! post-copy by serving the guest's page faults through `userfaultfd`.
 
 use crate::source::latency_summary;
+use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
 use crate::DestVm;
@@ -32,13 +33,14 @@ fn unix_ns() -> u128 {
 /// An accepted incoming migration: the handshake is done, the VM not built.
 pub struct Incoming {
     pub hello: Hello,
-    main: TcpStream,
-    fault: TcpStream,
+    main: Conn,
+    fault: Conn,
 }
 
-fn read_hello(s: &mut TcpStream) -> Result<Hello> {
+fn read_hello(s: &Conn) -> Result<Hello> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    match wire::recv(s, 0)? {
+    let mut r = s;
+    match wire::recv(&mut r, 0)? {
         Msg::Hello(h) => Ok(h),
         m => bail!("expected a handshake, got {}", m.name()),
     }
@@ -49,12 +51,26 @@ fn read_hello(s: &mut TcpStream) -> Result<Hello> {
 /// source with the reason and returned as an error here too.
 pub fn accept(
     listener: &TcpListener,
+    sec: &Security,
     check: impl Fn(&Hello) -> Result<(), String>,
 ) -> Result<Incoming> {
     let mut strays = 0;
     loop {
-        let (mut main, peer) = listener.accept().context("accepting a migration")?;
-        let hello = match read_hello(&mut main) {
+        let (tcp, peer) = listener.accept().context("accepting a migration")?;
+        let main = match Conn::server(tcp, sec) {
+            Ok(c) => c,
+            Err(e) => {
+                // Unauthenticated peers are refused and logged; we go on
+                // waiting for the real source (bounded).
+                strays += 1;
+                eprintln!("godwit: refused a connection from {peer}: {e:#}");
+                if strays >= MAX_STRAY {
+                    bail!("{MAX_STRAY} refused connections; giving up (last: {e:#})");
+                }
+                continue;
+            }
+        };
+        let hello = match read_hello(&main) {
             Ok(h) if h.channel == Channel::Main => h,
             Ok(_) | Err(_) => {
                 strays += 1;
@@ -80,23 +96,24 @@ pub fn accept(
             check(&hello)
         };
         if let Err(why) = verdict {
-            let _ = wire::send(&mut main, &Msg::Refuse(why.clone()));
+            let _ = wire::send(&mut &main, &Msg::Refuse(why.clone()));
             bail!("refused a migration from {peer}: {why}");
         }
-        wire::send(&mut main, &Msg::Accept)?;
+        wire::send(&mut &main, &Msg::Accept)?;
         listener.set_nonblocking(false)?;
-        let (mut fault, _) = accept_within(listener, Duration::from_secs(10))?;
-        let fh = read_hello(&mut fault)?;
+        let (tcp, _) = accept_within(listener, Duration::from_secs(10))?;
+        let fault = Conn::server(tcp, sec)?;
+        let fh = read_hello(&fault)?;
         if fh.channel != Channel::Fault || fh.session != hello.session {
             let _ = wire::send(
-                &mut fault,
+                &mut &fault,
                 &Msg::Refuse("not the fault channel of this migration".into()),
             );
             bail!("the second connection from {peer} is not this migration's fault channel");
         }
-        wire::send(&mut fault, &Msg::Accept)?;
+        wire::send(&mut &fault, &Msg::Accept)?;
         for s in [&main, &fault] {
-            s.set_nodelay(true)?;
+            s.tcp().set_nodelay(true)?;
             s.set_read_timeout(Some(PEER_TIMEOUT))?;
             s.set_write_timeout(Some(PEER_TIMEOUT))?;
         }
@@ -210,7 +227,7 @@ impl Post<'_> {
     }
 
     /// Serves the guest's page faults until told to stop.
-    fn fault_loop(&self, mut uffd: Uffd, fault_conn: &TcpStream) -> Result<()> {
+    fn fault_loop(&self, mut uffd: Uffd, fault_conn: &Conn) -> Result<()> {
         let mut w = fault_conn;
         while !self.finished.load(Ordering::Acquire) {
             let Some(off) = uffd.next_fault(Duration::from_millis(10))? else {
@@ -256,13 +273,13 @@ impl Incoming {
     ) -> Result<Received> {
         let ram = vm.ram();
         let pages = ram.pages();
-        let mut main = self.main;
+        let main = &self.main;
         let have = AtomicBitmap::new(pages);
         let mut rounds = 0u32;
         let mut pages_received = 0u64;
         let started = Instant::now();
         loop {
-            let msg = match wire::recv(&mut main, pages) {
+            let msg = match wire::recv(&mut &*main, pages) {
                 Ok(m) => m,
                 Err(WireError::Closed) => {
                     bail!("the source closed the connection before the VM was handed over; discarding what arrived")
@@ -286,11 +303,11 @@ impl Incoming {
                 Msg::RoundEnd(n) => rounds = n,
                 Msg::State(state) => {
                     vm.load_state(&state).context("cannot load the VM state")?;
-                    wire::send(&mut main, &Msg::Ready)?;
-                    wait_go(&mut main, pages)?;
+                    wire::send(&mut &*main, &Msg::Ready)?;
+                    wait_go(main, pages)?;
                     vm.resume()?;
                     let resumed = unix_ns();
-                    wire::send(&mut main, &Msg::Complete)?;
+                    wire::send(&mut &*main, &Msg::Complete)?;
                     std::thread::sleep(after_window);
                     let report = json!({
                         "resumed_unix_ns": resumed.to_string(),
@@ -300,7 +317,7 @@ impl Incoming {
                         "network_faults": 0,
                         "guest": guest(resumed, resumed),
                     });
-                    wire::send(&mut main, &Msg::Report(report.to_string()))?;
+                    wire::send(&mut &*main, &Msg::Report(report.to_string()))?;
                     return Ok(Received { report });
                 }
                 Msg::Switch { state, pending } => {
@@ -308,7 +325,7 @@ impl Incoming {
                         vm,
                         &ram,
                         main,
-                        self.fault,
+                        &self.fault,
                         have,
                         state,
                         pending,
@@ -327,8 +344,8 @@ impl Incoming {
     }
 }
 
-fn wait_go(main: &mut TcpStream, pages: usize) -> Result<()> {
-    match wire::recv(main, pages) {
+fn wait_go(main: &Conn, pages: usize) -> Result<()> {
+    match wire::recv(&mut &*main, pages) {
         Ok(Msg::Go) => Ok(()),
         Ok(Msg::Cancel(why)) => {
             bail!("the source cancelled the migration ({why}); discarding what arrived")
@@ -345,8 +362,8 @@ fn wait_go(main: &mut TcpStream, pages: usize) -> Result<()> {
 fn postcopy(
     vm: &dyn DestVm,
     ram: &GuestRam,
-    mut main: TcpStream,
-    fault: TcpStream,
+    main: &Conn,
+    fault: &Conn,
     have: AtomicBitmap,
     state: Vec<u8>,
     pending_words: Vec<u64>,
@@ -389,22 +406,21 @@ fn postcopy(
         finished: AtomicBool::new(false),
         failure: Mutex::new(None),
     };
-    wire::send(&mut main, &Msg::Ready)?;
-    wait_go(&mut main, pages)?;
+    wire::send(&mut &*main, &Msg::Ready)?;
+    wait_go(main, pages)?;
     vm.set_dirty_logging(true)?;
     let t_go = Instant::now();
-    let fault_read = fault.try_clone()?;
-    fault_read.set_read_timeout(None)?;
+    fault.set_read_timeout(None)?;
     let result = std::thread::scope(|scope| -> Result<(u128, u128, u64)> {
         let faults = scope.spawn(|| {
-            let r = post.fault_loop(uffd, &fault);
+            let r = post.fault_loop(uffd, fault);
             if let Err(e) = &r {
                 post.fail(format!("{e:#}"));
             }
             r
         });
         let demand_replies = scope.spawn(|| {
-            let mut r = &fault_read;
+            let mut r = fault;
             loop {
                 match wire::recv(&mut r, pages) {
                     Ok(Msg::Pages(list)) => {
@@ -430,7 +446,7 @@ fn postcopy(
         });
         let resume = vm.resume();
         let resumed = unix_ns();
-        let pushed = resume.and_then(|()| receive_push(&post, &mut main, pages));
+        let pushed = resume.and_then(|()| receive_push(&post, main, pages));
         if let Err(e) = &pushed {
             post.fail(format!("{e:#}"));
         }
@@ -452,7 +468,7 @@ fn postcopy(
         }
         let completed = unix_ns();
         post.finished.store(true, Ordering::Release);
-        let _ = fault.shutdown(std::net::Shutdown::Both);
+        fault.shutdown(std::net::Shutdown::Both);
         let f = faults
             .join()
             .map_err(|_| anyhow!("the fault thread panicked"))?;
@@ -486,7 +502,7 @@ fn postcopy(
             hits += 1;
         }
     }
-    wire::send(&mut main, &Msg::Complete)?;
+    wire::send(&mut &*main, &Msg::Complete)?;
     std::thread::sleep(after_window);
     let lat = post
         .latencies_us
@@ -512,14 +528,14 @@ fn postcopy(
         "pages_written_during_postcopy": written_n,
         "guest": guest(resumed, completed),
     });
-    wire::send(&mut main, &Msg::Report(report.to_string()))?;
+    wire::send(&mut &*main, &Msg::Report(report.to_string()))?;
     Ok(Received { report })
 }
 
 /// The push stream: pages until `PushDone`.
-fn receive_push(post: &Post, main: &mut TcpStream, pages: usize) -> Result<()> {
+fn receive_push(post: &Post, main: &Conn, pages: usize) -> Result<()> {
     loop {
-        match wire::recv(main, pages) {
+        match wire::recv(&mut &*main, pages) {
             Ok(Msg::Pages(list)) => {
                 for pg in list {
                     post.install(pg, true)?;

@@ -17,6 +17,7 @@ pub mod dest;
 pub mod prepaging;
 pub mod source;
 pub mod stats;
+pub mod transport;
 pub mod uffd;
 pub mod wire;
 
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 pub use prepaging::Strategy;
 pub use stats::{Progress, Report, Status};
+pub use transport::Security;
 
 /// The source VM, as the engine needs it. All methods are called from the
 /// migration thread while the vCPU runs on its own.
@@ -126,6 +128,25 @@ pub struct Params {
     /// How long the destination watches the guest after completion before
     /// it sends its report (for "throughput after").
     pub after_window_ms: u64,
+    /// Folder with the TLS identity (`ca.pem`, `cert.pem`, `key.pem`).
+    pub tls_creds: Option<std::path::PathBuf>,
+    /// Plain TCP, explicitly: no authentication, no encryption.
+    pub tls_plain: bool,
+}
+
+impl Params {
+    /// The connection security these parameters ask for; one of TLS
+    /// credentials or an explicit plain TCP is required.
+    pub fn security(&self) -> anyhow::Result<Security> {
+        match (&self.tls_creds, self.tls_plain) {
+            (Some(_), true) => anyhow::bail!("tls-creds and tls-plain exclude each other"),
+            (Some(dir), false) => Security::from_dir(Some(dir)),
+            (None, true) => Ok(Security::Plain),
+            (None, false) => anyhow::bail!(
+                "a migration needs TLS credentials (tls-creds: a folder made by `godwit tls-gen`) or an explicit tls-plain"
+            ),
+        }
+    }
 }
 
 impl Default for Params {
@@ -139,6 +160,8 @@ impl Default for Params {
             hybrid_rounds: 1,
             free_page_hints: true,
             after_window_ms: 1000,
+            tls_creds: None,
+            tls_plain: false,
         }
     }
 }

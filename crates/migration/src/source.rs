@@ -3,6 +3,7 @@
 
 use crate::prepaging::PushOrder;
 use crate::stats::{percentile, Progress, Report, Status};
+use crate::transport::{Conn, Security};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
 use crate::{is_zero, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
@@ -56,13 +57,13 @@ fn connect(to: &str) -> Result<TcpStream> {
 
 /// Caps the kernel's pacing rate of a TCP socket (bytes/s): the socket
 /// sends no faster, so it never builds a queue at a slower link.
-fn set_pacing(s: &TcpStream, bytes_per_s: u64) -> Result<()> {
+fn set_pacing(s: &Conn, bytes_per_s: u64) -> Result<()> {
     let v: u64 = bytes_per_s;
     // SAFETY: setsockopt with a pointer to a live u64 and its size; the
     // kernel accepts a 32- or 64-bit value for SO_MAX_PACING_RATE.
     let rc = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            s.tcp().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_MAX_PACING_RATE,
             (&v as *const u64).cast(),
@@ -75,12 +76,12 @@ fn set_pacing(s: &TcpStream, bytes_per_s: u64) -> Result<()> {
     Ok(())
 }
 
-fn set_sndbuf(s: &TcpStream, bytes: usize) -> Result<()> {
+fn set_sndbuf(s: &Conn, bytes: usize) -> Result<()> {
     let v = bytes as libc::c_int;
     // SAFETY: setsockopt with a pointer to a live c_int and its size.
     let rc = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            s.tcp().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             (&v as *const libc::c_int).cast(),
@@ -94,8 +95,9 @@ fn set_sndbuf(s: &TcpStream, bytes: usize) -> Result<()> {
 }
 
 /// Reads one message, mapping the peer's own error reports to errors.
-fn expect(s: &mut TcpStream, pages: usize, what: &str) -> Result<Msg> {
-    match wire::recv(s, pages) {
+fn expect(s: &Conn, pages: usize, what: &str) -> Result<Msg> {
+    let mut r = s;
+    match wire::recv(&mut r, pages) {
         Ok(Msg::Error(e)) => bail!("the destination failed: {e}"),
         Ok(Msg::Refuse(e)) => bail!("the destination refused the migration: {e}"),
         Ok(m) => Ok(m),
@@ -108,7 +110,7 @@ fn expect(s: &mut TcpStream, pages: usize, what: &str) -> Result<Msg> {
 
 /// Counts what goes out on a connection.
 struct Out<'a> {
-    w: BufWriter<TcpStream>,
+    w: BufWriter<&'a Conn>,
     progress: &'a Progress,
 }
 
@@ -189,12 +191,12 @@ fn or_into(acc: &mut [u64], more: &[u64]) {
 }
 
 struct Conns {
-    main: TcpStream,
-    fault: TcpStream,
+    main: Conn,
+    fault: Conn,
     pages: usize,
 }
 
-fn handshake(to: &str, vm: &dyn SourceVm, params: &Params) -> Result<Conns> {
+fn handshake(to: &str, vm: &dyn SourceVm, params: &Params, sec: &Security) -> Result<Conns> {
     let ram = vm.ram();
     let session = (unix_ns() as u64) ^ ((std::process::id() as u64) << 32);
     let hello = |channel| {
@@ -208,15 +210,15 @@ fn handshake(to: &str, vm: &dyn SourceVm, params: &Params) -> Result<Conns> {
             mode: params.mode.to_string(),
         })
     };
-    let mut main = connect(to)?;
-    wire::send(&mut main, &hello(Channel::Main)).context("cannot send the handshake")?;
-    match expect(&mut main, 0, "the handshake answer")? {
+    let main = Conn::client(connect(to)?, sec)?;
+    wire::send(&mut &main, &hello(Channel::Main)).context("cannot send the handshake")?;
+    match expect(&main, 0, "the handshake answer")? {
         Msg::Accept => {}
         m => bail!("the destination answered the handshake with {}", m.name()),
     }
-    let mut fault = connect(to)?;
-    wire::send(&mut fault, &hello(Channel::Fault)).context("cannot send the handshake")?;
-    match expect(&mut fault, 0, "the handshake answer")? {
+    let fault = Conn::client(connect(to)?, sec)?;
+    wire::send(&mut &fault, &hello(Channel::Fault)).context("cannot send the handshake")?;
+    match expect(&fault, 0, "the handshake answer")? {
         Msg::Accept => {}
         m => bail!("the destination answered the handshake with {}", m.name()),
     }
@@ -234,6 +236,7 @@ pub fn migrate(
     vm: &dyn SourceVm,
     to: &str,
     params: &Params,
+    sec: &Security,
     progress: &Progress,
 ) -> Result<Report> {
     let ram = vm.ram();
@@ -251,7 +254,8 @@ pub fn migrate(
     progress
         .pages_total
         .store(ram.pages() as u64, Ordering::Relaxed);
-    let conns = handshake(to, vm, params)?;
+    let conns = handshake(to, vm, params, sec)?;
+    report.security = sec.name().into();
     if params.max_bandwidth > 0 {
         set_pacing(&conns.main, params.max_bandwidth)?;
     }
@@ -303,14 +307,10 @@ impl Session<'_> {
     }
 
     fn run(&mut self, conns: Conns) -> Result<()> {
-        let Conns {
-            main,
-            mut fault,
-            pages,
-        } = conns;
-        let mut reader = main.try_clone().context("cannot clone the connection")?;
+        let Conns { main, fault, pages } = conns;
+        let reader = &main;
         let mut out = Out {
-            w: BufWriter::with_capacity(1 << 20, main.try_clone()?),
+            w: BufWriter::with_capacity(1 << 20, &main),
             progress: self.progress,
         };
         self.progress.set_status(Status::Active);
@@ -370,7 +370,7 @@ impl Session<'_> {
             )?;
             out.send(&Msg::State(state))?;
             out.flush()?;
-            match expect(&mut reader, pages, "Ready")? {
+            match expect(reader, pages, "Ready")? {
                 Msg::Ready => {}
                 m => bail!("the destination sent {} instead of Ready", m.name()),
             }
@@ -380,14 +380,14 @@ impl Session<'_> {
             self.committed = true;
             out.send(&Msg::Go)?;
             out.flush()?;
-            match expect(&mut reader, pages, "Complete")? {
+            match expect(reader, pages, "Complete")? {
                 Msg::Complete => {}
                 m => bail!("the destination sent {} instead of Complete", m.name()),
             }
             self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
             let _ = t_pause;
         } else {
-            self.postcopy(&mut out, &mut reader, &mut fault, remaining, state, pages)?;
+            self.postcopy(&mut out, reader, &fault, remaining, state, pages)?;
         }
         self.progress.set_status(Status::Completed);
         self.progress.pages_remaining.store(0, Ordering::Relaxed);
@@ -396,12 +396,12 @@ impl Session<'_> {
         reader.set_read_timeout(Some(
             PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
         ))?;
-        match expect(&mut reader, pages, "the report")? {
+        match expect(reader, pages, "the report")? {
             Msg::Report(json) => self.merge_dest_report(&json),
             m => bail!("the destination sent {} instead of its report", m.name()),
         }
-        let _ = main.shutdown(Shutdown::Both);
-        let _ = fault.shutdown(Shutdown::Both);
+        main.shutdown(Shutdown::Both);
+        fault.shutdown(Shutdown::Both);
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let r = &mut *self.report;
         r.rounds = g(&self.progress.rounds);
@@ -493,8 +493,8 @@ impl Session<'_> {
     fn postcopy(
         &mut self,
         out: &mut Out,
-        reader: &mut TcpStream,
-        fault: &mut TcpStream,
+        reader: &Conn,
+        fault: &Conn,
         remaining: Vec<usize>,
         state: Vec<u8>,
         pages: usize,
@@ -532,7 +532,7 @@ impl Session<'_> {
         out.flush()?;
         progress.set_status(Status::PostcopyActive);
         // The push connection: paced a little under the link, small buffer.
-        let main = out.w.get_ref();
+        let main: &Conn = out.w.get_ref();
         set_sndbuf(main, PUSH_SNDBUF)?;
         if self.params.max_bandwidth > 0 {
             set_pacing(main, self.params.max_bandwidth * 95 / 100)?;
@@ -551,7 +551,7 @@ impl Session<'_> {
             });
             self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
             // Ends the demand thread (its reads fail once the socket is shut).
-            let _ = fault.shutdown(Shutdown::Read);
+            fault.shutdown(Shutdown::Read);
             let d = demand
                 .join()
                 .map_err(|_| anyhow!("the demand thread panicked"))?;
@@ -632,7 +632,7 @@ fn push(
 /// Answers demand requests on the fault connection, first come first
 /// served, ahead of anything pushed.
 fn serve_demand(
-    fault: &TcpStream,
+    fault: &Conn,
     ram: &GuestRam,
     done: &AtomicBitmap,
     order: &Mutex<PushOrder>,

@@ -199,6 +199,8 @@ pub struct Report {
     /// Free page hints the guest gave at migration start.
     pub free_page_hints: bool,
     pub max_bandwidth: u64,
+    /// "TLS" or "plain TCP".
+    pub security: String,
     pub error: Option<String>,
     /// Everything the destination reported (its engine figures and what its
     /// VMM saw of the guest), as it sent it.

@@ -1,0 +1,2056 @@
+//! `godwit bench`: the paper's evaluation, every migration mode and
+//! pre-paging strategy on the same guest and workload, in one run.
+//!
+//! For each cell of the matrix (workload × self-ballooning × mode/strategy)
+//! and each run:
+//!
+//! 1. bring the testbed up ([`crate::testbed`]; or, with `--loopback` or
+//!    without root, use 127.0.0.1 and cap the migration at the link rate with
+//!    `migrate-set-parameters {"max-bandwidth": ...}`);
+//! 2. start `godwit receive` in `godwit-dst` and `godwit run` in
+//!    `godwit-src`, each with a control socket in a temporary folder; every
+//!    console line gets a host timestamp (one clock for both) as it arrives;
+//! 3. wait for `GODWIT READY`, the warm-up, and the destination's listening
+//!    socket; run `godwit migrate ... --json REPORT` (in `godwit-src`);
+//! 4. let the destination run a little longer, quit it, and check the guest's
+//!    integrity on both sides (`bad` == 0, no CORRUPT/ERROR lines): a cell
+//!    with an integrity error is FAILED, loudly;
+//! 5. keep the engine's report and the host's own figures.
+//!
+//! The host figures follow DESIGN.md, "Comparing fairly with QEMU": the
+//! guest-observed downtime is the largest gap between consecutive
+//! `GODWIT HB` lines (source and destination consoles merged) from the start
+//! of the migration to the end of the after-run, minus the heartbeat period;
+//! the achieved guest rate is the workload's throughput figure averaged over
+//! the heartbeats of the last second before the migration (the warm-up lasts
+//! `--warmup-s` and, for memtouch and quicksort, until they reach their steady
+//! state: a full pass over the working set, a first complete sort).
+//!
+//! Outputs (in `--out`, rewritten after every run so an interrupted bench
+//! keeps what it measured): `results.json` (every run, raw), `results.md`
+//! (one row per cell, mean ± sample standard deviation over runs),
+//! `plot-*.svg` (full preset: figures against the working-set size) and
+//! `logs/` (every console, timestamped).
+//!
+//! Everything the bench starts it stops: children are killed with their
+//! process group when their guard drops, every wait is bounded, the testbed
+//! guard tears the namespaces down, and Ctrl-C turns into an error at the
+//! next wait.
+
+use crate::control::ControlClient;
+use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The source prints `GODWIT READY` within this time or the run fails.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The destination listens within this time or the run fails.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// `godwit migrate` finishes within this time or is killed.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A VMM asked to quit (or quit by the migration) exits within this time.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Timeout of each control socket command.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP port of the migration on the testbed.
+const MIGRATION_PORT: u16 = 4444;
+/// memtouch's fixed dirty rate, pages/s: 80 MB/s, below the link's 125 MB/s.
+const FIXED_PAGES_PER_S: u64 = 20_000;
+const PAGE_BYTES: f64 = 4096.0;
+/// The achieved guest rate is averaged over this much time before the
+/// migration starts.
+const RATE_WINDOW_MS: f64 = 1000.0;
+/// The warm-up waits at most this long for the workload's steady state.
+const STEADY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Preset {
+    /// memtouch, 64 MiB working set, fixed and busy rate; every mode; 1 run.
+    Quick,
+    /// WWS sweep 8..256 MiB (fixed and busy), quicksort, idle, alloc-free;
+    /// self-ballooning on and off; every mode; 3 runs.
+    Full,
+}
+
+/// Migrate the same guest with every mode and pre-paging strategy, over the
+/// testbed; writes a table, raw JSON, plots and console logs.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which matrix to run.
+    #[arg(long, value_enum, default_value_t = Preset::Quick)]
+    preset: Preset,
+    /// Folder for results.json, results.md, plots and logs.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Runs per cell (default: 1 for quick, 3 for full).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: Option<u32>,
+    /// Migrate over 127.0.0.1 with max-bandwidth set to the link rate,
+    /// instead of the testbed (the default when not root).
+    #[arg(long)]
+    loopback: bool,
+    #[command(flatten)]
+    link: testbed::LinkArgs,
+    /// Guest RAM: bytes or with a K/M/G suffix.
+    #[arg(long, default_value = "512M", value_parser = crate::size::parse_size)]
+    mem: u64,
+    /// Guest heartbeat period, ms: the resolution of the guest-observed
+    /// downtime.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    hb_ms: u32,
+    /// Seconds the guest runs after READY before the migration.
+    #[arg(long, default_value_t = 2)]
+    warmup_s: u32,
+    /// Seconds the destination runs after the migration.
+    #[arg(long, default_value_t = 2)]
+    after_s: u32,
+    /// Run only cells whose id contains every comma-separated word
+    /// (e.g. "postcopy,wws64"); see --list.
+    #[arg(long)]
+    only: Option<String>,
+    /// Print the cell ids and exit.
+    #[arg(long)]
+    list: bool,
+    /// Stop at the first failed run.
+    #[arg(long)]
+    fail_fast: bool,
+    /// On the testbed, cap the migration at this percentage of the link
+    /// rate (max-bandwidth; the engine paces post-copy's push with it so that
+    /// demand replies do not queue behind pushed pages in the tbf queue);
+    /// 0: no cap. On loopback the cap is the link rate itself.
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pace_pct: u32,
+    /// Migrate over mutual TLS (identities made with `godwit tls-gen`)
+    /// instead of plain TCP.
+    #[arg(long)]
+    tls: bool,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let cells = select(matrix(args.preset), args.only.as_deref());
+    if cells.is_empty() {
+        bail!(
+            "--only {:?} matches no cell (see `godwit bench --preset {} --list`)",
+            args.only.as_deref().unwrap_or(""),
+            preset_name(args.preset)
+        );
+    }
+    if args.list {
+        for c in &cells {
+            println!("{}", c.id());
+        }
+        return Ok(0);
+    }
+    testbed::catch_interrupts();
+    let bench = Bench::new(&args)?;
+    let runs = args.runs.unwrap_or(match args.preset {
+        Preset::Quick => 1,
+        Preset::Full => 3,
+    });
+    eprintln!(
+        "bench: preset {}, {} cell(s) × {runs} run(s); guest {} MiB, heartbeat {} ms, warm-up {} s, after-run {} s",
+        preset_name(args.preset),
+        cells.len(),
+        args.mem >> 20,
+        args.hb_ms,
+        args.warmup_s,
+        args.after_s
+    );
+    eprintln!("bench: network: {}", bench.describe_net());
+    eprintln!("bench: results in {}", args.out.display());
+
+    let mut records: Vec<RunRecord> = Vec::new();
+    let total = cells.len() * runs as usize;
+    let started = Instant::now();
+    'runs: for run in 1..=runs {
+        for cell in &cells {
+            if testbed::interrupted() {
+                break 'runs;
+            }
+            let done = records.len();
+            eprintln!(
+                "bench: [{:>3}/{total}] {} run {run}/{runs}{}",
+                done + 1,
+                cell.id(),
+                eta(started, done, total)
+            );
+            let record = bench.run_cell(cell, run);
+            if testbed::interrupted() {
+                eprintln!("bench:           interrupted; this run is not recorded");
+                break 'runs;
+            }
+            eprintln!("bench:           {}", record.one_line());
+            let failed = !record.ok;
+            records.push(record);
+            bench.write_outputs(&cells, runs, &records)?;
+            if failed && args.fail_fast {
+                eprintln!("bench: stopping at the first failure (--fail-fast)");
+                break 'runs;
+            }
+        }
+    }
+    let plots = bench.write_plots(&cells, &records)?;
+    let failed: Vec<&RunRecord> = records.iter().filter(|r| !r.ok).collect();
+    println!();
+    println!(
+        "bench: {} of {} run(s) done in {}; {} failed",
+        records.len(),
+        total,
+        show_duration(started.elapsed()),
+        failed.len()
+    );
+    println!(
+        "bench: table {}, raw {}{}",
+        args.out.join("results.md").display(),
+        args.out.join("results.json").display(),
+        if plots.is_empty() {
+            String::new()
+        } else {
+            format!(", {} plot(s)", plots.len())
+        }
+    );
+    for r in &failed {
+        println!(
+            "bench: FAILED {} run {}: {}",
+            r.cell,
+            r.run,
+            r.failure_text()
+        );
+    }
+    if testbed::interrupted() {
+        eprintln!(
+            "bench: interrupted; results so far are in {}",
+            args.out.display()
+        );
+        return Ok(130);
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
+fn preset_name(p: Preset) -> &'static str {
+    match p {
+        Preset::Quick => "quick",
+        Preset::Full => "full",
+    }
+}
+
+fn eta(started: Instant, done: usize, total: usize) -> String {
+    if done == 0 {
+        return String::new();
+    }
+    let per = started.elapsed().as_secs_f64() / done as f64;
+    format!(
+        "  (elapsed {}, ~{} left)",
+        show_duration(started.elapsed()),
+        show_duration(Duration::from_secs_f64(per * (total - done) as f64))
+    )
+}
+
+fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The matrix
+
+/// A guest workload and its parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Workload {
+    /// Dirties a working set of `wws_mb` at `pages_per_s` (0: as fast as it can).
+    Memtouch {
+        wws_mb: u64,
+        pages_per_s: u64,
+    },
+    Quicksort,
+    Idle,
+    AllocFree,
+}
+
+const QUICKSORT_PARAMS: &str = "procs=2 array_mb=4";
+const QUICKSORT_WWS_MB: u64 = 8;
+const ALLOCFREE_PARAMS: &str = "alloc_mb=128 hold_ms=1000 free_ms=1000";
+const ALLOCFREE_WWS_MB: u64 = 128;
+
+impl Workload {
+    /// The guest's name for it (`godwit.workload=`).
+    fn name(&self) -> &'static str {
+        match self {
+            Workload::Memtouch { .. } => "memtouch",
+            Workload::Quicksort => "quicksort",
+            Workload::Idle => "idle",
+            Workload::AllocFree => "alloc-free",
+        }
+    }
+
+    /// Kernel command line words, without `hb_ms`.
+    fn params(&self) -> String {
+        match self {
+            Workload::Memtouch {
+                wws_mb,
+                pages_per_s,
+            } => format!("wws_mb={wws_mb} pages_per_s={pages_per_s}"),
+            Workload::Quicksort => QUICKSORT_PARAMS.into(),
+            Workload::Idle => String::new(),
+            Workload::AllocFree => ALLOCFREE_PARAMS.into(),
+        }
+    }
+
+    fn id(&self) -> String {
+        match self {
+            Workload::Memtouch {
+                wws_mb,
+                pages_per_s: 0,
+            } => format!("memtouch-wws{wws_mb}-busy"),
+            Workload::Memtouch {
+                wws_mb,
+                pages_per_s,
+            } => format!("memtouch-wws{wws_mb}-pps{pages_per_s}"),
+            w => w.name().into(),
+        }
+    }
+
+    /// Memory the workload keeps writing, MiB.
+    fn wws_mb(&self) -> Option<u64> {
+        match self {
+            Workload::Memtouch { wws_mb, .. } => Some(*wws_mb),
+            Workload::Quicksort => Some(QUICKSORT_WWS_MB),
+            Workload::Idle => None,
+            Workload::AllocFree => Some(ALLOCFREE_WWS_MB),
+        }
+    }
+
+    /// The heartbeat field with the workload's throughput.
+    fn rate_key(&self) -> Option<&'static str> {
+        match self {
+            Workload::Memtouch { .. } | Workload::AllocFree => Some("pages_per_s"),
+            Workload::Quicksort => Some("elems_per_s"),
+            Workload::Idle => None,
+        }
+    }
+
+    /// The heartbeat counter that is at least 1 once the workload has
+    /// reached its steady state (memtouch: a full pass over the working set,
+    /// whose first touches fault fresh pages in; quicksort: a first sort).
+    fn steady_counter(&self) -> Option<&'static str> {
+        match self {
+            Workload::Memtouch { .. } => Some("passes"),
+            Workload::Quicksort => Some("sorts"),
+            Workload::Idle | Workload::AllocFree => None,
+        }
+    }
+
+    /// The rate asked for, if fixed.
+    fn target(&self) -> String {
+        match self {
+            Workload::Memtouch { pages_per_s: 0, .. } => "busy".into(),
+            Workload::Memtouch { pages_per_s, .. } => pages_per_s.to_string(),
+            _ => "-".into(),
+        }
+    }
+}
+
+/// A migration mode and, for post-copy, its pre-paging strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Strategy {
+    mode: &'static str,
+    prepaging: Option<&'static str>,
+}
+
+/// Every strategy the paper compares, in table order.
+const STRATEGIES: [Strategy; 7] = [
+    Strategy {
+        mode: "stop-and-copy",
+        prepaging: None,
+    },
+    Strategy {
+        mode: "precopy",
+        prepaging: None,
+    },
+    Strategy {
+        mode: "postcopy",
+        prepaging: Some("none"),
+    },
+    Strategy {
+        mode: "postcopy",
+        prepaging: Some("forward"),
+    },
+    Strategy {
+        mode: "postcopy",
+        prepaging: Some("dual"),
+    },
+    Strategy {
+        mode: "postcopy",
+        prepaging: Some("multi-pivot"),
+    },
+    Strategy {
+        mode: "hybrid",
+        prepaging: None,
+    },
+];
+
+impl Strategy {
+    fn id(&self) -> String {
+        match self.prepaging {
+            Some(p) => format!("{}-{p}", self.mode),
+            None => self.mode.into(),
+        }
+    }
+}
+
+/// One configuration to migrate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cell {
+    workload: Workload,
+    /// Self-ballooning (the virtio-balloon with free page reporting).
+    balloon: bool,
+    strategy: Strategy,
+}
+
+impl Cell {
+    fn id(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.workload.id(),
+            if self.balloon { "balloon" } else { "noballoon" },
+            self.strategy.id()
+        )
+    }
+}
+
+fn matrix(preset: Preset) -> Vec<Cell> {
+    let (workloads, balloons): (Vec<Workload>, &[bool]) = match preset {
+        Preset::Quick => (
+            [FIXED_PAGES_PER_S, 0]
+                .into_iter()
+                .map(|pages_per_s| Workload::Memtouch {
+                    wws_mb: 64,
+                    pages_per_s,
+                })
+                .collect(),
+            &[true],
+        ),
+        Preset::Full => {
+            let mut w = Vec::new();
+            for pages_per_s in [FIXED_PAGES_PER_S, 0] {
+                for wws_mb in [8, 32, 64, 128, 256] {
+                    w.push(Workload::Memtouch {
+                        wws_mb,
+                        pages_per_s,
+                    });
+                }
+            }
+            w.extend([Workload::Quicksort, Workload::Idle, Workload::AllocFree]);
+            (w, &[true, false])
+        }
+    };
+    let mut cells = Vec::new();
+    for &balloon in balloons {
+        for workload in &workloads {
+            for strategy in STRATEGIES {
+                cells.push(Cell {
+                    workload: workload.clone(),
+                    balloon,
+                    strategy,
+                });
+            }
+        }
+    }
+    cells
+}
+
+/// The cells whose id contains every comma-separated word of `only`.
+fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
+    let Some(only) = only else { return cells };
+    let words: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    cells
+        .into_iter()
+        .filter(|c| {
+            let id = c.id();
+            words.iter().all(|w| id.contains(w))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Where the migrations run
+
+/// The network between source and destination.
+enum Net {
+    Testbed(LinkConfig),
+    /// 127.0.0.1, with the migration capped at this many bytes/s; why.
+    Loopback {
+        bytes_per_s: u64,
+        why: &'static str,
+    },
+}
+
+impl Net {
+    fn bytes_per_s(&self) -> u64 {
+        match self {
+            Net::Testbed(link) => link.bytes_per_s(),
+            Net::Loopback { bytes_per_s, .. } => *bytes_per_s,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Net::Testbed(link) => format!(
+                "testbed {} {} <-> {} {}, {link}",
+                testbed::SRC_NS,
+                testbed::SRC_ADDR,
+                testbed::DST_NS,
+                testbed::DST_ADDR
+            ),
+            Net::Loopback { bytes_per_s, why } => format!(
+                "LOOPBACK ({why}) standing in for a {} link",
+                testbed::show_rate(bytes_per_s * 8)
+            ),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Net::Testbed(link) => json!({"kind": "testbed", "link": link.to_json()}),
+            Net::Loopback { bytes_per_s, why } => {
+                json!({"kind": "loopback", "why": why, "max_bandwidth_bytes_per_s": bytes_per_s})
+            }
+        }
+    }
+}
+
+/// What every run shares.
+struct Bench {
+    exe: PathBuf,
+    net: Net,
+    mem: u64,
+    hb_ms: u32,
+    warmup: Duration,
+    after: Duration,
+    preset: Preset,
+    out: PathBuf,
+    logs: PathBuf,
+    tmp: TempDir,
+    started_unix_s: u64,
+    /// `max-bandwidth` given to the source before each migration, B/s.
+    max_bandwidth: Option<u64>,
+    /// TLS identity folders (source, destination), or plain TCP.
+    tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Bench {
+    fn new(args: &Args) -> Result<Bench> {
+        let link = args.link.config()?;
+        let net = if args.loopback {
+            Net::Loopback {
+                bytes_per_s: link.bytes_per_s(),
+                why: "--loopback",
+            }
+        } else if !testbed::is_root() {
+            Net::Loopback {
+                bytes_per_s: link.bytes_per_s(),
+                why: "not root, so no testbed",
+            }
+        } else {
+            Net::Testbed(link)
+        };
+        let max_bandwidth = match &net {
+            Net::Loopback { bytes_per_s, .. } => Some(*bytes_per_s),
+            Net::Testbed(link) => {
+                (args.pace_pct > 0).then(|| link.bytes_per_s() * u64::from(args.pace_pct) / 100)
+            }
+        };
+        crate::guest_image::resolve(None, None)
+            .context("the guest image is missing: build it with guest/build.sh")?;
+        let logs = args.out.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        let exe = std::env::current_exe().context("cannot find the godwit executable")?;
+        let tmp = TempDir::new()?;
+        let tls = if args.tls {
+            let (a, b) = (tmp.0.join("tls-src"), tmp.0.join("tls-dst"));
+            for extra in [vec![], vec!["--ca".to_string(), a.display().to_string()]] {
+                let dir = if extra.is_empty() { &a } else { &b };
+                let st = std::process::Command::new(&exe)
+                    .arg("tls-gen")
+                    .arg(dir)
+                    .args(&extra)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .context("cannot run godwit tls-gen")?;
+                if !st.success() {
+                    bail!("godwit tls-gen {} failed", dir.display());
+                }
+            }
+            Some((a, b))
+        } else {
+            None
+        };
+        Ok(Bench {
+            exe,
+            net,
+            mem: args.mem,
+            hb_ms: args.hb_ms,
+            warmup: Duration::from_secs(args.warmup_s.into()),
+            after: Duration::from_secs(args.after_s.into()),
+            preset: args.preset,
+            out: args.out.clone(),
+            logs,
+            tmp,
+            started_unix_s: unix_time_s(),
+            max_bandwidth,
+            tls,
+        })
+    }
+
+    /// One run of one cell; never fails: a failure is in the record.
+    fn run_cell(&self, cell: &Cell, run: u32) -> RunRecord {
+        let dir = self.tmp.0.join(format!("run{run}-{}", cell.id()));
+        let mut r = CellRun {
+            consoles: Vec::new(),
+            testbed: None,
+            bench: self,
+            cell,
+            dir,
+            epoch: Instant::now(),
+        };
+        let result = std::fs::create_dir_all(&r.dir)
+            .with_context(|| format!("cannot create {}", r.dir.display()))
+            .and_then(|()| r.measure());
+        // Stop everything (children first, then the testbed) before the logs.
+        for c in &mut r.consoles {
+            c.process.kill();
+        }
+        for c in &r.consoles {
+            c.drain(Duration::from_millis(500));
+        }
+        let logs = r.write_logs(run);
+        let testbed_down = r.testbed.take().map(Testbed::down);
+        let _ = std::fs::remove_dir_all(&r.dir);
+        let mut record = RunRecord {
+            cell: cell.id(),
+            run,
+            ok: false,
+            failure: None,
+            report: None,
+            host: None,
+            logs,
+        };
+        match result {
+            Ok((report, host)) => {
+                record.failure = host.integrity_failure();
+                record.ok = record.failure.is_none();
+                record.report = Some(report);
+                record.host = Some(host);
+            }
+            Err(e) => record.failure = Some(format!("{e:#}")),
+        }
+        if let Some(Err(e)) = testbed_down {
+            eprintln!("bench: warning: testbed teardown failed: {e:#}");
+        }
+        record
+    }
+
+    fn write_outputs(&self, cells: &[Cell], runs: u32, records: &[RunRecord]) -> Result<()> {
+        let doc = json!({
+            "godwit_version": env!("CARGO_PKG_VERSION"),
+            "preset": preset_name(self.preset),
+            "runs_per_cell": runs,
+            "network": self.net.to_json(),
+            "max_bandwidth_bytes_per_s": self.max_bandwidth,
+            "link_bytes_per_s": self.net.bytes_per_s(),
+            "mem_bytes": self.mem,
+            "hb_ms": self.hb_ms,
+            "warmup_s": self.warmup.as_secs(),
+            "after_s": self.after.as_secs(),
+            "started_unix_s": self.started_unix_s,
+            "host": host_info(),
+            "cells": cells.iter().map(|c| json!({
+                "id": c.id(),
+                "workload": c.workload.name(),
+                "params": c.workload.params(),
+                "wws_mb": c.workload.wws_mb(),
+                "balloon": c.balloon,
+                "mode": c.strategy.mode,
+                "prepaging": c.strategy.prepaging,
+            })).collect::<Vec<_>>(),
+            "runs": records,
+        });
+        let path = self.out.join("results.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let path = self.out.join("results.md");
+        std::fs::write(&path, self.table(cells, runs, records))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+impl Bench {
+    fn describe_net(&self) -> String {
+        let cap = match self.max_bandwidth {
+            Some(b) => format!(
+                "migration max-bandwidth {b} B/s ({})",
+                testbed::show_rate(b * 8)
+            ),
+            None => "no max-bandwidth".into(),
+        };
+        format!("{}; {cap}", self.net.describe())
+    }
+}
+
+/// A temporary folder, removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let d = std::env::temp_dir().join(format!("godwit-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        Ok(TempDir(d))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One run of one cell
+
+/// The processes of one run. Fields drop in order: the consoles (killing
+/// the VMMs) before the testbed they run in.
+struct CellRun<'a> {
+    consoles: Vec<Console>,
+    testbed: Option<Testbed>,
+    bench: &'a Bench,
+    cell: &'a Cell,
+    /// Control sockets and the report, removed after the run.
+    dir: PathBuf,
+    /// Time zero of every console timestamp.
+    epoch: Instant,
+}
+
+/// Index of each console in `CellRun::consoles`.
+const DST: usize = 0;
+const SRC: usize = 1;
+const MIGRATE: usize = 2;
+
+impl CellRun<'_> {
+    /// A `godwit` command on `side`'s host.
+    fn godwit(&self, side: Side) -> Command {
+        match &self.testbed {
+            Some(t) => t.command(side, &self.bench.exe),
+            None => Command::new(&self.bench.exe),
+        }
+    }
+
+    fn ms(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64() * 1e3
+    }
+
+    fn measure(&mut self) -> Result<(Value, HostFigures)> {
+        let b = self.bench;
+        let cell = self.cell;
+        if let Net::Testbed(link) = &b.net {
+            self.testbed = Some(Testbed::up(link)?);
+        }
+        let addr = match &b.net {
+            Net::Testbed(_) => format!("{}:{MIGRATION_PORT}", testbed::DST_ADDR),
+            Net::Loopback { .. } => format!("127.0.0.1:{}", free_port()?),
+        };
+        let port: u16 = addr.rsplit(':').next().unwrap_or("0").parse()?;
+        let src_sock = self.dir.join("src.sock");
+        let dst_sock = self.dir.join("dst.sock");
+        let report_path = self.dir.join("report.json");
+        self.epoch = Instant::now();
+
+        // The destination first, so that it listens by the time the source is ready.
+        let mut dst = self.godwit(Side::Dst);
+        dst.args(["receive", "--listen", &addr, "--control"])
+            .arg(&dst_sock);
+        match &b.tls {
+            Some((_, d)) => dst.arg("--tls-dir").arg(d),
+            None => dst.arg("--tls-plain"),
+        };
+        self.consoles
+            .push(Console::spawn("destination", dst, self.epoch)?);
+        let mut src = self.godwit(Side::Src);
+        src.args(["run", "--control"])
+            .arg(&src_sock)
+            .args(["--mem", &b.mem.to_string()])
+            .args(["--workload", cell.workload.name()])
+            .arg("--append")
+            .arg(format!("{} hb_ms={}", cell.workload.params(), b.hb_ms).trim());
+        if !cell.balloon {
+            src.arg("--no-balloon");
+        }
+        self.consoles
+            .push(Console::spawn("source", src, self.epoch)?);
+
+        let ready_ms = self.consoles[SRC].wait_for("GODWIT READY", BOOT_TIMEOUT)?;
+        self.wait_listening(port)?;
+        self.warm_up()?;
+        if let Some(bytes_per_s) = b.max_bandwidth {
+            control(
+                &src_sock,
+                "migrate-set-parameters",
+                json!({ "max-bandwidth": bytes_per_s }),
+            )
+            .context("cannot set the migration's max-bandwidth")?;
+        }
+
+        let start_ms = self.ms();
+        let mut migrate = self.godwit(Side::Src);
+        migrate.args(["migrate", "--control"]).arg(&src_sock).args([
+            "--to",
+            &addr,
+            "--mode",
+            cell.strategy.mode,
+        ]);
+        if let Some(p) = cell.strategy.prepaging {
+            migrate.args(["--prepaging", p]);
+        }
+        match &b.tls {
+            Some((s, _)) => migrate.arg("--tls-dir").arg(s),
+            None => migrate.arg("--tls-plain"),
+        };
+        migrate.arg("--json").arg(&report_path);
+        self.consoles
+            .push(Console::spawn("migrate", migrate, self.epoch)?);
+        let status = self.consoles[MIGRATE]
+            .process
+            .wait_timeout(MIGRATE_TIMEOUT)?;
+        let end_ms = self.ms();
+        let m = &self.consoles[MIGRATE];
+        match status {
+            None => bail!(
+                "godwit migrate did not finish within {} s; killed it{}",
+                MIGRATE_TIMEOUT.as_secs(),
+                m.tail()
+            ),
+            Some(s) if !s.success() => bail!("godwit migrate failed ({s}){}", m.tail()),
+            Some(_) => {}
+        }
+
+        self.hold(b.after, "the after-run")?;
+        let after_ms = self.ms();
+        let dst_exit = self.quit_destination(&dst_sock);
+        let src_exit = match self.consoles[SRC].process.wait_timeout(EXIT_TIMEOUT)? {
+            Some(s) => show_status(s),
+            None => {
+                self.consoles[SRC].process.kill();
+                format!(
+                    "still running {} s after the migration; killed",
+                    EXIT_TIMEOUT.as_secs()
+                )
+            }
+        };
+        for c in &self.consoles {
+            c.drain(Duration::from_secs(2));
+        }
+
+        let text = std::fs::read_to_string(&report_path).with_context(|| {
+            format!(
+                "godwit migrate succeeded but wrote no report to {}",
+                report_path.display()
+            )
+        })?;
+        let report: Value = serde_json::from_str(&text)
+            .with_context(|| format!("the migration report is not JSON: {text}"))?;
+        let window = Window {
+            ready_ms,
+            start_ms,
+            end_ms,
+            after_ms,
+            rate_window_ms: RATE_WINDOW_MS.min(b.warmup.as_secs_f64() * 1e3),
+        };
+        let src_lines = self.consoles[SRC].lines();
+        let dst_lines = self.consoles[DST].lines();
+        let mut host = HostFigures::new(
+            &src_lines,
+            &dst_lines,
+            &window,
+            b.hb_ms.into(),
+            cell.workload.rate_key(),
+        );
+        host.src_exit = src_exit;
+        host.dst_exit = dst_exit;
+        host.physical_limit_ms = report["nonfree_pages"]
+            .as_f64()
+            .map(|p| p * PAGE_BYTES / b.net.bytes_per_s() as f64 * 1e3);
+        Ok((report, host))
+    }
+
+    /// Waits until the destination listens on `port` (seen in its own
+    /// network namespace, through /proc/PID/net/tcp, without connecting).
+    fn wait_listening(&mut self, port: u16) -> Result<()> {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        loop {
+            let dst = &mut self.consoles[DST];
+            if let Some(s) = dst.process.try_wait()? {
+                bail!(
+                    "godwit receive exited before the migration ({s}){}",
+                    dst.tail()
+                );
+            }
+            if listening(dst.process.child.id(), port) {
+                return Ok(());
+            }
+            testbed::check_interrupted()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "godwit receive does not listen on port {port} after {} s{}",
+                    LISTEN_TIMEOUT.as_secs(),
+                    dst.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The warm-up: at least `--warmup-s`, and until the workload is in its
+    /// steady state ([`Workload::steady_counter`]), so that the achieved rate
+    /// and pre-copy's first round see the steady state.
+    fn warm_up(&mut self) -> Result<()> {
+        self.hold(self.bench.warmup, "the warm-up")?;
+        let Some(counter) = self.cell.workload.steady_counter() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + STEADY_TIMEOUT;
+        loop {
+            let (src_beats, _) = beats(&self.consoles[SRC].lines());
+            if src_beats
+                .last()
+                .is_some_and(|b| b.json[counter].as_u64().unwrap_or(0) >= 1)
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the workload's heartbeat shows no {counter} >= 1 within {} s of the warm-up{}",
+                    STEADY_TIMEOUT.as_secs(),
+                    self.consoles[SRC].tail()
+                );
+            }
+            self.hold(Duration::from_millis(100), "the warm-up")?;
+        }
+    }
+
+    /// Lets time pass; both VMMs must stay alive.
+    fn hold(&mut self, d: Duration, what: &str) -> Result<()> {
+        let deadline = Instant::now() + d;
+        // After the migration the source has quit: only the destination counts.
+        let watched: &[usize] = if self.consoles.len() > MIGRATE {
+            &[DST]
+        } else {
+            &[SRC, DST]
+        };
+        while Instant::now() < deadline {
+            testbed::check_interrupted()?;
+            for &i in watched {
+                let c = &mut self.consoles[i];
+                if let Some(s) = c.process.try_wait()? {
+                    bail!("the {} VMM ended during {what} ({s}){}", c.role, c.tail());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `quit` on the destination's control socket, then a bounded wait.
+    fn quit_destination(&mut self, sock: &Path) -> String {
+        // The reply may not come: the VMM exits while answering.
+        let asked = control(sock, "quit", Value::Null);
+        let dst = &mut self.consoles[DST];
+        match dst.process.wait_timeout(EXIT_TIMEOUT) {
+            Ok(Some(s)) => show_status(s),
+            _ => {
+                dst.process.kill();
+                match asked {
+                    Ok(_) => format!(
+                        "did not exit within {} s of quit; killed",
+                        EXIT_TIMEOUT.as_secs()
+                    ),
+                    Err(e) => format!("quit failed ({e:#}); killed"),
+                }
+            }
+        }
+    }
+
+    /// Writes each console to the log folder; returns the paths.
+    fn write_logs(&self, run: u32) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        for c in &self.consoles {
+            let path = self
+                .bench
+                .logs
+                .join(format!("{}.run{run}.{}.log", self.cell.id(), c.role));
+            let mut text = String::new();
+            for l in c.lines() {
+                let _ = writeln!(
+                    text,
+                    "{:10.3} {} {}",
+                    l.at_ms,
+                    if l.stderr { "err" } else { "out" },
+                    l.text
+                );
+            }
+            match std::fs::write(&path, text) {
+                Ok(()) => paths.push(path),
+                Err(e) => eprintln!("bench: warning: cannot write {}: {e}", path.display()),
+            }
+        }
+        paths
+    }
+}
+
+/// One control command with a timeout.
+fn control(sock: &Path, command: &str, args: Value) -> Result<Value> {
+    let mut c = ControlClient::connect(sock)?;
+    c.set_timeout(Some(CONTROL_TIMEOUT))?;
+    c.execute(command, args)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the receiver takes it next).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free TCP port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Whether process `pid` (in whatever network namespace it is) has a TCP
+/// socket listening on `port`.
+fn listening(pid: u32, port: u16) -> bool {
+    ["tcp", "tcp6"].iter().any(|f| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+            .map(|t| tcp_table_listens(&t, port))
+            .unwrap_or(false)
+    })
+}
+
+/// Parses /proc/net/tcp: a row whose local port is `port` in state 0A (LISTEN).
+fn tcp_table_listens(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|row| {
+        let f: Vec<&str> = row.split_whitespace().collect();
+        f.len() > 3
+            && f[3] == "0A"
+            && f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+    })
+}
+
+fn show_status(s: ExitStatus) -> String {
+    match s.code() {
+        Some(c) => format!("exit {c}"),
+        None => s.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Consoles
+
+/// A line of a child's output, timestamped on arrival.
+#[derive(Clone, Debug)]
+struct Line {
+    /// Milliseconds since the run's epoch (one clock for every console).
+    at_ms: f64,
+    stderr: bool,
+    text: String,
+}
+
+/// A child process whose stdout and stderr are read, line by line, by two
+/// threads.
+struct Console {
+    role: &'static str,
+    process: Process,
+    lines: Arc<Mutex<Vec<Line>>>,
+    /// Pipes still open (0: both readers are done).
+    open: Arc<AtomicUsize>,
+    /// Lines already searched by `wait_for`.
+    scanned: usize,
+}
+
+impl Console {
+    fn spawn(role: &'static str, mut cmd: Command, epoch: Instant) -> Result<Console> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut process = Process::spawn(role, cmd)?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(2));
+        let out = process.child.stdout.take().context("no stdout pipe")?;
+        let err = process.child.stderr.take().context("no stderr pipe")?;
+        read_lines(out, false, epoch, lines.clone(), open.clone())?;
+        read_lines(err, true, epoch, lines.clone(), open.clone())?;
+        Ok(Console {
+            role,
+            process,
+            lines,
+            open,
+            scanned: 0,
+        })
+    }
+
+    fn lines(&self) -> Vec<Line> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a stdout line containing `marker`; returns its time (ms).
+    fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self
+                    .lines
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+                if let Some(l) = lines[self.scanned..]
+                    .iter()
+                    .find(|l| !l.stderr && l.text.contains(marker))
+                {
+                    return Ok(l.at_ms);
+                }
+                self.scanned = lines.len();
+            }
+            if let Some(s) = self.process.try_wait()? {
+                self.drain(Duration::from_millis(500));
+                bail!(
+                    "the {} VMM exited ({s}) before printing {marker}{}",
+                    self.role,
+                    self.tail()
+                );
+            }
+            testbed::check_interrupted()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "the {} VMM printed no {marker} within {} s{}",
+                    self.role,
+                    timeout.as_secs(),
+                    self.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the readers to reach the end of both pipes.
+    fn drain(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The last lines of output, for error messages.
+    fn tail(&self) -> String {
+        let lines = self.lines();
+        let last: Vec<&str> = lines
+            .iter()
+            .rev()
+            .map(|l| l.text.as_str())
+            .filter(|t| !t.trim().is_empty())
+            .take(8)
+            .collect();
+        if last.is_empty() {
+            return format!(" ({} printed nothing)", self.role);
+        }
+        let mut s = format!("; last output of {}:", self.role);
+        for t in last.iter().rev() {
+            s.push_str("\n    ");
+            s.push_str(t);
+        }
+        s
+    }
+}
+
+fn read_lines(
+    pipe: impl Read + Send + 'static,
+    stderr: bool,
+    epoch: Instant,
+    lines: Arc<Mutex<Vec<Line>>>,
+    open: Arc<AtomicUsize>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("bench-console".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let at_ms = epoch.elapsed().as_secs_f64() * 1e3;
+                let text = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                match lines.lock() {
+                    Ok(mut l) => l.push(Line {
+                        at_ms,
+                        stderr,
+                        text,
+                    }),
+                    Err(_) => break,
+                }
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+        })
+        .context("cannot start a console reader thread")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// What the host measures
+
+/// Moments of a run, ms since its epoch.
+struct Window {
+    ready_ms: f64,
+    start_ms: f64,
+    end_ms: f64,
+    after_ms: f64,
+    rate_window_ms: f64,
+}
+
+/// A `GODWIT HB {json}` line.
+struct Beat {
+    at_ms: f64,
+    json: Value,
+}
+
+/// The heartbeats among `lines` (garbled ones, e.g. cut by a kernel
+/// message, are skipped and counted).
+fn beats(lines: &[Line]) -> (Vec<Beat>, usize) {
+    let mut garbled = 0;
+    let beats = lines
+        .iter()
+        .filter(|l| !l.stderr)
+        .filter_map(|l| l.text.find("GODWIT HB ").map(|i| (l, &l.text[i + 10..])))
+        .filter_map(|(l, j)| match serde_json::from_str(j) {
+            Ok(json) => Some(Beat {
+                at_ms: l.at_ms,
+                json,
+            }),
+            Err(_) => {
+                garbled += 1;
+                None
+            }
+        })
+        .collect();
+    (beats, garbled)
+}
+
+/// The guest's downtime as seen from the host.
+#[derive(Debug, PartialEq)]
+struct GuestGap {
+    /// Largest gap between consecutive heartbeats (both consoles merged)
+    /// from the last one before the migration to the end of the after-run.
+    max_gap_ms: f64,
+    /// `max_gap_ms` minus the heartbeat period (not below 0).
+    downtime_ms: f64,
+    /// From the source's last heartbeat to the destination's first.
+    switch_gap_ms: Option<f64>,
+}
+
+fn guest_gap(src: &[Beat], dst: &[Beat], from_ms: f64, to_ms: f64, hb_ms: f64) -> Option<GuestGap> {
+    let mut t: Vec<f64> = src.iter().chain(dst).map(|b| b.at_ms).collect();
+    t.sort_by(f64::total_cmp);
+    let first = t.iter().rposition(|&x| x <= from_ms).unwrap_or(0);
+    let t: Vec<f64> = t[first..].iter().copied().filter(|&x| x <= to_ms).collect();
+    let max_gap_ms = t.windows(2).map(|w| w[1] - w[0]).fold(f64::NAN, f64::max);
+    if max_gap_ms.is_nan() {
+        return None;
+    }
+    let switch_gap_ms = match (src.last(), dst.first()) {
+        (Some(s), Some(d)) => Some(d.at_ms - s.at_ms),
+        _ => None,
+    };
+    Some(GuestGap {
+        max_gap_ms,
+        downtime_ms: (max_gap_ms - hb_ms).max(0.0),
+        switch_gap_ms,
+    })
+}
+
+/// Mean of the heartbeat field `key` over beats in [from, to].
+fn mean_rate(beats: &[&Beat], key: &str, from_ms: f64, to_ms: f64) -> Option<f64> {
+    let v: Vec<f64> = beats
+        .iter()
+        .filter(|b| b.at_ms >= from_ms && b.at_ms <= to_ms)
+        .filter_map(|b| b.json[key].as_f64())
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The host's own figures of one run.
+#[derive(Debug, Default, Serialize)]
+struct HostFigures {
+    hb_ms: f64,
+    ready_ms: f64,
+    migrate_wall_ms: f64,
+    guest_downtime_ms: Option<f64>,
+    guest_max_hb_gap_ms: Option<f64>,
+    switch_gap_ms: Option<f64>,
+    rate_key: Option<&'static str>,
+    rate_before: Option<f64>,
+    rate_during: Option<f64>,
+    rate_after: Option<f64>,
+    src_heartbeats: usize,
+    dst_heartbeats: usize,
+    garbled_heartbeats: usize,
+    src_bad: Option<u64>,
+    dst_bad: Option<u64>,
+    dst_max_stall_ms: Option<f64>,
+    /// Console lines that say the guest is broken (CORRUPT, ERROR, panic).
+    guest_errors: Vec<String>,
+    src_exit: String,
+    dst_exit: String,
+    /// nonfree_pages × 4 KiB at the link rate.
+    physical_limit_ms: Option<f64>,
+}
+
+impl HostFigures {
+    fn new(
+        src: &[Line],
+        dst: &[Line],
+        w: &Window,
+        hb_ms: f64,
+        rate_key: Option<&'static str>,
+    ) -> HostFigures {
+        let (src_beats, g1) = beats(src);
+        let (dst_beats, g2) = beats(dst);
+        let gap = guest_gap(&src_beats, &dst_beats, w.start_ms, w.after_ms, hb_ms);
+        let all: Vec<&Beat> = src_beats.iter().chain(&dst_beats).collect();
+        let srcs: Vec<&Beat> = src_beats.iter().collect();
+        let dsts: Vec<&Beat> = dst_beats.iter().collect();
+        let rate = |b: &[&Beat], from, to| rate_key.and_then(|k| mean_rate(b, k, from, to));
+        let mut guest_errors = Vec::new();
+        for (side, lines) in [("source", src), ("destination", dst)] {
+            for l in lines.iter().filter(|l| !l.stderr) {
+                if ["GODWIT CORRUPT", "GODWIT ERROR", "Kernel panic"]
+                    .iter()
+                    .any(|m| l.text.contains(m))
+                {
+                    guest_errors.push(format!("{side}: {}", l.text));
+                }
+            }
+        }
+        guest_errors.truncate(20);
+        HostFigures {
+            hb_ms,
+            ready_ms: w.ready_ms,
+            migrate_wall_ms: w.end_ms - w.start_ms,
+            guest_downtime_ms: gap.as_ref().map(|g| g.downtime_ms),
+            guest_max_hb_gap_ms: gap.as_ref().map(|g| g.max_gap_ms),
+            switch_gap_ms: gap.and_then(|g| g.switch_gap_ms),
+            rate_key,
+            rate_before: rate(&srcs, w.start_ms - w.rate_window_ms, w.start_ms),
+            rate_during: rate(&all, w.start_ms, w.end_ms),
+            rate_after: rate(&dsts, w.end_ms, w.after_ms),
+            src_heartbeats: src_beats.len(),
+            dst_heartbeats: dst_beats.len(),
+            garbled_heartbeats: g1 + g2,
+            src_bad: src_beats.last().and_then(|b| b.json["bad"].as_u64()),
+            dst_bad: dst_beats.last().and_then(|b| b.json["bad"].as_u64()),
+            dst_max_stall_ms: dst_beats
+                .last()
+                .and_then(|b| b.json["max_stall_ms"].as_f64()),
+            guest_errors,
+            ..HostFigures::default()
+        }
+    }
+
+    /// Why the guest's side of the run failed, if it did.
+    fn integrity_failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        for (side, bad) in [("source", self.src_bad), ("destination", self.dst_bad)] {
+            if let Some(n) = bad.filter(|&n| n > 0) {
+                why.push(format!(
+                    "INTEGRITY: the guest on the {side} reports bad = {n}"
+                ));
+            }
+        }
+        if let Some(first) = self.guest_errors.first() {
+            why.push(format!("guest error line(s), first: {first}"));
+        }
+        if self.dst_heartbeats == 0 {
+            why.push(
+                "the guest printed no heartbeat on the destination (it did not run there)".into(),
+            );
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// Everything kept about one run (an element of results.json's `runs`).
+#[derive(Serialize)]
+struct RunRecord {
+    cell: String,
+    run: u32,
+    ok: bool,
+    failure: Option<String>,
+    /// The engine's report (`godwit migrate --json`), as written.
+    report: Option<Value>,
+    host: Option<HostFigures>,
+    logs: Vec<PathBuf>,
+}
+
+impl RunRecord {
+    fn failure_text(&self) -> &str {
+        self.failure.as_deref().unwrap_or("")
+    }
+
+    /// The progress line's verdict.
+    fn one_line(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.0}"));
+        let report = self.report.as_ref();
+        let f = |k: &str| report.and_then(|r| r[k].as_f64());
+        let figures = format!(
+            "total {} ms, downtime {} ms (VMM) / {} ms (guest)",
+            num(f("total_ms")),
+            num(f("downtime_ms")),
+            num(self.host.as_ref().and_then(|h| h.guest_downtime_ms)),
+        );
+        if self.ok {
+            format!("ok: {figures}")
+        } else {
+            let text: String = self
+                .failure_text()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let cut: String = text.chars().take(300).collect();
+            let more = if cut.len() < text.len() { " …" } else { "" };
+            format!(
+                "FAILED: {cut}{more} (logs: {})",
+                self.logs
+                    .first()
+                    .map_or(String::new(), |p| p.display().to_string())
+            )
+        }
+    }
+
+    fn report_num(&self, key: &str) -> Option<f64> {
+        self.report.as_ref().and_then(|r| r[key].as_f64())
+    }
+
+    /// Pages of one kind; the stop-and-copy kind was once named `pages_state`.
+    fn pages(&self, key: &str) -> Option<f64> {
+        match key {
+            "pages_stop_copy" => self
+                .report_num(key)
+                .or_else(|| self.report_num("pages_state")),
+            _ => self.report_num(key),
+        }
+    }
+}
+
+/// The report's page counts, in table order.
+const PAGE_KINDS: [&str; 6] = [
+    "pages_precopy",
+    "pages_stop_copy",
+    "pages_demand",
+    "pages_pushed",
+    "pages_zero",
+    "pages_free_skipped",
+];
+
+// ---------------------------------------------------------------------------
+// The table
+
+/// Mean and sample standard deviation.
+fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Some((mean, sd))
+}
+
+/// `mean ± sd` (just the value for one run), `-` for none.
+fn show_stat(v: &[f64], decimals: usize) -> String {
+    match mean_sd(v) {
+        None => "-".into(),
+        Some((m, _)) if v.len() == 1 => format!("{m:.decimals$}"),
+        Some((m, sd)) => format!("{m:.decimals$} ± {sd:.decimals$}"),
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    mean_sd(v).map(|(m, _)| m)
+}
+
+impl Bench {
+    fn table(&self, cells: &[Cell], runs: u32, records: &[RunRecord]) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# godwit bench: preset {}\n", preset_name(self.preset));
+        let _ = writeln!(
+            s,
+            "Started {} UTC; godwit {}; guest {} MiB RAM, heartbeat every {} ms, warm-up {} s, after-run {} s; {} run(s) per cell.\n",
+            utc(self.started_unix_s),
+            env!("CARGO_PKG_VERSION"),
+            self.mem >> 20,
+            self.hb_ms,
+            self.warmup.as_secs(),
+            self.after.as_secs(),
+            runs
+        );
+        let _ = writeln!(s, "Network: {}.\n", self.describe_net());
+        s.push_str(
+            "Columns: *guest rate* is the workload's own throughput figure (memtouch and alloc-free: pages/s, quicksort: elements/s) \
+             averaged over the heartbeats of the last second before the migration, after the target (`busy` = as fast as it can). *downtime (VMM)* is the engine's figure; \
+             *downtime (guest)* is the largest gap between consecutive heartbeat lines (host timestamps, both consoles) from the migration's \
+             start to the end of the after-run, minus the heartbeat period. Pages: pre-copy / stop-and-copy / demand / pushed / zero / free skipped. \
+             *faults* are network faults on the destination, with their share of the working set's pages. *limit* is the physical limit: \
+             non-free pages × 4 KiB at the link rate. With several runs: mean ± sample standard deviation over the runs that succeeded.\n\n",
+        );
+        s.push_str("| mode | strategy | workload | WWS MiB | balloon | guest rate (target → achieved) | total ms | downtime ms (VMM) | downtime ms (guest) | pages pre/stop/demand/pushed/zero/free | faults (% WWS) | fault p50 / p99 µs | MB sent | limit ms | runs ok |\n");
+        s.push_str("| --- | --- | --- | --: | --- | --- | --: | --: | --: | --- | --: | --- | --: | --: | --- |\n");
+        for cell in cells {
+            let id = cell.id();
+            let all: Vec<&RunRecord> = records.iter().filter(|r| r.cell == id).collect();
+            if all.is_empty() {
+                continue;
+            }
+            let ok: Vec<&RunRecord> = all.iter().copied().filter(|r| r.ok).collect();
+            let rep = |k: &str| {
+                ok.iter()
+                    .filter_map(|r| r.report_num(k))
+                    .collect::<Vec<f64>>()
+            };
+            let host = |f: fn(&HostFigures) -> Option<f64>| {
+                ok.iter()
+                    .filter_map(|r| r.host.as_ref().and_then(f))
+                    .collect::<Vec<f64>>()
+            };
+            let pages: Vec<String> = PAGE_KINDS
+                .iter()
+                .map(|k| {
+                    let v: Vec<f64> = ok.iter().filter_map(|r| r.pages(k)).collect();
+                    mean(&v).map_or("-".into(), |m| format!("{m:.0}"))
+                })
+                .collect();
+            let faults = rep("network_faults");
+            let faults_shown = match (mean(&faults), cell.workload.wws_mb()) {
+                (None, _) => "-".into(),
+                (Some(f), Some(w)) => {
+                    format!(
+                        "{} ({:.1}%)",
+                        show_stat(&faults, 0),
+                        f / (w as f64 * 256.0) * 100.0
+                    )
+                }
+                (Some(_), None) => show_stat(&faults, 0),
+            };
+            let prepaging = ok
+                .iter()
+                .find_map(|r| {
+                    r.report
+                        .as_ref()
+                        .and_then(|v| v["prepaging"].as_str().map(String::from))
+                })
+                .or(cell.strategy.prepaging.map(String::from))
+                .unwrap_or_else(|| "-".into());
+            let bytes: Vec<f64> = rep("bytes_sent").iter().map(|b| b / 1e6).collect();
+            let runs_ok = if ok.len() == all.len() {
+                format!("{}/{}", ok.len(), all.len())
+            } else {
+                format!("**{}/{} FAILED**", ok.len(), all.len())
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                cell.strategy.mode,
+                prepaging,
+                cell.workload.name(),
+                cell.workload.wws_mb().map_or("-".into(), |w| w.to_string()),
+                if cell.balloon { "on" } else { "off" },
+                cell.workload.target(),
+                show_stat(&host(|h| h.rate_before), 0),
+                show_stat(&rep("total_ms"), 0),
+                show_stat(&rep("downtime_ms"), 1),
+                show_stat(&host(|h| h.guest_downtime_ms), 1),
+                pages.join(" / "),
+                faults_shown,
+                show_stat(&rep("fault_latency_us_p50"), 0),
+                show_stat(&rep("fault_latency_us_p99"), 0),
+                show_stat(&bytes, 1),
+                show_stat(&host(|h| h.physical_limit_ms), 0),
+                runs_ok,
+            );
+        }
+        let failed: Vec<&RunRecord> = records.iter().filter(|r| !r.ok).collect();
+        if !failed.is_empty() {
+            let _ = writeln!(s, "\n## FAILED runs ({})\n", failed.len());
+            for r in failed {
+                let text = r.failure_text().replace('\n', " ⏎ ");
+                let _ = writeln!(s, "- `{}` run {}: {}", r.cell, r.run, text);
+            }
+        }
+        s
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` of a Unix time (UTC).
+fn utc(unix_s: u64) -> String {
+    // Howard Hinnant's civil-from-days.
+    let days = (unix_s / 86400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let secs = unix_s % 86400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+fn unix_time_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The host as the benchmark found it.
+fn host_info() -> Value {
+    let loadavg: Vec<f64> = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "loadavg": loadavg,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "unix_time_s": unix_time_s(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Plots
+
+/// What the plots show, against the working-set size.
+const PLOTS: [(&str, &str); 4] = [
+    ("total_ms", "Total migration time (ms)"),
+    ("downtime_ms", "Downtime, VMM figure (ms)"),
+    (
+        "pages_sent",
+        "Pages sent (pre-copy + stop-and-copy + demand + pushed)",
+    ),
+    ("network_faults", "Network faults on the destination"),
+];
+
+impl Bench {
+    /// One SVG per figure and memtouch rate (balloon on), one line per
+    /// strategy, when the runs cover at least two working-set sizes.
+    fn write_plots(&self, cells: &[Cell], records: &[RunRecord]) -> Result<Vec<PathBuf>> {
+        let value = |r: &RunRecord, key: &str| -> Option<f64> {
+            if key == "pages_sent" {
+                let v: Vec<f64> = PAGE_KINDS[..4].iter().filter_map(|k| r.pages(k)).collect();
+                (!v.is_empty()).then(|| v.iter().sum())
+            } else {
+                r.report_num(key)
+            }
+        };
+        let rates: BTreeSet<u64> = cells
+            .iter()
+            .filter_map(|c| match c.workload {
+                Workload::Memtouch { pages_per_s, .. } => Some(pages_per_s),
+                _ => None,
+            })
+            .collect();
+        let mut written = Vec::new();
+        for rate in rates {
+            for (key, title) in PLOTS {
+                let mut series = Vec::new();
+                for strategy in STRATEGIES {
+                    let mut points = Vec::new();
+                    for cell in cells.iter().filter(|c| c.balloon && c.strategy == strategy) {
+                        let Workload::Memtouch {
+                            wws_mb,
+                            pages_per_s,
+                        } = cell.workload
+                        else {
+                            continue;
+                        };
+                        if pages_per_s != rate {
+                            continue;
+                        }
+                        let id = cell.id();
+                        let v: Vec<f64> = records
+                            .iter()
+                            .filter(|r| r.ok && r.cell == id)
+                            .filter_map(|r| value(r, key))
+                            .collect();
+                        if let Some(m) = mean(&v) {
+                            points.push((wws_mb as f64, m));
+                        }
+                    }
+                    if !points.is_empty() {
+                        series.push((strategy.id(), points));
+                    }
+                }
+                let xs: BTreeSet<u64> = series
+                    .iter()
+                    .flat_map(|(_, p)| p.iter().map(|(x, _)| *x as u64))
+                    .collect();
+                if xs.len() < 2 {
+                    continue;
+                }
+                let rate_name = if rate == 0 {
+                    "busy".to_string()
+                } else {
+                    format!("{rate} pages/s")
+                };
+                let svg = line_chart(
+                    &format!("{title}: memtouch, {rate_name}, balloon on"),
+                    "writable working set (MiB, log scale)",
+                    &series,
+                );
+                let name = if rate == 0 {
+                    format!("plot-{key}-busy.svg")
+                } else {
+                    format!("plot-{key}-pps{rate}.svg")
+                };
+                let path = self.out.join(name);
+                std::fs::write(&path, svg)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+}
+
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+/// A line chart as SVG text: x on a log2 scale (ticks at the data's x
+/// values), y linear from 0. Plain SVG with a generic font family, so it
+/// needs nothing on this machine to write and any browser to view.
+fn line_chart(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h) = (820.0, 480.0);
+    let (left, right, top, bottom) = (80.0, 190.0, 40.0, 60.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let xs: Vec<f64> = {
+        let mut v: Vec<f64> = series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| q.0))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        v
+    };
+    let (x0, x1) = (
+        xs[0].log2(),
+        xs[xs.len() - 1].log2().max(xs[0].log2() + 1.0),
+    );
+    let y_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .fold(0.0, f64::max);
+    let (step, top_tick) = nice_ticks(y_max);
+    let px = |x: f64| left + (x.log2() - x0) / (x1 - x0) * pw;
+    let py = |y: f64| top + ph - y / top_tick * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#,
+        w / 2.0,
+        esc(title)
+    );
+    let mut y = 0.0;
+    while y <= top_tick * 1.0001 {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+            py(y),
+            left + pw,
+            left - 6.0,
+            py(y) + 4.0,
+            show_tick(y)
+        );
+        y += step;
+    }
+    for &x in &xs {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{1}" stroke="#eee"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
+            px(x),
+            top + ph,
+            top + ph + 18.0,
+            show_tick(x)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        h - 18.0,
+        esc(x_label)
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let coords: Vec<String> = points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            coords.join(" ")
+        );
+        for &(x, y) in points {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"><title>{}: {} MiB, {}</title></circle>"#,
+                px(x),
+                py(y),
+                esc(name),
+                show_tick(x),
+                show_tick(y)
+            );
+        }
+        let ly = top + 10.0 + i as f64 * 20.0;
+        let lx = left + pw + 16.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+            lx + 22.0,
+            lx + 28.0,
+            ly + 4.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A tick step of 1, 2 or 5 × 10^k giving about 5 ticks, and the top tick.
+fn nice_ticks(max: f64) -> (f64, f64) {
+    if max <= 0.0 || !max.is_finite() {
+        return (1.0, 1.0);
+    }
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    (step, (max / step).ceil() * step)
+}
+
+fn show_tick(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{}M", trim_num(v / 1e6))
+    } else if v.abs() >= 1e4 {
+        format!("{}k", trim_num(v / 1e3))
+    } else {
+        trim_num(v)
+    }
+}
+
+fn trim_num(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrices() {
+        let quick = matrix(Preset::Quick);
+        assert_eq!(quick.len(), 14);
+        assert!(quick
+            .iter()
+            .all(|c| c.balloon && c.workload.wws_mb() == Some(64)));
+        let full = matrix(Preset::Full);
+        assert_eq!(full.len(), (10 + 3) * 2 * 7);
+        let ids: BTreeSet<String> = full.iter().map(Cell::id).collect();
+        assert_eq!(ids.len(), full.len(), "cell ids are unique");
+        assert!(ids.contains("memtouch-wws256-busy-noballoon-postcopy-multi-pivot"));
+        assert!(ids.contains("alloc-free-balloon-hybrid"));
+        let some = select(full, Some("postcopy, wws64"));
+        assert_eq!(some.len(), 2 * 2 * 4);
+    }
+
+    fn beat(at_ms: f64) -> Beat {
+        Beat {
+            at_ms,
+            json: json!({"bad": 0, "pages_per_s": at_ms}),
+        }
+    }
+
+    #[test]
+    fn guest_downtime_is_the_largest_heartbeat_gap_minus_the_period() {
+        // Source beats every 10 ms up to 1000, destination from 1180.
+        let src: Vec<Beat> = (0..=100).map(|i| beat(i as f64 * 10.0)).collect();
+        let dst: Vec<Beat> = (0..50).map(|i| beat(1180.0 + i as f64 * 10.0)).collect();
+        let g = guest_gap(&src, &dst, 995.0, 2000.0, 10.0).unwrap();
+        assert_eq!(g.max_gap_ms, 180.0);
+        assert_eq!(g.downtime_ms, 170.0);
+        assert_eq!(g.switch_gap_ms, Some(180.0));
+        // A later stall on the destination (post-copy faults) counts too.
+        let mut dst2 = dst;
+        dst2.push(beat(1900.0));
+        let g = guest_gap(&src, &dst2, 995.0, 2000.0, 10.0).unwrap();
+        assert_eq!(g.max_gap_ms, 1900.0 - 1670.0);
+        // Gaps before the migration do not.
+        let g = guest_gap(&src, &dst2, 995.0, 1500.0, 10.0).unwrap();
+        assert_eq!(g.max_gap_ms, 180.0);
+        assert!(guest_gap(&[], &[], 0.0, 1.0, 10.0).is_none());
+    }
+
+    #[test]
+    fn heartbeats_and_integrity() {
+        let line = |at_ms: f64, text: &str| Line {
+            at_ms,
+            stderr: false,
+            text: text.into(),
+        };
+        let src = vec![
+            line(1.0, "GODWIT READY {\"workload\":\"memtouch\"}"),
+            line(
+                10.0,
+                "GODWIT HB {\"seq\":0,\"bad\":0,\"max_stall_ms\":0.1,\"pages_per_s\":100.0}",
+            ),
+            line(
+                20.0,
+                "GODWIT HB {\"seq\":1,\"bad\":0,\"max_stall_ms\":0.1,\"pages_per_s\":300.0}",
+            ),
+            line(25.0, "GODWIT HB {\"seq\":2,\"ba[   12.3] kernel says hi"),
+        ];
+        let dst = vec![
+            line(
+                60.0,
+                "GODWIT HB {\"seq\":3,\"bad\":0,\"max_stall_ms\":40.0,\"pages_per_s\":50.0}",
+            ),
+            line(
+                70.0,
+                "GODWIT HB {\"seq\":4,\"bad\":2,\"max_stall_ms\":40.0,\"pages_per_s\":250.0}",
+            ),
+            line(71.0, "GODWIT CORRUPT {\"page\":7}"),
+        ];
+        let w = Window {
+            ready_ms: 1.0,
+            start_ms: 21.0,
+            end_ms: 65.0,
+            after_ms: 80.0,
+            rate_window_ms: 20.0,
+        };
+        let h = HostFigures::new(&src, &dst, &w, 10.0, Some("pages_per_s"));
+        assert_eq!(
+            (h.src_heartbeats, h.dst_heartbeats, h.garbled_heartbeats),
+            (2, 2, 1)
+        );
+        assert_eq!(h.rate_before, Some(200.0));
+        assert_eq!(h.rate_during, Some(50.0));
+        assert_eq!(h.rate_after, Some(250.0));
+        assert_eq!(h.guest_max_hb_gap_ms, Some(40.0));
+        assert_eq!(h.guest_downtime_ms, Some(30.0));
+        assert_eq!(h.dst_bad, Some(2));
+        let why = h.integrity_failure().unwrap();
+        assert!(
+            why.contains("INTEGRITY") && why.contains("bad = 2"),
+            "{why}"
+        );
+        assert!(why.contains("GODWIT CORRUPT"), "{why}");
+    }
+
+    #[test]
+    fn proc_net_tcp_listen_rows() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+            0: 0100007F:115C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n   \
+            1: 0100007F:9C40 0100007F:115C 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n";
+        assert!(tcp_table_listens(table, 4444));
+        assert!(
+            !tcp_table_listens(table, 40000),
+            "established, not listening"
+        );
+        assert!(!tcp_table_listens(table, 80));
+    }
+
+    #[test]
+    fn stats_ticks_dates() {
+        assert_eq!(show_stat(&[], 0), "-");
+        assert_eq!(show_stat(&[5.0], 1), "5.0");
+        assert_eq!(show_stat(&[1.0, 2.0, 3.0], 1), "2.0 ± 1.0");
+        assert_eq!(nice_ticks(930.0), (200.0, 1000.0));
+        assert_eq!(nice_ticks(0.0), (1.0, 1.0));
+        assert_eq!(nice_ticks(4.2), (1.0, 5.0));
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13");
+        assert_eq!(show_tick(125000.0), "125k");
+    }
+
+    #[test]
+    fn svg_chart() {
+        let series = vec![
+            ("precopy".to_string(), vec![(8.0, 100.0), (64.0, 900.0)]),
+            (
+                "postcopy-<dual>".to_string(),
+                vec![(8.0, 50.0), (64.0, 60.0)],
+            ),
+        ];
+        let svg = line_chart("Total & time", "WWS", &series);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("Total &amp; time") && svg.contains("postcopy-&lt;dual&gt;"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+    }
+}

@@ -3,7 +3,8 @@
 # boots a 512 MiB guest running memtouch (a 64 MiB working set that checks
 # its own memory) in one `godwit` process, migrates it live with post-copy
 # and dual-direction bubbling to a second `godwit` process over TCP on
-# loopback, and prints the migration report and what the guest saw.
+# loopback (mutual TLS), and prints the migration report and what the
+# guest saw.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -19,6 +20,10 @@ cleanup() {
 }
 trap cleanup EXIT
 port=$((40000 + RANDOM % 20000))
+# Migration is authenticated and encrypted (mutual TLS): one CA, an
+# identity for each side.
+"$G" tls-gen "$dir/tls-src" >/dev/null
+"$G" tls-gen "$dir/tls-dst" --ca "$dir/tls-src" >/dev/null
 
 wait_line() { # file pattern seconds
     for _ in $(seq 1 $(($3 * 10))); do
@@ -33,7 +38,7 @@ echo "== source: godwit run --mem 512M --workload memtouch (wws 64 MiB)"
     --control "$dir/src.sock" </dev/null >"$dir/src.console" 2>"$dir/src.log" &
 src_pid=$!
 echo "== destination: godwit receive --listen 127.0.0.1:$port"
-"$G" receive --listen "127.0.0.1:$port" --control "$dir/dst.sock" \
+"$G" receive --listen "127.0.0.1:$port" --control "$dir/dst.sock" --tls-dir "$dir/tls-dst" \
     </dev/null >"$dir/dst.console" 2>"$dir/dst.log" &
 dst_pid=$!
 wait_line "$dir/src.console" "GODWIT READY" 120
@@ -41,9 +46,9 @@ grep -m1 "GODWIT READY" "$dir/src.console"
 sleep 4 # let the guest settle and report its free memory
 tail -1 "$dir/src.console"
 
-echo "== godwit migrate --mode postcopy --prepaging dual"
-"$G" migrate --control "$dir/src.sock" --to "127.0.0.1:$port" \
-    --mode postcopy --prepaging dual --json "$dir/report.json" | head -4
+echo "== godwit migrate --mode postcopy --prepaging dual (over TLS)"
+"$G" migrate --control "$dir/src.sock" --to "127.0.0.1:$port" --tls-dir "$dir/tls-src" \
+    --mode postcopy --prepaging dual --json "$dir/report.json"
 wait "$src_pid"; src_pid=
 echo "== the source VMM has exited; the guest runs on at the destination:"
 sleep 3

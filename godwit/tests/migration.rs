@@ -433,18 +433,17 @@ fn tls_identities(dir: &std::path::Path) -> (String, String, String) {
     (s(a), s(b), s(evil))
 }
 
-/// Mutual TLS: a post-copy over TLS completes intact; the report says so.
-#[test]
-fn postcopy_over_tls() {
-    let dir = temp_dir("tls-ids");
+/// Mutual TLS: a migration over TLS completes intact; the report says so.
+fn migrate_over_tls(name: &str, mode: &str) {
+    let dir = temp_dir(&format!("{name}-ids"));
     let (a, b, _) = tls_identities(&dir);
     let mut p = start_pair(
-        "tls",
+        name,
         "memtouch",
         "wws_mb=16 pages_per_s=0",
         &["--tls-dir", &b],
     );
-    let out = migrate_cmd(&p, "postcopy", "dual", &["--tls-dir", &a]);
+    let out = migrate_cmd(&p, mode, "dual", &["--tls-dir", &a]);
     assert!(
         out.status.success(),
         "{}",
@@ -458,6 +457,17 @@ fn postcopy_over_tls() {
     let hb = line_json(&p.dst.wait_for("GODWIT HB", Duration::from_secs(30)));
     assert_eq!(hb["bad"], json!(0));
     assert_eq!(qmp(&p.dst_sock, "quit", json!({}))["return"], json!({}));
+}
+
+#[test]
+fn postcopy_over_tls() {
+    migrate_over_tls("tls-post", "postcopy");
+}
+
+/// Stop-and-copy streams megabytes per write: more than rustls buffers.
+#[test]
+fn stop_and_copy_over_tls() {
+    migrate_over_tls("tls-sc", "stop-and-copy");
 }
 
 /// A source whose certificate is from another CA is refused during the

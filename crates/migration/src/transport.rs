@@ -282,32 +282,46 @@ impl Conn {
         let Some(mut c) = self.lock() else {
             return Ok(0);
         };
-        c.writer().write_all(buf)?;
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        while c.wants_write() {
-            match c.write_tls(&mut &self.tcp) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Wait for room without holding the lock for the reader.
-                    drop(c);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+        let mut done = 0;
+        loop {
+            // rustls buffers a bounded amount: hand it what it takes,
+            // send, and repeat until all of `buf` is out.
+            if done < buf.len() {
+                done += c.writer().write(&buf[done..])?;
+            }
+            let mut blocked = false;
+            while c.wants_write() {
+                match c.write_tls(&mut &self.tcp) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
                     }
-                    poll_fd(
-                        &self.tcp,
-                        libc::POLLOUT,
-                        left.as_millis().clamp(1, 60_000) as i32,
-                    )?;
-                    c = match self.lock() {
-                        Some(c) => c,
-                        None => return Ok(0),
-                    };
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            }
+            if done == buf.len() && !c.wants_write() {
+                return Ok(buf.len());
+            }
+            if blocked {
+                // Wait for room without holding the lock for the reader.
+                drop(c);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+                }
+                poll_fd(
+                    &self.tcp,
+                    libc::POLLOUT,
+                    left.as_millis().clamp(1, 60_000) as i32,
+                )?;
+                c = match self.lock() {
+                    Some(c) => c,
+                    None => return Ok(0),
+                };
             }
         }
-        Ok(buf.len())
     }
 }
 

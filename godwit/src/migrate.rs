@@ -47,6 +47,10 @@ pub struct Args {
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Reconnect a post-copy whose link broke (status postcopy-paused) to
+    /// the destination at --to, and finish it.
+    #[arg(long)]
+    resume: bool,
     /// Leave the (paused) source VMM running after success.
     #[arg(long)]
     keep_source: bool,
@@ -58,6 +62,14 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     let mut c = ControlClient::connect(&args.control)?;
     c.set_timeout(Some(Duration::from_secs(30)))?;
+    if args.resume {
+        c.execute(
+            "migrate",
+            json!({ "uri": format!("tcp:{}", args.to), "resume": true }),
+        )
+        .context("the source could not resume the migration")?;
+        return follow(&mut c, &args);
+    }
     let mut params = json!({ "mode": args.mode, "prepaging": args.prepaging });
     let set = |p: &mut Value, k: &str, v: Option<u64>| {
         if let Some(v) = v {
@@ -86,6 +98,12 @@ pub fn run(args: Args) -> Result<i32> {
         .context("the source refused the migration parameters")?;
     c.execute("migrate", json!({ "uri": format!("tcp:{}", args.to) }))
         .context("the source could not start the migration")?;
+    follow(&mut c, &args)
+}
+
+/// Shows progress until the migration ends (or its post-copy link breaks),
+/// then prints and saves the report.
+fn follow(c: &mut ControlClient, args: &Args) -> Result<i32> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
@@ -94,6 +112,17 @@ pub fn run(args: Args) -> Result<i32> {
         let status = q["status"].as_str().unwrap_or("?").to_string();
         if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
             break q;
+        }
+        if status == "postcopy-paused" {
+            if tty {
+                eprintln!();
+            }
+            bail!(
+                "post-copy paused: {}. The VM waits at the destination for the pages it lacks; \
+                 when the link is back run: godwit migrate --control {} --to HOST:PORT --resume",
+                q["error"].as_str().unwrap_or("the link broke"),
+                args.control.display()
+            );
         }
         if tty || last_line.elapsed() >= Duration::from_secs(1) {
             progress_line(&q, started, tty);

@@ -155,7 +155,7 @@ pub fn apply_parameters(
                     CommandError::generic("parameter 'tls-plain' must be true or false")
                 })?
             }
-            "uri" if migrate => {}
+            "uri" | "resume" if migrate => {}
             _ => {
                 return Err(CommandError::generic(format!(
                     "unknown migration parameter '{k}'"

@@ -143,6 +143,20 @@ impl ControlTarget for VmControl {
                     }))
                 })
                 .map_err(gone)?,
+            "migrate" if args.get("resume").and_then(Value::as_bool) == Some(true) => {
+                let uri = arg_str(args, "uri")?;
+                let to = uri.strip_prefix("tcp:").unwrap_or(uri).to_string();
+                match self.current_job() {
+                    Some(j) if j.progress.status() == godwit_migration::Status::PostcopyPaused => {
+                        *j.progress.resume_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+                        j.progress.set_status(godwit_migration::Status::PostcopyRecover);
+                        Ok(json!({}))
+                    }
+                    _ => Err(CommandError::generic(
+                        "no paused post-copy to resume (query-migrate shows postcopy-paused when its link broke)",
+                    )),
+                }
+            }
             "migrate" => {
                 let mut params = self
                     .params

@@ -195,3 +195,133 @@ fn soak_back_and_forth_in_every_mode() {
         hops.len()
     );
 }
+
+/// A TCP relay standing in for the network between the hosts: `cut` breaks
+/// every connection through it at once (as a failed link would).
+struct Relay {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: &str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c2, s2, to) = (conns.clone(), stop.clone(), to.to_string());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::SeqCst) {
+                let Ok((a, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                a.set_nonblocking(false).unwrap();
+                let Ok(b) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (a.try_clone().unwrap(), b.try_clone().unwrap()),
+                    (b.try_clone().unwrap(), a.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut c = c2.lock().unwrap();
+                c.push(a);
+                c.push(b);
+            }
+        });
+        Relay { port, conns, stop }
+    }
+
+    fn cut(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The link breaks in the middle of a post-copy: both sides keep their
+/// state, the guest waits at the destination only for pages it lacks, and
+/// `godwit migrate --resume` over a new link finishes the migration with
+/// the guest intact.
+#[test]
+fn postcopy_survives_a_broken_link() {
+    guest_image();
+    let dir = temp_dir("pc-recover");
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let dst_addr = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "wws_mb=32 pages_per_s=0");
+    let mut dst = receiver(&dst_addr, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    let link1 = Relay::start(&dst_addr);
+    // 4 MB/s: the push takes several seconds, long enough to cut it.
+    let r = qmp(
+        &ss,
+        "migrate-set-parameters",
+        json!({"mode": "postcopy", "prepaging": "dual", "max-bandwidth": 4_000_000, "tls-plain": true}),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(
+        &ss,
+        "migrate",
+        json!({ "uri": format!("tcp:127.0.0.1:{}", link1.port) }),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    assert_eq!(
+        wait_status(&ss, &["postcopy-active", "completed", "failed"]),
+        "postcopy-active"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    link1.cut();
+    assert_eq!(
+        wait_status(&ss, &["postcopy-paused", "completed", "failed"]),
+        "postcopy-paused"
+    );
+    // The destination keeps the VM (it has not exited) while the link is down.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        dst.child.try_wait().unwrap().is_none(),
+        "the destination gave up"
+    );
+    let link2 = Relay::start(&dst_addr);
+    let out = godwit()
+        .args([
+            "migrate",
+            "--control",
+            ss.to_str().unwrap(),
+            "--to",
+            &format!("127.0.0.1:{}", link2.port),
+            "--resume",
+            "--tls-plain",
+            "--json",
+            dir.join("report.json").to_str().unwrap(),
+        ])
+        .output()
+        .expect("godwit migrate --resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["recoveries"], json!(1), "{report}");
+    assert_eq!(report["destination"]["recoveries"], json!(1), "{report}");
+    assert_eq!(report["duplicate_pages"], json!(0), "{report}");
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    for _ in 0..5 {
+        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "corruption after recovery: {hb}");
+    }
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+    link2.cut();
+}

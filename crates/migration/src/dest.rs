@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long to wait for the source at any step before giving up.
@@ -33,8 +33,11 @@ fn unix_ns() -> u128 {
 /// An accepted incoming migration: the handshake is done, the VM not built.
 pub struct Incoming {
     pub hello: Hello,
-    main: Conn,
-    fault: Conn,
+    main: Arc<Conn>,
+    fault: Arc<Conn>,
+    /// Kept for post-copy recovery: a source whose link broke reconnects.
+    listener: TcpListener,
+    sec: Security,
 }
 
 fn read_hello(s: &Conn) -> Result<Hello> {
@@ -117,7 +120,13 @@ pub fn accept(
             s.set_read_timeout(Some(PEER_TIMEOUT))?;
             s.set_write_timeout(Some(PEER_TIMEOUT))?;
         }
-        return Ok(Incoming { hello, main, fault });
+        return Ok(Incoming {
+            hello,
+            main: Arc::new(main),
+            fault: Arc::new(fault),
+            listener: listener.try_clone()?,
+            sec: sec.clone(),
+        });
     }
 }
 
@@ -170,6 +179,10 @@ struct Post<'a> {
     all_in: (Mutex<bool>, Condvar),
     finished: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Where demand requests go; `None` while the link is down.
+    demand_to: Mutex<Option<Arc<Conn>>>,
+    /// The current link broke (post-copy pauses until the source is back).
+    link_broken: AtomicBool,
 }
 
 impl Post<'_> {
@@ -216,6 +229,29 @@ impl Post<'_> {
         Ok(())
     }
 
+    fn link_lost(&self) {
+        self.link_broken.store(true, Ordering::Release);
+        *self.demand_to.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (m, c) = &self.all_in;
+        let _g = m.lock().unwrap_or_else(|e| e.into_inner());
+        c.notify_all();
+    }
+
+    /// Sends a demand request if the link is up (else it is sent again when
+    /// the source reconnects).
+    fn demand(&self, pages: Vec<u32>) {
+        let to = self
+            .demand_to
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(c) = to {
+            if (&*c).write_all(&Msg::Demand(pages).encode()).is_err() {
+                self.link_lost();
+            }
+        }
+    }
+
     fn fail(&self, why: String) {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
@@ -227,8 +263,7 @@ impl Post<'_> {
     }
 
     /// Serves the guest's page faults until told to stop.
-    fn fault_loop(&self, mut uffd: Uffd, fault_conn: &Conn) -> Result<()> {
-        let mut w = fault_conn;
+    fn fault_loop(&self, mut uffd: Uffd) -> Result<()> {
         while !self.finished.load(Ordering::Acquire) {
             let Some(off) = uffd.next_fault(Duration::from_millis(10))? else {
                 continue;
@@ -244,8 +279,7 @@ impl Post<'_> {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(p as u32, Instant::now());
                     self.network_faults.fetch_add(1, Ordering::Relaxed);
-                    w.write_all(&Msg::Demand(vec![p as u32]).encode())
-                        .context("cannot send a demand request to the source")?;
+                    self.demand(vec![p as u32]);
                 }
                 // Already requested: the faulting thread waits for the copy.
             } else {
@@ -273,7 +307,7 @@ impl Incoming {
     ) -> Result<Received> {
         let ram = vm.ram();
         let pages = ram.pages();
-        let main = &self.main;
+        let main: &Conn = &self.main;
         let have = AtomicBitmap::new(pages);
         let mut rounds = 0u32;
         let mut pages_received = 0u64;
@@ -324,8 +358,8 @@ impl Incoming {
                     return postcopy(
                         vm,
                         &ram,
-                        main,
-                        &self.fault,
+                        (self.main.clone(), self.fault.clone()),
+                        (&self.listener, &self.sec, self.hello.session),
                         have,
                         state,
                         pending,
@@ -362,8 +396,8 @@ fn wait_go(main: &Conn, pages: usize) -> Result<()> {
 fn postcopy(
     vm: &dyn DestVm,
     ram: &GuestRam,
-    main: &Conn,
-    fault: &Conn,
+    first: (Arc<Conn>, Arc<Conn>),
+    (listener, sec, session): (&TcpListener, &Security, u64),
     have: AtomicBitmap,
     state: Vec<u8>,
     pending_words: Vec<u64>,
@@ -405,90 +439,117 @@ fn postcopy(
         all_in: (Mutex::new(pending_count == 0), Condvar::new()),
         finished: AtomicBool::new(false),
         failure: Mutex::new(None),
+        demand_to: Mutex::new(None),
+        link_broken: AtomicBool::new(false),
     };
+    let main: &Conn = &first.0;
     wire::send(&mut &*main, &Msg::Ready)?;
     wait_go(main, pages)?;
     vm.set_dirty_logging(true)?;
     let t_go = Instant::now();
-    fault.set_read_timeout(None)?;
-    let result = std::thread::scope(|scope| -> Result<(u128, u128, u64)> {
+    let mut recoveries = 0u64;
+    let result = std::thread::scope(|scope| -> Result<(u128, u128, u64, Arc<Conn>)> {
         let faults = scope.spawn(|| {
-            let r = post.fault_loop(uffd, fault);
+            let r = post.fault_loop(uffd);
             if let Err(e) = &r {
                 post.fail(format!("{e:#}"));
             }
             r
         });
-        let demand_replies = scope.spawn(|| {
-            let mut r = fault;
-            loop {
-                match wire::recv(&mut r, pages) {
-                    Ok(Msg::Pages(list)) => {
-                        for pg in list {
-                            if let Err(e) = post.install(pg, false) {
-                                post.fail(format!("{e:#}"));
+        let resume = vm.resume();
+        let resumed = unix_ns();
+        let mut link = first.clone();
+        let outcome = resume.and_then(|()| loop {
+            let (m, f) = link.clone();
+            f.set_read_timeout(None)?;
+            post.link_broken.store(false, Ordering::Release);
+            *post.demand_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
+            if recoveries > 0 {
+                // Demands the old link swallowed go out again.
+                let again: Vec<u32> = AtomicBitmap::iter_set(&post.requested.snapshot())
+                    .filter(|&p| p < pages && !post.received.get(p))
+                    .map(|p| p as u32)
+                    .collect();
+                for chunk in again.chunks(wire::MAX_BATCH) {
+                    post.demand(chunk.to_vec());
+                }
+            }
+            let replies = {
+                let f = f.clone();
+                let post = &post;
+                scope.spawn(move || {
+                    let mut r = &*f;
+                    loop {
+                        match wire::recv(&mut r, pages) {
+                            Ok(Msg::Pages(list)) => {
+                                for pg in list {
+                                    if let Err(e) = post.install(pg, false) {
+                                        post.fail(format!("{e:#}"));
+                                        return;
+                                    }
+                                }
+                            }
+                            Ok(m) => {
+                                post.fail(format!("unexpected {} on the fault connection", m.name()));
+                                return;
+                            }
+                            Err(_) => {
+                                if !post.finished.load(Ordering::Acquire) {
+                                    post.link_lost();
+                                }
                                 return;
                             }
                         }
                     }
-                    Ok(m) => {
-                        post.fail(format!("unexpected {} on the fault connection", m.name()));
-                        return;
-                    }
-                    Err(e) => {
-                        if !post.finished.load(Ordering::Acquire) {
-                            post.fail(format!("fault connection: {e}"));
-                        }
-                        return;
-                    }
+                })
+            };
+            let r = receive_push(&post, &m, pages).and_then(|()| wait_all_in(&post));
+            if post.received_count.load(Ordering::Acquire) == post.pending_count {
+                // Everything is here, whatever happened to the link after.
+                post.finished.store(true, Ordering::Release);
+                f.shutdown(std::net::Shutdown::Both);
+                let _ = replies.join();
+                break Ok(m);
+            }
+            if let Some(why) = post.failure.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                f.shutdown(std::net::Shutdown::Both);
+                let _ = replies.join();
+                break Err(anyhow!("post-copy failed at the destination: {why}"));
+            }
+            // The link broke: keep every page and the guest (it blocks only
+            // on pages it does not have) and wait for the source to return.
+            post.link_lost();
+            m.shutdown(std::net::Shutdown::Both);
+            f.shutdown(std::net::Shutdown::Both);
+            let _ = replies.join();
+            let why = match r {
+                Err(e) => format!("{e:#}"),
+                Ok(()) => "the fault connection broke".into(),
+            };
+            eprintln!(
+                "godwit: post-copy link lost ({why}); {} of {} pages here; waiting for the source to reconnect (godwit migrate --resume)",
+                post.received_count.load(Ordering::Acquire),
+                post.pending_count
+            );
+            match accept_resume(listener, sec, session, &post, pages) {
+                Ok(l) => {
+                    recoveries += 1;
+                    eprintln!("godwit: post-copy resumed");
+                    link = l;
                 }
+                Err(e) => break Err(e),
             }
         });
-        let resume = vm.resume();
-        let resumed = unix_ns();
-        let pushed = resume.and_then(|()| receive_push(&post, main, pages));
-        if let Err(e) = &pushed {
-            post.fail(format!("{e:#}"));
-        }
-        // Wait until every pending page is in (or something failed).
-        {
-            let (m, c) = &post.all_in;
-            let mut all = m.lock().unwrap_or_else(|e| e.into_inner());
-            let deadline = Instant::now() + PEER_TIMEOUT;
-            while !*all && post.failure.lock().map(|f| f.is_none()).unwrap_or(false) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                all = c
-                    .wait_timeout(all, left)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
-        }
         let completed = unix_ns();
         post.finished.store(true, Ordering::Release);
-        fault.shutdown(std::net::Shutdown::Both);
         let f = faults
             .join()
             .map_err(|_| anyhow!("the fault thread panicked"))?;
-        let _ = demand_replies.join();
-        if let Some(why) = post
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            bail!("post-copy failed at the destination: {why}");
-        }
+        let m = outcome?;
         f?;
-        let n = post.received_count.load(Ordering::Acquire);
-        if n != pending_count {
-            bail!("post-copy stalled: {n} of {pending_count} pages arrived");
-        }
-        Ok((resumed, completed, t_go.elapsed().as_millis() as u64))
+        Ok((resumed, completed, t_go.elapsed().as_millis() as u64, m))
     });
-    let (resumed, completed, postcopy_ms) = result?;
+    let (resumed, completed, postcopy_ms, main) = result?;
     let written = vm.take_dirty_log()?;
     vm.set_dirty_logging(false)?;
     let mut hits = 0u64;
@@ -526,10 +587,85 @@ fn postcopy(
         "fault_latency_us_max": max,
         "prepaging_hits": hits,
         "pages_written_during_postcopy": written_n,
+        "recoveries": recoveries,
         "guest": guest(resumed, completed),
     });
     wire::send(&mut &*main, &Msg::Report(report.to_string()))?;
     Ok(Received { report })
+}
+
+/// Waits until every pending page is in, the link breaks, or something
+/// fails for good.
+fn wait_all_in(post: &Post) -> Result<()> {
+    let (m, c) = &post.all_in;
+    let mut all = m.lock().unwrap_or_else(|e| e.into_inner());
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    loop {
+        if *all {
+            return Ok(());
+        }
+        if post.link_broken.load(Ordering::Acquire) {
+            bail!("the fault connection broke");
+        }
+        if post.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+            bail!("post-copy failed");
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no page from the source for {PEER_TIMEOUT:?}");
+        }
+        all = c
+            .wait_timeout(all, left.min(Duration::from_millis(100)))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+    }
+}
+
+/// Accepts the source of this session back after a broken link and tells
+/// it which pages are already here.
+fn accept_resume(
+    listener: &TcpListener,
+    sec: &Security,
+    session: u64,
+    post: &Post,
+    pages: usize,
+) -> Result<(Arc<Conn>, Arc<Conn>)> {
+    loop {
+        let (tcp, peer) = listener.accept().context("accepting the source again")?;
+        let main = match Conn::server(tcp, sec) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("godwit: refused a connection from {peer}: {e:#}");
+                continue;
+            }
+        };
+        match read_hello(&main) {
+            Ok(h) if h.resume && h.session == session && h.channel == Channel::Main => {}
+            Ok(_) => {
+                let _ = wire::send(
+                    &mut &main,
+                    &Msg::Refuse("this destination is finishing another migration".into()),
+                );
+                continue;
+            }
+            Err(_) => continue,
+        }
+        wire::send(&mut &main, &Msg::Accept)?;
+        let (tcp, _) = accept_within(listener, Duration::from_secs(10))?;
+        let fault = Conn::server(tcp, sec)?;
+        let fh = read_hello(&fault)?;
+        if fh.channel != Channel::Fault || fh.session != session {
+            bail!("the source reconnected without its fault channel");
+        }
+        wire::send(&mut &fault, &Msg::Accept)?;
+        for s in [&main, &fault] {
+            s.tcp().set_nodelay(true)?;
+            s.set_read_timeout(Some(PEER_TIMEOUT))?;
+        }
+        wire::send(&mut &main, &Msg::Resume(post.received.snapshot()))?;
+        let _ = pages;
+        return Ok((Arc::new(main), Arc::new(fault)));
+    }
 }
 
 /// The push stream: pages until `PushDone`.

@@ -196,9 +196,15 @@ struct Conns {
     pages: usize,
 }
 
-fn handshake(to: &str, vm: &dyn SourceVm, params: &Params, sec: &Security) -> Result<Conns> {
+fn handshake(
+    to: &str,
+    vm: &dyn SourceVm,
+    params: &Params,
+    sec: &Security,
+    session: u64,
+    resume: bool,
+) -> Result<Conns> {
     let ram = vm.ram();
-    let session = (unix_ns() as u64) ^ ((std::process::id() as u64) << 32);
     let hello = |channel| {
         Msg::Hello(Hello {
             version: wire::VERSION,
@@ -208,6 +214,7 @@ fn handshake(to: &str, vm: &dyn SourceVm, params: &Params, sec: &Security) -> Re
             page_size: PAGE as u32,
             balloon: vm.has_balloon(),
             mode: params.mode.to_string(),
+            resume,
         })
     };
     let main = Conn::client(connect(to)?, sec)?;
@@ -254,12 +261,15 @@ pub fn migrate(
     progress
         .pages_total
         .store(ram.pages() as u64, Ordering::Relaxed);
-    let conns = handshake(to, vm, params, sec)?;
+    let session = (unix_ns() as u64) ^ ((std::process::id() as u64) << 32);
+    let conns = handshake(to, vm, params, sec, session, false)?;
     report.security = sec.name().into();
     if params.max_bandwidth > 0 {
         set_pacing(&conns.main, params.max_bandwidth)?;
     }
     let mut s = Session {
+        session,
+        sec,
         vm,
         ram: &ram,
         params,
@@ -280,6 +290,8 @@ pub fn migrate(
 }
 
 struct Session<'a> {
+    session: u64,
+    sec: &'a Security,
     vm: &'a dyn SourceVm,
     ram: &'a GuestRam,
     params: &'a Params,
@@ -392,13 +404,16 @@ impl Session<'_> {
         self.progress.set_status(Status::Completed);
         self.progress.pages_remaining.store(0, Ordering::Relaxed);
 
-        // The destination's report: its side of the figures.
-        reader.set_read_timeout(Some(
-            PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
-        ))?;
-        match expect(reader, pages, "the report")? {
-            Msg::Report(json) => self.merge_dest_report(&json),
-            m => bail!("the destination sent {} instead of its report", m.name()),
+        // The destination's report: its side of the figures (post-copy
+        // read it on whichever connection it ended with).
+        if !switch_to_postcopy {
+            reader.set_read_timeout(Some(
+                PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
+            ))?;
+            match expect(reader, pages, "the report")? {
+                Msg::Report(json) => self.merge_dest_report(&json),
+                m => bail!("the destination sent {} instead of its report", m.name()),
+            }
         }
         main.shutdown(Shutdown::Both);
         fault.shutdown(Shutdown::Both);
@@ -531,8 +546,108 @@ impl Session<'_> {
         out.send(&Msg::Go)?;
         out.flush()?;
         progress.set_status(Status::PostcopyActive);
+        // From here the VM runs at the destination: a broken link pauses the
+        // transfer (both sides keep their state) until `migrate --resume`.
+        let mut next: Option<Conns> = None;
+        loop {
+            let (main, fault): (&Conn, &Conn) = match &next {
+                None => (reader, fault),
+                Some(c) => (&c.main, &c.fault),
+            };
+            // Everything before Go was flushed: each link gets its own writer.
+            let mut out = Out {
+                w: BufWriter::with_capacity(1 << 20, main),
+                progress,
+            };
+            match self.postcopy_transfer(&mut out, main, fault, &done, pages) {
+                Ok(json) => {
+                    self.merge_dest_report(&json);
+                    main.shutdown(Shutdown::Both);
+                    fault.shutdown(Shutdown::Both);
+                    return Ok(());
+                }
+                Err(e) => {
+                    main.shutdown(Shutdown::Both);
+                    fault.shutdown(Shutdown::Both);
+                    let why = format!("post-copy link lost: {e:#}");
+                    eprintln!(
+                        "godwit: {why}; the VM waits at the destination for the pages it lacks; \
+                         reconnect with `godwit migrate --resume --to HOST:PORT`"
+                    );
+                    progress.note_error(why);
+                    progress.set_status(Status::PostcopyPaused);
+                    drop(out);
+                    next = Some(self.reconnect(&pending, &done, pages));
+                    progress.recoveries.fetch_add(1, Ordering::Relaxed);
+                    self.report.recoveries += 1;
+                    progress.set_status(Status::PostcopyActive);
+                }
+            }
+        }
+    }
+
+    /// Waits for `migrate --resume` and reconnects to the destination, which
+    /// says which pages it has; the others are sent again. Retries until it
+    /// works (the VM cannot run anywhere else now).
+    fn reconnect(&mut self, pending: &AtomicBitmap, done: &AtomicBitmap, pages: usize) -> Conns {
+        let progress = self.progress;
+        loop {
+            let to = loop {
+                let asked = progress
+                    .resume_to
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(to) = asked {
+                    break to;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let attempt = handshake(&to, self.vm, self.params, self.sec, self.session, true)
+                .and_then(
+                    |c| match expect(&c.main, pages, "the destination's page map")? {
+                        Msg::Resume(have) => Ok((c, have)),
+                        m => bail!("the destination sent {} instead of its page map", m.name()),
+                    },
+                );
+            match attempt {
+                Ok((c, have)) => {
+                    let mut missing = 0;
+                    for p in AtomicBitmap::iter_set(&pending.snapshot()) {
+                        let there = have.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
+                        if there {
+                            done.set(p);
+                        } else {
+                            done.clear(p);
+                            missing += 1;
+                        }
+                    }
+                    progress.pages_remaining.store(missing, Ordering::Relaxed);
+                    eprintln!("godwit: post-copy resumed to {to}; {missing} pages still to send");
+                    return c;
+                }
+                Err(e) => {
+                    let why = format!("cannot resume the post-copy to {to}: {e:#}");
+                    eprintln!("godwit: {why}");
+                    progress.note_error(why);
+                    progress.set_status(Status::PostcopyPaused);
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of post-copy: push and serve demands until the
+    /// destination has every page; returns its report.
+    fn postcopy_transfer(
+        &mut self,
+        out: &mut Out,
+        main: &Conn,
+        fault: &Conn,
+        done: &AtomicBitmap,
+        pages: usize,
+    ) -> Result<String> {
+        let progress = self.progress;
         // The push connection: paced a little under the link, small buffer.
-        let main: &Conn = out.w.get_ref();
         set_sndbuf(main, PUSH_SNDBUF)?;
         if self.params.max_bandwidth > 0 {
             set_pacing(main, self.params.max_bandwidth * 95 / 100)?;
@@ -541,15 +656,17 @@ impl Session<'_> {
         let order = Mutex::new(PushOrder::new(self.params.prepaging, pages));
         let ram = self.ram;
         let start = progress.started;
-        let result = std::thread::scope(|scope| -> Result<()> {
-            let demand = scope.spawn(|| serve_demand(fault, ram, &done, &order, progress, pages));
-            let pushed = push(out, ram, &done, &order, progress);
+        std::thread::scope(|scope| -> Result<String> {
+            let demand = scope.spawn(|| serve_demand(fault, ram, done, &order, progress, pages));
+            let pushed = push(out, ram, done, &order, progress);
             // Wait for the destination to have every page.
-            let r = pushed.and_then(|()| match expect(reader, pages, "Complete")? {
+            let r = pushed.and_then(|()| match expect(main, pages, "Complete")? {
                 Msg::Complete => Ok(()),
                 m => bail!("the destination sent {} instead of Complete", m.name()),
             });
-            self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            if r.is_ok() {
+                self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            }
             // Ends the demand thread (its reads fail once the socket is shut).
             fault.shutdown(Shutdown::Read);
             let d = demand
@@ -561,9 +678,14 @@ impl Session<'_> {
                     return Err(e);
                 }
             }
-            Ok(())
-        });
-        result
+            main.set_read_timeout(Some(
+                PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
+            ))?;
+            match expect(main, pages, "the report")? {
+                Msg::Report(json) => Ok(json),
+                m => bail!("the destination sent {} instead of its report", m.name()),
+            }
+        })
     }
 
     fn merge_dest_report(&mut self, json: &str) {

@@ -14,18 +14,24 @@ pub enum Status {
     Active,
     Device,
     PostcopyActive,
+    /// Post-copy with its link lost: waiting for `migrate --resume`.
+    PostcopyPaused,
+    /// Reconnecting a paused post-copy.
+    PostcopyRecover,
     Completed,
     Failed,
     Cancelled,
 }
 
 impl Status {
-    const ALL: [Status; 8] = [
+    const ALL: [Status; 10] = [
         Status::None,
         Status::Setup,
         Status::Active,
         Status::Device,
         Status::PostcopyActive,
+        Status::PostcopyPaused,
+        Status::PostcopyRecover,
         Status::Completed,
         Status::Failed,
         Status::Cancelled,
@@ -39,6 +45,8 @@ impl Status {
             Status::Active => "active",
             Status::Device => "device",
             Status::PostcopyActive => "postcopy-active",
+            Status::PostcopyPaused => "postcopy-paused",
+            Status::PostcopyRecover => "postcopy-recover",
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
@@ -72,6 +80,10 @@ pub struct Progress {
     pub cancel: AtomicBool,
     /// Set by `migrate-start-postcopy`.
     pub start_postcopy: AtomicBool,
+    /// Set by `migrate --resume`: where to reconnect a paused post-copy.
+    pub resume_to: Mutex<Option<String>>,
+    /// Post-copy links re-established after a failure.
+    pub recoveries: AtomicU64,
     error: Mutex<Option<String>>,
 }
 
@@ -93,6 +105,8 @@ impl Progress {
             dirty_last_round: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
             start_postcopy: AtomicBool::new(false),
+            resume_to: Mutex::new(None),
+            recoveries: AtomicU64::new(0),
             error: Mutex::new(None),
         }
     }
@@ -113,6 +127,11 @@ impl Progress {
     pub fn fail(&self, why: String) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         self.set_status(Status::Failed);
+    }
+
+    /// Records a problem without ending the migration (a paused post-copy).
+    pub fn note_error(&self, why: String) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     pub fn error(&self) -> Option<String> {
@@ -136,6 +155,7 @@ impl Progress {
             "bytes_sent": g(&self.bytes_sent),
             "rounds": g(&self.rounds),
             "dirty_pages_last_round": g(&self.dirty_last_round),
+            "recoveries": g(&self.recoveries),
             "error": self.error(),
         })
     }
@@ -201,6 +221,8 @@ pub struct Report {
     pub max_bandwidth: u64,
     /// "TLS" or "plain TCP".
     pub security: String,
+    /// Post-copy links lost and re-established.
+    pub recoveries: u64,
     pub error: Option<String>,
     /// Everything the destination reported (its engine figures and what its
     /// VMM saw of the guest), as it sent it.

@@ -81,6 +81,8 @@ pub struct Hello {
     pub balloon: bool,
     /// The migration mode's name, for the destination's log.
     pub mode: String,
+    /// Reconnecting a post-copy whose link broke (same session).
+    pub resume: bool,
 }
 
 /// One page in a batch.
@@ -115,6 +117,8 @@ pub enum Msg {
     Report(String),
     Cancel(String),
     Error(String),
+    /// Post-copy recovery: the pages the destination has (bitmap words).
+    Resume(Vec<u64>),
 }
 
 /// A decoding error: the peer sent something this side cannot accept.
@@ -147,6 +151,7 @@ const T_COMPLETE: u8 = 12;
 const T_REPORT: u8 = 13;
 const T_CANCEL: u8 = 14;
 const T_ERROR: u8 = 15;
+const T_RESUME: u8 = 16;
 
 /// Longest string (reason, report) accepted.
 const MAX_TEXT: usize = 1 << 20;
@@ -169,6 +174,7 @@ impl Msg {
                 b.extend_from_slice(&h.page_size.to_le_bytes());
                 b.push(h.balloon as u8);
                 put_text(&mut b, &h.mode);
+                b.push(h.resume as u8);
             }
             Msg::Accept => b.push(T_ACCEPT),
             Msg::Refuse(s) => {
@@ -235,6 +241,15 @@ impl Msg {
                 b.push(T_ERROR);
                 put_text(&mut b, s);
             }
+            Msg::Resume(words) => {
+                b.push(T_RESUME);
+                let start = b.len();
+                for w in words {
+                    b.extend_from_slice(&w.to_le_bytes());
+                }
+                let crc = crc32fast::hash(&b[start..]);
+                b.extend_from_slice(&crc.to_le_bytes());
+            }
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
@@ -266,6 +281,7 @@ impl Msg {
                     page_size: r.u32()?,
                     balloon: r.u8()? != 0,
                     mode: r.text()?,
+                    resume: r.u8()? != 0,
                 })
             }
             T_ACCEPT => Msg::Accept,
@@ -352,6 +368,19 @@ impl Msg {
             T_REPORT => Msg::Report(r.text()?),
             T_CANCEL => Msg::Cancel(r.text()?),
             T_ERROR => Msg::Error(r.text()?),
+            T_RESUME => {
+                let start = r.at;
+                let mut words = Vec::with_capacity(pages.div_ceil(64));
+                for _ in 0..pages.div_ceil(64) {
+                    words.push(r.u64()?);
+                }
+                let covered = &body[start..r.at];
+                let crc = r.u32()?;
+                if crc32fast::hash(covered) != crc {
+                    return bad("resume map checksum mismatch (corrupted in transit)");
+                }
+                Msg::Resume(words)
+            }
             t => return bad(format!("unknown message type {t}")),
         };
         if r.at != body.len() {
@@ -381,6 +410,7 @@ impl Msg {
             Msg::Report(_) => "Report",
             Msg::Cancel(_) => "Cancel",
             Msg::Error(_) => "Error",
+            Msg::Resume(_) => "Resume",
         }
     }
 }
@@ -489,6 +519,7 @@ mod tests {
                 page_size: 4096,
                 balloon: true,
                 mode: "postcopy".into(),
+                resume: false,
             }),
             0,
         );
@@ -505,6 +536,7 @@ mod tests {
             Msg::Cancel("user".into()),
             Msg::Error("boom".into()),
             Msg::Demand(vec![0, 99]),
+            Msg::Resume(vec![7, 1 << 35]),
         ] {
             round_trip(m, 100);
         }
@@ -581,6 +613,7 @@ mod tests {
             page_size: 1,
             balloon: false,
             mode: String::new(),
+            resume: true,
         })
         .encode();
         h[5] = b'X';

@@ -182,6 +182,10 @@ impl Msg {
                 put_text(&mut b, s);
             }
             Msg::Pages(pages) => {
+                debug_assert!(
+                    pages.len() <= MAX_BATCH,
+                    "batch larger than the protocol allows"
+                );
                 b.push(T_PAGES);
                 let start = b.len();
                 b.extend_from_slice(&(pages.len() as u16).to_le_bytes());
@@ -328,11 +332,7 @@ impl Msg {
                 let start = r.at;
                 let len = r.u32()? as usize;
                 let state = r.take(len)?.to_vec();
-                let words = pages.div_ceil(64);
-                let mut pending = Vec::with_capacity(words);
-                for _ in 0..words {
-                    pending.push(r.u64()?);
-                }
+                let pending = r.words(pages.div_ceil(64))?;
                 let covered = &body[start..r.at];
                 let crc = r.u32()?;
                 if crc32fast::hash(covered) != crc {
@@ -370,14 +370,17 @@ impl Msg {
             T_ERROR => Msg::Error(r.text()?),
             T_RESUME => {
                 let start = r.at;
-                let mut words = Vec::with_capacity(pages.div_ceil(64));
-                for _ in 0..pages.div_ceil(64) {
-                    words.push(r.u64()?);
-                }
+                let words = r.words(pages.div_ceil(64))?;
                 let covered = &body[start..r.at];
                 let crc = r.u32()?;
                 if crc32fast::hash(covered) != crc {
                     return bad("resume map checksum mismatch (corrupted in transit)");
+                }
+                if let Some(last) = words.last() {
+                    let tail = pages % 64;
+                    if tail != 0 && last >> tail != 0 {
+                        return bad("resume map names pages beyond the end of RAM");
+                    }
                 }
                 Msg::Resume(words)
             }
@@ -416,7 +419,12 @@ impl Msg {
 }
 
 fn put_text(b: &mut Vec<u8>, s: &str) {
-    let s = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+    // Longer texts are cut, at a character boundary so they still decode.
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let s = &s.as_bytes()[..end];
     b.extend_from_slice(&(s.len() as u32).to_le_bytes());
     b.extend_from_slice(s);
 }
@@ -459,6 +467,16 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    /// `n` little-endian u64 words; the bytes are checked before anything
+    /// is allocated.
+    fn words(&mut self, n: usize) -> Result<Vec<u64>, WireError> {
+        let bytes = self.take(n.checked_mul(8).unwrap_or(usize::MAX))?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+
     fn text(&mut self) -> Result<String, WireError> {
         let n = self.u32()? as usize;
         if n > MAX_TEXT {

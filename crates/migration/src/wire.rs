@@ -470,7 +470,7 @@ impl<'a> Reader<'a> {
     /// `n` little-endian u64 words; the bytes are checked before anything
     /// is allocated.
     fn words(&mut self, n: usize) -> Result<Vec<u64>, WireError> {
-        let bytes = self.take(n.checked_mul(8).unwrap_or(usize::MAX))?;
+        let bytes = self.take(n.saturating_mul(8))?;
         Ok(bytes
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))

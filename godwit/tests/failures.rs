@@ -325,3 +325,69 @@ fn postcopy_survives_a_broken_link() {
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
     link2.cut();
 }
+
+/// A "destination" that accepts and then says nothing: the source gives up
+/// with a clear error within the handshake timeout, its VM unharmed, and
+/// failed attempts leave no file descriptor behind in the source VMM.
+#[test]
+fn a_stalling_peer_is_a_clear_error_and_leaks_nothing() {
+    guest_image();
+    let dir = temp_dir("stall");
+    let ss = dir.join("src.sock");
+    let mut src = source(&ss, "wws_mb=8 pages_per_s=2000");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = silent.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    std::thread::spawn(move || {
+        for s in silent.incoming().take(8).flatten() {
+            h2.lock().unwrap().push(s); // accept, never answer
+        }
+    });
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let pid = src.child.id();
+    // One attempt first: threads and lazily opened files settle.
+    let attempt = |n: usize| {
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let out = godwit()
+                .args(["migrate", "--control", ss.to_str().unwrap(), "--to", &to])
+                .args(["--mode", "precopy", "--tls-plain"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("handshake") && err.contains("keeps running"),
+                "{err}"
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(25),
+                "gave up only after {:?}",
+                t.elapsed()
+            );
+        }
+    };
+    attempt(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = fds(pid);
+    attempt(2);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fds(pid);
+    assert_eq!(
+        before, after,
+        "file descriptors leaked by failed migrations"
+    );
+    assert_eq!(
+        qmp(&ss, "query-status", json!({}))["return"]["status"],
+        json!("running")
+    );
+    let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(10)));
+    assert_eq!(hb["bad"], json!(0));
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    drop(held);
+}

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long to wait for the destination to answer any one step.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the destination may take to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages per `Pages` frame on the push / pre-copy stream.
 const BATCH: usize = 32;
 /// Send buffer of the push connection in post-copy: small, so that little
@@ -217,18 +219,21 @@ fn handshake(
             resume,
         })
     };
+    let answer = |c: &Conn| -> Result<()> {
+        c.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        match expect(c, 0, "the handshake answer")? {
+            Msg::Accept => {}
+            m => bail!("the destination answered the handshake with {}", m.name()),
+        }
+        c.set_read_timeout(Some(PEER_TIMEOUT))?;
+        Ok(())
+    };
     let main = Conn::client(connect(to)?, sec)?;
     wire::send(&mut &main, &hello(Channel::Main)).context("cannot send the handshake")?;
-    match expect(&main, 0, "the handshake answer")? {
-        Msg::Accept => {}
-        m => bail!("the destination answered the handshake with {}", m.name()),
-    }
+    answer(&main)?;
     let fault = Conn::client(connect(to)?, sec)?;
     wire::send(&mut &fault, &hello(Channel::Fault)).context("cannot send the handshake")?;
-    match expect(&fault, 0, "the handshake answer")? {
-        Msg::Accept => {}
-        m => bail!("the destination answered the handshake with {}", m.name()),
-    }
+    answer(&fault)?;
     Ok(Conns {
         main,
         fault,

@@ -38,6 +38,9 @@ pub struct Args {
     /// Do not ask the guest for free page hints.
     #[arg(long)]
     no_free_page_hints: bool,
+    /// Post-copy: do not push the vCPU's last-used pages first.
+    #[arg(long)]
+    no_hot_pages_first: bool,
     /// TLS identity folder (`godwit tls-gen`), as seen by the source VMM.
     #[arg(long, required_unless_present = "tls_plain")]
     tls_dir: Option<PathBuf>,
@@ -91,6 +94,7 @@ pub fn run(args: Args) -> Result<i32> {
             params["tls-plain"] = json!(args.tls_plain);
         }
     }
+    params["hot-pages-first"] = json!(!args.no_hot_pages_first);
     if args.no_free_page_hints {
         params["free-page-hints"] = json!(false);
     }

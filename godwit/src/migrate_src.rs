@@ -63,6 +63,9 @@ impl SourceVm for VmSource {
             })
             .map_err(gone)
     }
+    fn hot_pages(&self) -> Result<Vec<usize>> {
+        self.vm.exec(|vm| vm.hart.tlb_ram_pages()).map_err(gone)
+    }
     fn stop_free_page_hints(&self) -> Result<()> {
         self.vm
             .exec(|vm| {
@@ -149,6 +152,11 @@ pub fn apply_parameters(
                     CommandError::generic("parameter 'tls-creds' must be a folder path")
                 })?;
                 p.tls_creds = (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+            }
+            "hot-pages-first" => {
+                p.hot_pages_first = v.as_bool().ok_or_else(|| {
+                    CommandError::generic("parameter 'hot-pages-first' must be true or false")
+                })?
             }
             "tls-plain" => {
                 p.tls_plain = v.as_bool().ok_or_else(|| {

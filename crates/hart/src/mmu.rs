@@ -123,6 +123,31 @@ impl Hart {
         }
     }
 
+    /// The guest RAM pages (indices from the start of RAM) the TLBs map
+    /// right now: the pages the guest used last (code, stack, data). A
+    /// migration sends these first so a guest resumed elsewhere finds its
+    /// hot pages there.
+    pub fn tlb_ram_pages(&self) -> Vec<usize> {
+        let base = self.ram.host_ptr() as usize;
+        let size = self.ram.size();
+        let mut out = Vec::new();
+        for t in self.tlbs.iter() {
+            for e in t.iter() {
+                let tag = [e.read, e.exec, e.write]
+                    .into_iter()
+                    .find(|&t| t != NO_TAG);
+                let Some(vpn) = tag else { continue };
+                let host = e.addend.wrapping_add((vpn << PAGE_SHIFT) as usize);
+                if host >= base && host < base + size {
+                    out.push((host - base) >> PAGE_SHIFT);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Translates `va` for `access` at the data or fetch privilege.
     pub(crate) fn translate(&mut self, va: u64, access: Access) -> Result<Translation, Trap> {
         let prv = if access == Access::Exec {

@@ -264,6 +264,7 @@ impl Post<'_> {
 
     /// Serves the guest's page faults until told to stop.
     fn fault_loop(&self, mut uffd: Uffd) -> Result<()> {
+        crate::fault_path_priority();
         while !self.finished.load(Ordering::Acquire) {
             let Some(off) = uffd.next_fault(Duration::from_millis(10))? else {
                 continue;
@@ -478,6 +479,7 @@ fn postcopy(
                 let f = f.clone();
                 let post = &post;
                 scope.spawn(move || {
+                    crate::fault_path_priority();
                     let mut r = &*f;
                     loop {
                         match wire::recv(&mut r, pages) {

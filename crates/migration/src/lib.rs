@@ -54,6 +54,11 @@ pub trait SourceVm: Send + Sync {
     fn start_free_page_hints(&self) -> anyhow::Result<bool>;
     /// Ends a hinting run: the guest may reuse its hinted pages.
     fn stop_free_page_hints(&self) -> anyhow::Result<()>;
+    /// Pages the paused vCPU used last (RAM page indices), pushed first in
+    /// post-copy. None known: empty.
+    fn hot_pages(&self) -> anyhow::Result<Vec<usize>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The destination VM: built empty with the RAM size from the handshake,
@@ -132,6 +137,8 @@ pub struct Params {
     pub tls_creds: Option<std::path::PathBuf>,
     /// Plain TCP, explicitly: no authentication, no encryption.
     pub tls_plain: bool,
+    /// Post-copy: push the pages the vCPU used last before anything else.
+    pub hot_pages_first: bool,
 }
 
 impl Params {
@@ -162,6 +169,7 @@ impl Default for Params {
             after_window_ms: 1000,
             tls_creds: None,
             tls_plain: false,
+            hot_pages_first: true,
         }
     }
 }
@@ -174,4 +182,16 @@ pub fn is_zero(page: &[u8]) -> bool {
         unsafe { page.align_to::<u64>() }
     };
     head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
+}
+
+/// Runs the calling thread at a higher scheduling priority (nice -10) if
+/// the host allows it: the post-copy fault path (demand requests and
+/// replies) must not wait for a core behind the bulk push threads. Without
+/// the privilege the thread keeps its priority; nothing else changes.
+pub(crate) fn fault_path_priority() {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -10);
+    }
 }

@@ -273,6 +273,7 @@ pub fn migrate(
         set_pacing(&conns.main, params.max_bandwidth)?;
     }
     let mut s = Session {
+        hot: Vec::new(),
         session,
         sec,
         vm,
@@ -295,6 +296,8 @@ pub fn migrate(
 }
 
 struct Session<'a> {
+    /// Post-copy: pages to push first (the vCPU's last-used pages).
+    hot: Vec<usize>,
     session: u64,
     sec: &'a Security,
     vm: &'a dyn SourceVm,
@@ -364,6 +367,10 @@ impl Session<'_> {
             self.hinting = false;
         }
         let remaining = not_free(&unsent, self.ram);
+        if switch_to_postcopy && self.params.hot_pages_first {
+            self.hot = self.vm.hot_pages()?;
+            self.report.pages_hot_first = self.hot.len() as u64;
+        }
         let free_now = self.ram.free_map().count() as u64;
         let state = self.vm.save_state()?;
         self.report.state_bytes = state.len() as u64;
@@ -663,7 +670,8 @@ impl Session<'_> {
         let start = progress.started;
         std::thread::scope(|scope| -> Result<String> {
             let demand = scope.spawn(|| serve_demand(fault, ram, done, &order, progress, pages));
-            let pushed = push(out, ram, done, &order, progress);
+            let hot = std::mem::take(&mut self.hot);
+            let pushed = push(out, ram, done, &order, &hot, progress);
             // Wait for the destination to have every page.
             let r = pushed.and_then(|()| match expect(main, pages, "Complete")? {
                 Msg::Complete => Ok(()),
@@ -725,14 +733,18 @@ fn push(
     ram: &GuestRam,
     done: &AtomicBitmap,
     order: &Mutex<PushOrder>,
+    hot: &[usize],
     progress: &Progress,
 ) -> Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut hot = hot.iter().copied().filter(|&p| p < ram.pages());
     loop {
-        let next = order
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next(|p| done.get(p));
+        let next = hot.next().or_else(|| {
+            order
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .next(|p| done.get(p))
+        });
         let Some(p) = next else { break };
         if done.set(p) {
             continue; // a demand reply took it
@@ -766,6 +778,7 @@ fn serve_demand(
     progress: &Progress,
     pages: usize,
 ) -> Result<()> {
+    crate::fault_path_priority();
     let mut r = fault;
     let mut w = BufWriter::with_capacity(64 << 10, fault);
     loop {

@@ -223,6 +223,8 @@ pub struct Report {
     pub security: String,
     /// Post-copy links lost and re-established.
     pub recoveries: u64,
+    /// Post-copy: pages the vCPU used last, pushed before the rest.
+    pub pages_hot_first: u64,
     pub error: Option<String>,
     /// Everything the destination reported (its engine figures and what its
     /// VMM saw of the guest), as it sent it.

@@ -133,9 +133,7 @@ impl Hart {
         let mut out = Vec::new();
         for t in self.tlbs.iter() {
             for e in t.iter() {
-                let tag = [e.read, e.exec, e.write]
-                    .into_iter()
-                    .find(|&t| t != NO_TAG);
+                let tag = [e.read, e.exec, e.write].into_iter().find(|&t| t != NO_TAG);
                 let Some(vpn) = tag else { continue };
                 let host = e.addend.wrapping_add((vpn << PAGE_SHIFT) as usize);
                 if host >= base && host < base + size {

@@ -106,6 +106,14 @@ fn expect(s: &Conn, pages: usize, what: &str) -> Result<Msg> {
         Err(WireError::Closed) => {
             bail!("the destination closed the connection (waiting for {what})")
         }
+        Err(WireError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            bail!("the destination did not answer in time (waiting for {what})")
+        }
         Err(e) => Err(anyhow!(e).context(format!("waiting for {what} from the destination"))),
     }
 }

@@ -234,3 +234,10 @@ pub fn line_json(line: &str) -> serde_json::Value {
         .unwrap_or("");
     serde_json::from_str(j).unwrap_or_else(|e| panic!("bad status JSON in {line:?}: {e}"))
 }
+
+/// A loopback port nobody listens on right now.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}

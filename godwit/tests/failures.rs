@@ -7,11 +7,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn source(sock: &Path, append: &str) -> Running {
     let mut vm = Running::start(&[
         "run",
@@ -59,6 +54,19 @@ fn start_slow_precopy(sock: &Path, to: &str) {
     assert_eq!(q["return"]["status"], json!("active"), "{q}");
 }
 
+/// A source and a destination with a slow pre-copy between them under way.
+fn slow_precopy_pair(name: &str) -> (Running, Running, PathBuf) {
+    guest_image();
+    let dir = temp_dir(name);
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let src = source(&ss, "wws_mb=32 pages_per_s=0");
+    let dst = receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    start_slow_precopy(&ss, &to);
+    (src, dst, ss)
+}
+
 fn wait_status(sock: &Path, want: &[&str]) -> String {
     let end = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -75,14 +83,7 @@ fn wait_status(sock: &Path, want: &[&str]) -> String {
 /// migration and its VM runs on, intact.
 #[test]
 fn destination_killed_during_precopy() {
-    guest_image();
-    let dir = temp_dir("kill-dst");
-    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, "wws_mb=32 pages_per_s=0");
-    let mut dst = receiver(&to, &ds);
-    std::thread::sleep(Duration::from_millis(300));
-    start_slow_precopy(&ss, &to);
+    let (mut src, mut dst, ss) = slow_precopy_pair("kill-dst");
     dst.child.kill().unwrap();
     let _ = dst.child.wait();
     assert_eq!(wait_status(&ss, &["failed", "completed"]), "failed");
@@ -104,14 +105,7 @@ fn destination_killed_during_precopy() {
 /// ran the VM, discards what it got and exits with an error.
 #[test]
 fn source_killed_during_precopy() {
-    guest_image();
-    let dir = temp_dir("kill-src");
-    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, "wws_mb=32 pages_per_s=0");
-    let mut dst = receiver(&to, &ds);
-    std::thread::sleep(Duration::from_millis(300));
-    start_slow_precopy(&ss, &to);
+    let (mut src, mut dst, _) = slow_precopy_pair("kill-src");
     src.child.kill().unwrap();
     let _ = src.child.wait();
     assert_eq!(dst.wait_exit(Duration::from_secs(90)), Some(1));

@@ -9,11 +9,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// Keys every report must carry (DESIGN.md, "What every migration reports").
 const REPORT_KEYS: &[&str] = &[
     "mode",

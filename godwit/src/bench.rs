@@ -32,11 +32,26 @@
 //! `plot-*.svg` (full preset: figures against the working-set size) and
 //! `logs/` (every console, timestamped).
 //!
+//! QEMU (TCG, `-M virt`, `virtio-balloon-device,free-page-reporting=on`)
+//! migrates the same guest over the same link in the same run: the
+//! `qemu-*` cells (memtouch at the fixed rate, balloon on; pre-copy,
+//! post-copy, and QEMU's post-copy after the first pass as "hybrid"),
+//! driven over QMP by [`crate::bench_qemu`]. Its rows take their VMM figures
+//! from `query-migrate` and their guest figures from the consoles exactly
+//! as Godwit's rows. QEMU runs twice per case: as shipped (`qemu`) and with
+//! the guest's timer re-armed on the destination (`qemu+rearm`; the module
+//! doc of `bench_qemu` explains the QEMU bug this works around). A QEMU run
+//! that fails is FAILED in the table like any other, but does not make the
+//! bench exit non-zero: it is a finding about QEMU, not about Godwit.
+//! Without `qemu-system-riscv64` (or with `--no-qemu`) the QEMU cells are
+//! skipped.
+//!
 //! Everything the bench starts it stops: children are killed with their
 //! process group when their guard drops, every wait is bounded, the testbed
 //! guard tears the namespaces down, and Ctrl-C turns into an error at the
 //! next wait.
 
+use crate::bench_qemu::{self, Qemu, Qmp, Switch};
 use crate::control::ControlClient;
 use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
 use anyhow::{bail, Context, Result};
@@ -71,6 +86,11 @@ const PAGE_BYTES: f64 = 4096.0;
 const RATE_WINDOW_MS: f64 = 1000.0;
 /// The warm-up waits at most this long for the workload's steady state.
 const STEADY_TIMEOUT: Duration = Duration::from_secs(120);
+/// QEMU's migration completes within this time or is cancelled (QEMU's
+/// pre-copy has no round limit: it would iterate forever).
+const QEMU_MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
+/// QEMU's `downtime-limit`, ms (its default, stated).
+const QEMU_DOWNTIME_LIMIT_MS: u64 = 300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Preset {
@@ -133,10 +153,20 @@ pub struct Args {
     /// instead of plain TCP.
     #[arg(long)]
     tls: bool,
+    /// Leave out the QEMU cells.
+    #[arg(long)]
+    no_qemu: bool,
+    /// The QEMU executable of the QEMU cells.
+    #[arg(long, default_value = "qemu-system-riscv64")]
+    qemu: PathBuf,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let cells = select(matrix(args.preset), args.only.as_deref());
+    let mut all = matrix(args.preset);
+    if args.no_qemu {
+        all.retain(|c| c.vmm == Vmm::Godwit);
+    }
+    let mut cells = select(all, args.only.as_deref());
     if cells.is_empty() {
         bail!(
             "--only {:?} matches no cell (see `godwit bench --preset {} --list`)",
@@ -151,7 +181,20 @@ pub fn run(args: Args) -> Result<i32> {
         return Ok(0);
     }
     testbed::catch_interrupts();
-    let bench = Bench::new(&args)?;
+    let need_qemu = cells.iter().any(|c| c.vmm.is_qemu());
+    let bench = Bench::new(&args, need_qemu)?;
+    if need_qemu && bench.qemu.is_none() {
+        let n = cells.iter().filter(|c| c.vmm.is_qemu()).count();
+        eprintln!(
+            "bench: QEMU is not available: {}; skipping its {n} cell(s)",
+            bench.qemu_missing.as_deref().unwrap_or("?")
+        );
+        cells.retain(|c| !c.vmm.is_qemu());
+        if cells.is_empty() {
+            println!("bench: nothing left to run");
+            return Ok(0);
+        }
+    }
     let runs = args.runs.unwrap_or(match args.preset {
         Preset::Quick => 1,
         Preset::Full => 3,
@@ -166,6 +209,13 @@ pub fn run(args: Args) -> Result<i32> {
         args.after_s
     );
     eprintln!("bench: network: {}", bench.describe_net());
+    if let Some(q) = bench
+        .qemu
+        .as_ref()
+        .filter(|_| cells.iter().any(|c| c.vmm.is_qemu()))
+    {
+        eprintln!("bench: QEMU: {} ({})", q.version, q.exe.display());
+    }
     eprintln!("bench: results in {}", args.out.display());
 
     let mut records: Vec<RunRecord> = Vec::new();
@@ -189,7 +239,8 @@ pub fn run(args: Args) -> Result<i32> {
                 break 'runs;
             }
             eprintln!("bench:           {}", record.one_line());
-            let failed = !record.ok;
+            // A QEMU failure is a finding about QEMU, not a bench failure.
+            let failed = !record.ok && !cell.vmm.is_qemu();
             records.push(record);
             bench.write_outputs(&cells, runs, &records)?;
             if failed && args.fail_fast {
@@ -199,14 +250,21 @@ pub fn run(args: Args) -> Result<i32> {
         }
     }
     let plots = bench.write_plots(&cells, &records)?;
-    let failed: Vec<&RunRecord> = records.iter().filter(|r| !r.ok).collect();
+    let is_qemu = |r: &RunRecord| cells.iter().any(|c| c.vmm.is_qemu() && c.id() == r.cell);
+    let failed: Vec<&RunRecord> = records.iter().filter(|r| !r.ok && !is_qemu(r)).collect();
+    let qemu_failed: Vec<&RunRecord> = records.iter().filter(|r| !r.ok && is_qemu(r)).collect();
     println!();
     println!(
-        "bench: {} of {} run(s) done in {}; {} failed",
+        "bench: {} of {} run(s) done in {}; {} failed{}",
         records.len(),
         total,
         show_duration(started.elapsed()),
-        failed.len()
+        failed.len(),
+        if qemu_failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (and {} QEMU run(s))", qemu_failed.len())
+        }
     );
     println!(
         "bench: table {}, raw {}{}",
@@ -221,6 +279,14 @@ pub fn run(args: Args) -> Result<i32> {
     for r in &failed {
         println!(
             "bench: FAILED {} run {}: {}",
+            r.cell,
+            r.run,
+            r.failure_text()
+        );
+    }
+    for r in &qemu_failed {
+        println!(
+            "bench: QEMU FAILED {} run {}: {}",
             r.cell,
             r.run,
             r.failure_text()
@@ -402,6 +468,68 @@ const STRATEGIES: [Strategy; 7] = [
     },
 ];
 
+/// The modes QEMU runs: pre-copy, post-copy switching at once (as Godwit's
+/// post-copy), and post-copy after the first pass (QEMU's usual recipe,
+/// Godwit's hybrid); see [`Switch::for_mode`].
+const QEMU_STRATEGIES: [Strategy; 3] = [
+    Strategy {
+        mode: "precopy",
+        prepaging: None,
+    },
+    Strategy {
+        mode: "postcopy",
+        prepaging: None,
+    },
+    Strategy {
+        mode: "hybrid",
+        prepaging: None,
+    },
+];
+
+/// The VMM that migrates a cell's guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vmm {
+    Godwit,
+    /// QEMU as shipped.
+    Qemu,
+    /// QEMU with the guest's timer re-armed on the destination as soon as
+    /// it runs (works around a QEMU bug, see [`crate::bench_qemu`]).
+    QemuRearm,
+}
+
+impl Vmm {
+    /// The table's VMM column.
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::Godwit => "godwit",
+            Vmm::Qemu => "qemu",
+            Vmm::QemuRearm => "qemu+rearm",
+        }
+    }
+
+    /// Before the strategy in cell ids (none for Godwit: its ids predate QEMU's).
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Vmm::Godwit => "",
+            Vmm::Qemu => "qemu-",
+            Vmm::QemuRearm => "qemu-rearm-",
+        }
+    }
+
+    fn is_qemu(self) -> bool {
+        self != Vmm::Godwit
+    }
+
+    /// Every VMM with its strategies, in table and plot order.
+    fn all() -> [(Vmm, &'static [Strategy]); 3] {
+        [
+            (Vmm::Godwit, &STRATEGIES),
+            (Vmm::QemuRearm, &QEMU_STRATEGIES),
+            (Vmm::Qemu, &QEMU_STRATEGIES),
+        ]
+    }
+}
+
 impl Strategy {
     fn id(&self) -> String {
         match self.prepaging {
@@ -417,17 +545,33 @@ struct Cell {
     workload: Workload,
     /// Self-ballooning (the virtio-balloon with free page reporting).
     balloon: bool,
+    vmm: Vmm,
     strategy: Strategy,
 }
 
 impl Cell {
     fn id(&self) -> String {
         format!(
-            "{}-{}-{}",
+            "{}-{}-{}{}",
             self.workload.id(),
             if self.balloon { "balloon" } else { "noballoon" },
+            self.vmm.id_prefix(),
             self.strategy.id()
         )
+    }
+
+    /// The table's strategy column when no report says better.
+    fn strategy_label(&self) -> String {
+        match (self.vmm.is_qemu(), self.strategy.prepaging) {
+            (true, _) => Switch::for_mode(self.strategy.mode).label().into(),
+            (false, Some(p)) => p.into(),
+            (false, None) => "-".into(),
+        }
+    }
+
+    /// The series of the plots this cell belongs to.
+    fn series(&self) -> String {
+        format!("{}{}", self.vmm.id_prefix(), self.strategy.id())
     }
 }
 
@@ -460,12 +604,21 @@ fn matrix(preset: Preset) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &balloon in balloons {
         for workload in &workloads {
-            for strategy in STRATEGIES {
-                cells.push(Cell {
-                    workload: workload.clone(),
-                    balloon,
-                    strategy,
-                });
+            // QEMU: memtouch at the fixed rate (which both VMMs sustain), balloon on.
+            let qemu = balloon
+                && matches!(workload, Workload::Memtouch { pages_per_s, .. } if *pages_per_s == FIXED_PAGES_PER_S);
+            for (vmm, strategies) in Vmm::all() {
+                if vmm.is_qemu() && !qemu {
+                    continue;
+                }
+                for &strategy in strategies {
+                    cells.push(Cell {
+                        workload: workload.clone(),
+                        balloon,
+                        vmm,
+                        strategy,
+                    });
+                }
             }
         }
     }
@@ -553,10 +706,17 @@ struct Bench {
     max_bandwidth: Option<u64>,
     /// TLS identity folders (source, destination), or plain TCP.
     tls: Option<(PathBuf, PathBuf)>,
+    /// The guest image (QEMU is given it explicitly).
+    kernel: PathBuf,
+    initrd: PathBuf,
+    /// QEMU for the QEMU cells, or why there is none (None, None: no
+    /// QEMU cell was asked for).
+    qemu: Option<Qemu>,
+    qemu_missing: Option<String>,
 }
 
 impl Bench {
-    fn new(args: &Args) -> Result<Bench> {
+    fn new(args: &Args, need_qemu: bool) -> Result<Bench> {
         let link = args.link.config()?;
         let net = if args.loopback {
             Net::Loopback {
@@ -577,8 +737,17 @@ impl Bench {
                 (args.pace_pct > 0).then(|| link.bytes_per_s() * u64::from(args.pace_pct) / 100)
             }
         };
-        crate::guest_image::resolve(None, None)
+        let (kernel, initrd) = crate::guest_image::resolve(None, None)
             .context("the guest image is missing: build it with guest/build.sh")?;
+        let initrd = initrd.context("the guest image has no initramfs")?;
+        let (qemu, qemu_missing) = if need_qemu {
+            match Qemu::find(&args.qemu) {
+                Ok(q) => (Some(q), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        } else {
+            (None, None)
+        };
         let logs = args.out.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
@@ -617,6 +786,10 @@ impl Bench {
             started_unix_s: unix_time_s(),
             max_bandwidth,
             tls,
+            kernel,
+            initrd,
+            qemu,
+            qemu_missing,
         })
     }
 
@@ -630,10 +803,14 @@ impl Bench {
             cell,
             dir,
             epoch: Instant::now(),
+            migrated: false,
         };
         let result = std::fs::create_dir_all(&r.dir)
             .with_context(|| format!("cannot create {}", r.dir.display()))
-            .and_then(|()| r.measure());
+            .and_then(|()| match cell.vmm {
+                Vmm::Godwit => r.measure(),
+                Vmm::Qemu | Vmm::QemuRearm => r.measure_qemu(),
+            });
         // Stop everything (children first, then the testbed) before the logs.
         for c in &mut r.consoles {
             c.process.kill();
@@ -655,7 +832,17 @@ impl Bench {
         };
         match result {
             Ok((report, host)) => {
-                record.failure = host.integrity_failure();
+                record.failure = host.integrity_failure().map(|why| {
+                    if cell.vmm == Vmm::Qemu && host.dst_stalled() {
+                        format!(
+                            "{why} (QEMU as shipped: QEMU 7.2 migrates the guest's timer compare value but does not \
+                             re-arm the timer on the destination, so a sleeping guest never wakes; if the qemu+rearm \
+                             row passes, that is the cause here)"
+                        )
+                    } else {
+                        why
+                    }
+                });
                 record.ok = record.failure.is_none();
                 record.report = Some(report);
                 record.host = Some(host);
@@ -675,6 +862,11 @@ impl Bench {
             "runs_per_cell": runs,
             "network": self.net.to_json(),
             "max_bandwidth_bytes_per_s": self.max_bandwidth,
+            "qemu": match (&self.qemu, &self.qemu_missing) {
+                (Some(q), _) => json!({ "version": q.version, "exe": q.exe, "downtime_limit_ms": QEMU_DOWNTIME_LIMIT_MS }),
+                (None, Some(why)) => json!({ "missing": why }),
+                (None, None) => Value::Null,
+            },
             "link_bytes_per_s": self.net.bytes_per_s(),
             "mem_bytes": self.mem,
             "hb_ms": self.hb_ms,
@@ -688,6 +880,7 @@ impl Bench {
                 "params": c.workload.params(),
                 "wws_mb": c.workload.wws_mb(),
                 "balloon": c.balloon,
+                "vmm": c.vmm.name(),
                 "mode": c.strategy.mode,
                 "prepaging": c.strategy.prepaging,
             })).collect::<Vec<_>>(),
@@ -748,6 +941,8 @@ struct CellRun<'a> {
     dir: PathBuf,
     /// Time zero of every console timestamp.
     epoch: Instant,
+    /// The migration is over: the source VMM may end.
+    migrated: bool,
 }
 
 /// Index of each console in `CellRun::consoles`.
@@ -758,27 +953,33 @@ const MIGRATE: usize = 2;
 impl CellRun<'_> {
     /// A `godwit` command on `side`'s host.
     fn godwit(&self, side: Side) -> Command {
-        match &self.testbed {
-            Some(t) => t.command(side, &self.bench.exe),
-            None => Command::new(&self.bench.exe),
-        }
+        self.program(side, &self.bench.exe)
     }
 
     fn ms(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64() * 1e3
     }
 
+    /// Brings the testbed up (if used); the destination's `HOST:PORT`.
+    fn network(&mut self) -> Result<(String, u16)> {
+        if let Net::Testbed(link) = &self.bench.net {
+            self.testbed = Some(Testbed::up(link)?);
+        }
+        let port = match &self.bench.net {
+            Net::Testbed(_) => MIGRATION_PORT,
+            Net::Loopback { .. } => free_port()?,
+        };
+        let host = match &self.bench.net {
+            Net::Testbed(_) => testbed::DST_ADDR,
+            Net::Loopback { .. } => "127.0.0.1",
+        };
+        Ok((format!("{host}:{port}"), port))
+    }
+
     fn measure(&mut self) -> Result<(Value, HostFigures)> {
         let b = self.bench;
         let cell = self.cell;
-        if let Net::Testbed(link) = &b.net {
-            self.testbed = Some(Testbed::up(link)?);
-        }
-        let addr = match &b.net {
-            Net::Testbed(_) => format!("{}:{MIGRATION_PORT}", testbed::DST_ADDR),
-            Net::Loopback { .. } => format!("127.0.0.1:{}", free_port()?),
-        };
-        let port: u16 = addr.rsplit(':').next().unwrap_or("0").parse()?;
+        let (addr, port) = self.network()?;
         let src_sock = self.dir.join("src.sock");
         let dst_sock = self.dir.join("dst.sock");
         let report_path = self.dir.join("report.json");
@@ -841,6 +1042,7 @@ impl CellRun<'_> {
             .process
             .wait_timeout(MIGRATE_TIMEOUT)?;
         let end_ms = self.ms();
+        self.migrated = true;
         let m = &self.consoles[MIGRATE];
         match status {
             None => bail!(
@@ -854,17 +1056,10 @@ impl CellRun<'_> {
 
         self.hold(b.after, "the after-run")?;
         let after_ms = self.ms();
-        let dst_exit = self.quit_destination(&dst_sock);
-        let src_exit = match self.consoles[SRC].process.wait_timeout(EXIT_TIMEOUT)? {
-            Some(s) => show_status(s),
-            None => {
-                self.consoles[SRC].process.kill();
-                format!(
-                    "still running {} s after the migration; killed",
-                    EXIT_TIMEOUT.as_secs()
-                )
-            }
-        };
+        // The reply may not come: the VMM exits while answering.
+        let asked = control(&dst_sock, "quit", Value::Null);
+        let dst_exit = self.wait_exit(DST, asked);
+        let src_exit = self.wait_exit(SRC, Ok(Value::Null));
         for c in &self.consoles {
             c.drain(Duration::from_secs(2));
         }
@@ -877,28 +1072,178 @@ impl CellRun<'_> {
         })?;
         let report: Value = serde_json::from_str(&text)
             .with_context(|| format!("the migration report is not JSON: {text}"))?;
-        let window = Window {
-            ready_ms,
-            start_ms,
-            end_ms,
-            after_ms,
-            rate_window_ms: RATE_WINDOW_MS.min(b.warmup.as_secs_f64() * 1e3),
-        };
-        let src_lines = self.consoles[SRC].lines();
-        let dst_lines = self.consoles[DST].lines();
-        let mut host = HostFigures::new(
-            &src_lines,
-            &dst_lines,
-            &window,
-            b.hb_ms.into(),
-            cell.workload.rate_key(),
-        );
+        let mut host = self.host_figures(ready_ms, start_ms, end_ms, after_ms);
         host.src_exit = src_exit;
         host.dst_exit = dst_exit;
         host.physical_limit_ms = report["nonfree_pages"]
             .as_f64()
             .map(|p| p * PAGE_BYTES / b.net.bytes_per_s() as f64 * 1e3);
         Ok((report, host))
+    }
+
+    /// What the host saw of the guest, from both consoles.
+    fn host_figures(
+        &self,
+        ready_ms: f64,
+        start_ms: f64,
+        end_ms: f64,
+        after_ms: f64,
+    ) -> HostFigures {
+        let window = Window {
+            ready_ms,
+            start_ms,
+            end_ms,
+            after_ms,
+            rate_window_ms: RATE_WINDOW_MS.min(self.bench.warmup.as_secs_f64() * 1e3),
+        };
+        HostFigures::new(
+            &self.consoles[SRC].lines(),
+            &self.consoles[DST].lines(),
+            &window,
+            self.bench.hb_ms.into(),
+            self.cell.workload.rate_key(),
+        )
+    }
+
+    /// The QEMU run of a cell: the same steps as [`CellRun::measure`], with
+    /// QEMU on both sides driven over QMP ([`crate::bench_qemu`]).
+    fn measure_qemu(&mut self) -> Result<(Value, HostFigures)> {
+        let b = self.bench;
+        let cell = self.cell;
+        let qemu = b.qemu.as_ref().context("QEMU is not available")?;
+        let (addr, port) = self.network()?;
+        let uri = format!("tcp:{addr}");
+        let src_qmp = self.dir.join("src.qmp");
+        let dst_qmp = self.dir.join("dst.qmp");
+        let gdb = (cell.vmm == Vmm::QemuRearm).then(|| self.dir.join("dst.gdb"));
+        let append = format!("{} hb_ms={}", cell.workload.params(), b.hb_ms);
+        let guest = bench_qemu::Guest {
+            kernel: &b.kernel,
+            initrd: &b.initrd,
+            mem_bytes: b.mem,
+            cmdline: crate::run::cmdline(Some(cell.workload.name()), &append),
+            balloon: cell.balloon,
+        };
+        self.epoch = Instant::now();
+
+        let mut dst = self.program(Side::Dst, &qemu.exe);
+        bench_qemu::args(&mut dst, &guest, &dst_qmp, true, gdb.as_deref())?;
+        self.consoles
+            .push(Console::spawn("destination", dst, self.epoch)?);
+        let mut src = self.program(Side::Src, &qemu.exe);
+        bench_qemu::args(&mut src, &guest, &src_qmp, false, None)?;
+        self.consoles
+            .push(Console::spawn("source", src, self.epoch)?);
+        let mut dst_q = self.qmp(DST, &dst_qmp)?;
+        let mut src_q = self.qmp(SRC, &src_qmp)?;
+        let switch = Switch::for_mode(cell.strategy.mode);
+        if switch != Switch::Never {
+            let caps = |names: &[&str]| {
+                let list: Vec<Value> = names
+                    .iter()
+                    .map(|n| json!({ "capability": n, "state": true }))
+                    .collect();
+                json!({ "capabilities": list })
+            };
+            src_q.execute("migrate-set-capabilities", caps(&["postcopy-ram"]))?;
+            dst_q.execute(
+                "migrate-set-capabilities",
+                caps(&["postcopy-ram", "postcopy-blocktime"]),
+            )?;
+        }
+        dst_q.execute("migrate-incoming", json!({ "uri": uri }))?;
+
+        let ready_ms = self.consoles[SRC].wait_for("GODWIT READY", BOOT_TIMEOUT)?;
+        self.wait_listening(port)?;
+        self.warm_up()?;
+        let mut params = json!({ "downtime-limit": QEMU_DOWNTIME_LIMIT_MS });
+        if let Some(bytes_per_s) = b.max_bandwidth {
+            // The same cap as Godwit's, before and after the switch.
+            params["max-bandwidth"] = json!(bytes_per_s);
+            params["max-postcopy-bandwidth"] = json!(bytes_per_s);
+        }
+        src_q
+            .execute("migrate-set-parameters", params)
+            .context("cannot set QEMU's migration parameters")?;
+
+        let start_ms = self.ms();
+        let plan = bench_qemu::Plan {
+            uri: &uri,
+            switch,
+            rearm: gdb.as_deref(),
+            timeout: QEMU_MIGRATE_TIMEOUT,
+        };
+        let epoch = self.epoch;
+        let consoles = &mut self.consoles;
+        let outcome = bench_qemu::migrate(
+            &mut src_q,
+            &mut dst_q,
+            &plan,
+            || {
+                testbed::check_interrupted()?;
+                for c in consoles.iter_mut() {
+                    if let Some(s) = c.process.try_wait()? {
+                        bail!(
+                            "the {} QEMU ended during the migration ({s}){}",
+                            c.role,
+                            c.tail()
+                        );
+                    }
+                }
+                Ok(())
+            },
+            || epoch.elapsed().as_secs_f64() * 1e3,
+        )?;
+        let end_ms = outcome.completed_ms;
+        self.migrated = true;
+        // QEMU's source stays paused after a migration: it is asked to quit.
+        let asked = src_q.execute("quit", Value::Null);
+        let src_exit = self.wait_exit(SRC, asked);
+
+        self.hold(b.after, "the after-run")?;
+        let after_ms = self.ms();
+        let asked = dst_q.execute("quit", Value::Null);
+        let dst_exit = self.wait_exit(DST, asked);
+        for c in &self.consoles {
+            c.drain(Duration::from_secs(2));
+        }
+
+        let mut report = bench_qemu::report(&outcome, cell.strategy.mode, switch, cell.vmm.name());
+        report["qemu_version"] = json!(qemu.version);
+        let since_start = |t: Option<f64>| t.map(|t| t - start_ms);
+        report["host_switch_ms"] = json!(since_start(outcome.switch_ms));
+        report["host_dst_running_ms"] = json!(since_start(outcome.dst_running_ms));
+        report["host_rearmed_ms"] = json!(since_start(outcome.rearmed_ms));
+        report["qemu_events"] = json!({ "source": src_q.events, "destination": dst_q.events });
+        let mut host = self.host_figures(ready_ms, start_ms, end_ms, after_ms);
+        host.src_exit = src_exit;
+        host.dst_exit = dst_exit;
+        Ok((report, host))
+    }
+
+    /// A program on `side`'s host.
+    fn program(&self, side: Side, exe: &Path) -> Command {
+        match &self.testbed {
+            Some(t) => t.command(side, exe),
+            None => Command::new(exe),
+        }
+    }
+
+    /// Connects to the QMP socket of the QEMU in `consoles[i]`.
+    fn qmp(&mut self, i: usize, path: &Path) -> Result<Qmp> {
+        let c = &mut self.consoles[i];
+        let role = c.role;
+        Qmp::connect(path, role, || {
+            testbed::check_interrupted()?;
+            if let Some(s) = c.process.try_wait()? {
+                c.drain(Duration::from_millis(500));
+                bail!(
+                    "the {role} QEMU exited ({s}) before its QMP socket opened{}",
+                    c.tail()
+                );
+            }
+            Ok(())
+        })
     }
 
     /// Waits until the destination listens on `port` (seen in its own
@@ -960,11 +1305,7 @@ impl CellRun<'_> {
     fn hold(&mut self, d: Duration, what: &str) -> Result<()> {
         let deadline = Instant::now() + d;
         // After the migration the source has quit: only the destination counts.
-        let watched: &[usize] = if self.consoles.len() > MIGRATE {
-            &[DST]
-        } else {
-            &[SRC, DST]
-        };
+        let watched: &[usize] = if self.migrated { &[DST] } else { &[SRC, DST] };
         while Instant::now() < deadline {
             testbed::check_interrupted()?;
             for &i in watched {
@@ -978,18 +1319,17 @@ impl CellRun<'_> {
         Ok(())
     }
 
-    /// `quit` on the destination's control socket, then a bounded wait.
-    fn quit_destination(&mut self, sock: &Path) -> String {
-        // The reply may not come: the VMM exits while answering.
-        let asked = control(sock, "quit", Value::Null);
-        let dst = &mut self.consoles[DST];
-        match dst.process.wait_timeout(EXIT_TIMEOUT) {
+    /// A bounded wait for `consoles[i]` to exit after `asked` (the reply to
+    /// `quit`, if one was sent); kills it after the wait. Its exit, in words.
+    fn wait_exit(&mut self, i: usize, asked: Result<Value>) -> String {
+        let c = &mut self.consoles[i];
+        match c.process.wait_timeout(EXIT_TIMEOUT) {
             Ok(Some(s)) => show_status(s),
             _ => {
-                dst.process.kill();
+                c.process.kill();
                 match asked {
                     Ok(_) => format!(
-                        "did not exit within {} s of quit; killed",
+                        "did not exit within {} s (of quit, or of the migration's end); killed",
                         EXIT_TIMEOUT.as_secs()
                     ),
                     Err(e) => format!("quit failed ({e:#}); killed"),
@@ -1330,6 +1670,10 @@ struct HostFigures {
     dst_exit: String,
     /// nonfree_pages × 4 KiB at the link rate.
     physical_limit_ms: Option<f64>,
+    /// From the destination's last heartbeat to the end of the after-run.
+    dst_silent_tail_ms: Option<f64>,
+    /// A longer silent tail means the guest stopped running there.
+    dst_silent_limit_ms: f64,
 }
 
 impl HostFigures {
@@ -1378,6 +1722,8 @@ impl HostFigures {
             dst_max_stall_ms: dst_beats
                 .last()
                 .and_then(|b| b.json["max_stall_ms"].as_f64()),
+            dst_silent_tail_ms: dst_beats.last().map(|b| w.after_ms - b.at_ms),
+            dst_silent_limit_ms: silent_limit_ms(w),
             guest_errors,
             ..HostFigures::default()
         }
@@ -1400,9 +1746,31 @@ impl HostFigures {
             why.push(
                 "the guest printed no heartbeat on the destination (it did not run there)".into(),
             );
+        } else if let Some(t) = self
+            .dst_silent_tail_ms
+            .filter(|&t| t > self.dst_silent_limit_ms)
+        {
+            why.push(format!(
+                "the guest stalled on the destination: {} heartbeat(s) there, then none for the last {t:.0} ms of the after-run",
+                self.dst_heartbeats
+            ));
         }
         (!why.is_empty()).then(|| why.join("; "))
     }
+
+    /// Whether the guest stopped running on the destination.
+    fn dst_stalled(&self) -> bool {
+        self.dst_heartbeats == 0
+            || self
+                .dst_silent_tail_ms
+                .is_some_and(|t| t > self.dst_silent_limit_ms)
+    }
+}
+
+/// The destination's guest must have printed a heartbeat within this long
+/// before the end of the after-run: half the after-run, at least 500 ms.
+fn silent_limit_ms(w: &Window) -> f64 {
+    ((w.after_ms - w.end_ms) / 2.0).max(500.0)
 }
 
 /// Everything kept about one run (an element of results.json's `runs`).
@@ -1533,8 +1901,23 @@ impl Bench {
              *faults* are network faults on the destination, with their share of the working set's pages. *limit* is the physical limit: \
              non-free pages × 4 KiB at the link rate. With several runs: mean ± sample standard deviation over the runs that succeeded.\n\n",
         );
-        s.push_str("| mode | strategy | workload | WWS MiB | balloon | guest rate (target → achieved) | total ms | downtime ms (VMM) | downtime ms (guest) | pages pre/stop/demand/pushed/zero/free | faults (% WWS) | fault p50 / p99 µs | MB sent | limit ms | runs ok |\n");
-        s.push_str("| --- | --- | --- | --: | --- | --- | --: | --: | --: | --- | --: | --- | --: | --: | --- |\n");
+        if cells.iter().any(|c| c.vmm.is_qemu()) {
+            let _ = writeln!(
+                s,
+                "QEMU rows ({}, TCG, `-M virt`, virtio-balloon-device with free-page-reporting; same kernel, initramfs, command line, RAM and link): \
+                 *total* and *downtime (VMM)* are QEMU's `query-migrate` total-time and downtime; the guest figures come from the consoles as for Godwit. \
+                 max-bandwidth and max-postcopy-bandwidth are the cap above, downtime-limit {QEMU_DOWNTIME_LIMIT_MS} ms. \
+                 Its pages per phase are estimated from its byte counters (precopy-bytes / downtime-bytes / postcopy-bytes); *zero* is QEMU's `duplicate` \
+                 (which includes the pages the guest reported free: QEMU discards them, so they read as zero); *faults* are `postcopy-requests`. \
+                 post-copy switches at once (as Godwit's post-copy), hybrid after the first pass (QEMU's usual recipe; it completes as pre-copy \
+                 when the dirty set is below the downtime threshold by then). *qemu* is QEMU as shipped; *qemu+rearm* re-arms the guest's \
+                 timer on the destination through QEMU's gdbstub as soon as it runs (QEMU migrates `stimecmp` but does not re-arm the timer \
+                 behind it; the re-arm pauses the guest for a moment, which counts in its downtime).\n",
+                self.qemu.as_ref().map_or("QEMU", |q| q.version.as_str())
+            );
+        }
+        s.push_str("| VMM | mode | strategy | workload | WWS MiB | balloon | guest rate (target → achieved) | total ms | downtime ms (VMM) | downtime ms (guest) | pages pre/stop/demand/pushed/zero/free | faults (% WWS) | fault p50 / p99 µs | MB sent | limit ms | runs ok |\n");
+        s.push_str("| --- | --- | --- | --- | --: | --- | --- | --: | --: | --: | --- | --: | --- | --: | --: | --- |\n");
         for cell in cells {
             let id = cell.id();
             let all: Vec<&RunRecord> = records.iter().filter(|r| r.cell == id).collect();
@@ -1578,8 +1961,7 @@ impl Bench {
                         .as_ref()
                         .and_then(|v| v["prepaging"].as_str().map(String::from))
                 })
-                .or(cell.strategy.prepaging.map(String::from))
-                .unwrap_or_else(|| "-".into());
+                .unwrap_or_else(|| cell.strategy_label());
             let bytes: Vec<f64> = rep("bytes_sent").iter().map(|b| b / 1e6).collect();
             let runs_ok = if ok.len() == all.len() {
                 format!("{}/{}", ok.len(), all.len())
@@ -1588,7 +1970,8 @@ impl Bench {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                cell.vmm.name(),
                 cell.strategy.mode,
                 prepaging,
                 cell.workload.name(),
@@ -1667,9 +2050,10 @@ fn host_info() -> Value {
 // Plots
 
 /// What the plots show, against the working-set size.
-const PLOTS: [(&str, &str); 4] = [
+const PLOTS: [(&str, &str); 5] = [
     ("total_ms", "Total migration time (ms)"),
     ("downtime_ms", "Downtime, VMM figure (ms)"),
+    ("guest_downtime_ms", "Downtime as the guest saw it (ms)"),
     (
         "pages_sent",
         "Pages sent (pre-copy + stop-and-copy + demand + pushed)",
@@ -1679,12 +2063,15 @@ const PLOTS: [(&str, &str); 4] = [
 
 impl Bench {
     /// One SVG per figure and memtouch rate (balloon on), one line per
-    /// strategy, when the runs cover at least two working-set sizes.
+    /// VMM and strategy (QEMU's dashed), when the runs cover at least two
+    /// working-set sizes.
     fn write_plots(&self, cells: &[Cell], records: &[RunRecord]) -> Result<Vec<PathBuf>> {
         let value = |r: &RunRecord, key: &str| -> Option<f64> {
             if key == "pages_sent" {
                 let v: Vec<f64> = PAGE_KINDS[..4].iter().filter_map(|k| r.pages(k)).collect();
                 (!v.is_empty()).then(|| v.iter().sum())
+            } else if key == "guest_downtime_ms" {
+                r.host.as_ref().and_then(|h| h.guest_downtime_ms)
             } else {
                 r.report_num(key)
             }
@@ -1700,9 +2087,16 @@ impl Bench {
         for rate in rates {
             for (key, title) in PLOTS {
                 let mut series = Vec::new();
-                for strategy in STRATEGIES {
+                let kinds = Vmm::all()
+                    .into_iter()
+                    .flat_map(|(vmm, strategies)| strategies.iter().map(move |&s| (vmm, s)));
+                for (vmm, strategy) in kinds {
                     let mut points = Vec::new();
-                    for cell in cells.iter().filter(|c| c.balloon && c.strategy == strategy) {
+                    let mut name = None;
+                    for cell in cells
+                        .iter()
+                        .filter(|c| c.balloon && c.vmm == vmm && c.strategy == strategy)
+                    {
                         let Workload::Memtouch {
                             wws_mb,
                             pages_per_s,
@@ -1721,10 +2115,11 @@ impl Bench {
                             .collect();
                         if let Some(m) = mean(&v) {
                             points.push((wws_mb as f64, m));
+                            name = Some(cell.series());
                         }
                     }
-                    if !points.is_empty() {
-                        series.push((strategy.id(), points));
+                    if let Some(name) = name {
+                        series.push((name, points));
                     }
                 }
                 let xs: BTreeSet<u64> = series
@@ -1838,13 +2233,19 @@ fn line_chart(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) 
     );
     for (i, (name, points)) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        // QEMU's lines are dashed: the palette repeats after Godwit's.
+        let dash = if name.starts_with("qemu") {
+            r#" stroke-dasharray="7 4""#
+        } else {
+            ""
+        };
         let coords: Vec<String> = points
             .iter()
             .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
             .collect();
         let _ = writeln!(
             s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
             coords.join(" ")
         );
         for &(x, y) in points {
@@ -1862,7 +2263,7 @@ fn line_chart(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) 
         let lx = left + pw + 16.0;
         let _ = writeln!(
             s,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
             lx + 22.0,
             lx + 28.0,
             ly + 4.0,
@@ -1916,18 +2317,29 @@ mod tests {
     #[test]
     fn matrices() {
         let quick = matrix(Preset::Quick);
-        assert_eq!(quick.len(), 14);
+        assert_eq!(quick.len(), 14 + 2 * 3);
         assert!(quick
             .iter()
             .all(|c| c.balloon && c.workload.wws_mb() == Some(64)));
+        let qemu: Vec<String> = quick
+            .iter()
+            .filter(|c| c.vmm.is_qemu())
+            .map(Cell::id)
+            .collect();
+        assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-precopy".to_string()));
+        assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-rearm-postcopy".to_string()));
+        assert_eq!(select(quick, Some("qemu")).len(), 6);
         let full = matrix(Preset::Full);
-        assert_eq!(full.len(), (10 + 3) * 2 * 7);
+        // Godwit: every strategy everywhere; QEMU: the fixed-rate WWS sweep, balloon on.
+        assert_eq!(full.len(), (10 + 3) * 2 * 7 + 5 * 2 * 3);
         let ids: BTreeSet<String> = full.iter().map(Cell::id).collect();
         assert_eq!(ids.len(), full.len(), "cell ids are unique");
         assert!(ids.contains("memtouch-wws256-busy-noballoon-postcopy-multi-pivot"));
         assert!(ids.contains("alloc-free-balloon-hybrid"));
+        assert!(ids.contains("memtouch-wws8-pps20000-balloon-qemu-rearm-hybrid"));
+        assert!(!ids.iter().any(|i| i.contains("busy") && i.contains("qemu")));
         let some = select(full, Some("postcopy, wws64"));
-        assert_eq!(some.len(), 2 * 2 * 4);
+        assert_eq!(some.len(), 2 * 2 * 4 + 2);
     }
 
     fn beat(at_ms: f64) -> Beat {
@@ -2014,6 +2426,32 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_that_goes_silent_on_the_destination_fails() {
+        let hb = |at_ms: f64| Line {
+            at_ms,
+            stderr: false,
+            text: "GODWIT HB {\"bad\":0,\"max_stall_ms\":1.0}".into(),
+        };
+        let src: Vec<Line> = (0..100).map(|i| hb(i as f64 * 10.0)).collect();
+        let w = Window {
+            ready_ms: 0.0,
+            start_ms: 900.0,
+            end_ms: 1000.0,
+            after_ms: 3000.0,
+            rate_window_ms: 500.0,
+        };
+        // One heartbeat on the destination, then nothing for 2 s.
+        let h = HostFigures::new(&src, &[hb(1010.0)], &w, 10.0, None);
+        assert!(h.dst_stalled());
+        let why = h.integrity_failure().unwrap();
+        assert!(why.contains("stalled on the destination"), "{why}");
+        // Beating to the end is fine.
+        let dst: Vec<Line> = (0..200).map(|i| hb(1010.0 + i as f64 * 10.0)).collect();
+        let h = HostFigures::new(&src, &dst, &w, 10.0, None);
+        assert!(!h.dst_stalled() && h.integrity_failure().is_none());
+    }
+
+    #[test]
     fn proc_net_tcp_listen_rows() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
             0: 0100007F:115C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n   \
@@ -2052,5 +2490,7 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("Total &amp; time") && svg.contains("postcopy-&lt;dual&gt;"));
         assert_eq!(svg.matches("<polyline").count(), 2);
+        let qemu = vec![("qemu-precopy".to_string(), vec![(8.0, 1.0), (64.0, 2.0)])];
+        assert!(line_chart("t", "x", &qemu).contains("stroke-dasharray"));
     }
 }

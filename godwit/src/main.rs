@@ -1,6 +1,7 @@
 //! `godwit`: the command line of the Godwit VMM.
 
 mod bench;
+mod bench_qemu;
 mod console;
 mod control;
 mod cpubench;

@@ -64,3 +64,8 @@ if [ "$bad" != 0 ]; then
     echo "memtouch: INTEGRITY ERRORS in $bad heartbeats"; exit 1
 fi
 echo "memtouch: no integrity errors before, during or after the migration"
+
+echo
+echo "== every mode and strategy on the same guest and a 1 Gbit/s link, next to QEMU (godwit bench --preset quick)"
+"$G" bench --preset quick --out "$dir/bench"
+cat "$dir/bench/results.md"

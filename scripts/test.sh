@@ -9,3 +9,8 @@ guest/build.sh
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --workspace
+# The benchmark's quick preset must complete (its numbers are not checked
+# here): every mode and strategy, and QEMU, on the testbed when root.
+out=$(mktemp -d /tmp/godwit-bench-check.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+./target/release/godwit bench --preset quick --out "$out"

@@ -4,11 +4,11 @@
 //! throughput before, during and after, its largest stall, and the gap in
 //! heartbeats across the switch.
 
+use godwit_migration::unix_ns;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Heartbeats kept (10 minutes at the default 100 ms period, twice over).
 const KEEP: usize = 12_000;
@@ -25,13 +25,6 @@ pub struct Beat {
 /// The heartbeats seen so far; shared with whoever reports.
 #[derive(Clone, Default)]
 pub struct Heartbeats(Arc<Mutex<VecDeque<Beat>>>);
-
-pub fn unix_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
 
 impl Heartbeats {
     fn push(&self, b: Beat) {

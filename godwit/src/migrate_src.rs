@@ -192,7 +192,7 @@ pub fn start(ctl: &VmControl, to: String, params: Params) -> Result<Arc<Job>> {
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
-            let start = console::unix_ns();
+            let start = godwit_migration::unix_ns();
             let r = source::migrate(&vm, &to, &params, &security, &j.progress);
             let result = match r {
                 Ok(report) => Ok(full_report(report, &beats, start)),

@@ -54,6 +54,12 @@ fn arg_str<'a>(args: &'a Map<String, Value>, key: &str) -> Result<&'a str, Comma
         .ok_or_else(|| CommandError::generic(format!("argument '{key}' (a string) is required")))
 }
 
+/// The `uri` argument of `migrate` (`tcp:HOST:PORT`, or plain `HOST:PORT`).
+fn arg_tcp_uri(args: &Map<String, Value>) -> Result<String, CommandError> {
+    let uri = arg_str(args, "uri")?;
+    Ok(uri.strip_prefix("tcp:").unwrap_or(uri).to_string())
+}
+
 fn arg_u64(args: &Map<String, Value>, key: &str) -> Result<u64, CommandError> {
     args.get(key).and_then(Value::as_u64).ok_or_else(|| {
         CommandError::generic(format!(
@@ -144,8 +150,7 @@ impl ControlTarget for VmControl {
                 })
                 .map_err(gone)?,
             "migrate" if args.get("resume").and_then(Value::as_bool) == Some(true) => {
-                let uri = arg_str(args, "uri")?;
-                let to = uri.strip_prefix("tcp:").unwrap_or(uri).to_string();
+                let to = arg_tcp_uri(args)?;
                 match self.current_job() {
                     Some(j) if j.progress.status() == godwit_migration::Status::PostcopyPaused => {
                         *j.progress.resume_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
@@ -164,8 +169,7 @@ impl ControlTarget for VmControl {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
                 migrate_src::apply_parameters(&mut params, args, true)?;
-                let uri = arg_str(args, "uri")?;
-                let to = uri.strip_prefix("tcp:").unwrap_or(uri).to_string();
+                let to = arg_tcp_uri(args)?;
                 let mut slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(j) = slot.as_ref() {
                     if !j.progress.status().is_final() {

@@ -241,3 +241,22 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
+
+/// Polls `query-migrate` on `sock` until its status is one of `want` or
+/// `timeout` passes; returns the last reply.
+#[allow(dead_code)]
+pub fn wait_migration(
+    sock: &std::path::Path,
+    want: &[&str],
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let q = qmp(sock, "query-migrate", serde_json::json!({}));
+        let status = q["return"]["status"].as_str().unwrap_or("");
+        if want.contains(&status) || std::time::Instant::now() > end {
+            return q;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

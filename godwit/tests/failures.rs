@@ -68,15 +68,8 @@ fn slow_precopy_pair(name: &str) -> (Running, Running, PathBuf) {
 }
 
 fn wait_status(sock: &Path, want: &[&str]) -> String {
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let q = qmp(sock, "query-migrate", json!({}));
-        let s = q["return"]["status"].as_str().unwrap_or("").to_string();
-        if want.contains(&s.as_str()) || std::time::Instant::now() > end {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let q = wait_migration(sock, want, Duration::from_secs(60));
+    q["return"]["status"].as_str().unwrap_or("").to_string()
 }
 
 /// The destination VMM killed during pre-copy: the source fails the

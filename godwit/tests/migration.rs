@@ -342,16 +342,8 @@ fn cancelled_precopy_leaves_the_source_running() {
     let again = qmp(&sock, "migrate", json!({ "uri": format!("tcp:{}", p.to) }));
     assert_eq!(again["error"]["class"], json!("MigrationActive"), "{again}");
     qmp(&sock, "migrate-cancel", json!({}));
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let q = qmp(&sock, "query-migrate", json!({}));
-        let s = q["return"]["status"].as_str().unwrap_or("").to_string();
-        if s == "cancelled" || s == "failed" || std::time::Instant::now() > end {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status, "cancelled");
+    let q = wait_migration(&sock, &["cancelled", "failed"], Duration::from_secs(30));
+    assert_eq!(q["return"]["status"], json!("cancelled"), "{q}");
     assert_ne!(p.dst.wait_exit(Duration::from_secs(30)), Some(0));
     let status = qmp(&sock, "query-status", json!({}));
     assert_eq!(status["return"]["status"], json!("running"), "{status}");
@@ -378,17 +370,11 @@ fn precopy_switched_to_postcopy() {
     std::thread::sleep(Duration::from_millis(500));
     let r = qmp(&sock, "migrate-start-postcopy", json!({}));
     assert!(r.get("return").is_some(), "{r}");
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    let q = loop {
-        let q = qmp(&sock, "query-migrate", json!({}));
-        let s = q["return"]["status"].as_str().unwrap_or("").to_string();
-        if ["completed", "failed", "cancelled"].contains(&s.as_str())
-            || std::time::Instant::now() > end
-        {
-            break q;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let q = wait_migration(
+        &sock,
+        &["completed", "failed", "cancelled"],
+        Duration::from_secs(60),
+    );
     assert_eq!(q["return"]["status"], json!("completed"), "{q}");
     let report = &q["return"]["report"];
     assert!(

@@ -2,11 +2,11 @@
 //! handshake, then load pages and state into a fresh VM — directly, or in
 //! post-copy by serving the guest's page faults through `userfaultfd`.
 
-use crate::source::latency_summary;
+use crate::stats::latency_summary;
 use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::DestVm;
+use crate::{unix_ns, DestVm};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{AtomicBitmap, GuestRam};
 use serde_json::{json, Value};
@@ -15,20 +15,13 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long to wait for the source at any step before giving up.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections that do not speak the protocol are dropped; after this many
 /// `accept` gives up.
 const MAX_STRAY: usize = 16;
-
-fn unix_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
 
 /// An accepted incoming migration: the handshake is done, the VM not built.
 pub struct Incoming {
@@ -103,23 +96,7 @@ pub fn accept(
             bail!("refused a migration from {peer}: {why}");
         }
         wire::send(&mut &main, &Msg::Accept)?;
-        listener.set_nonblocking(false)?;
-        let (tcp, _) = accept_within(listener, Duration::from_secs(10))?;
-        let fault = Conn::server(tcp, sec)?;
-        let fh = read_hello(&fault)?;
-        if fh.channel != Channel::Fault || fh.session != hello.session {
-            let _ = wire::send(
-                &mut &fault,
-                &Msg::Refuse("not the fault channel of this migration".into()),
-            );
-            bail!("the second connection from {peer} is not this migration's fault channel");
-        }
-        wire::send(&mut &fault, &Msg::Accept)?;
-        for s in [&main, &fault] {
-            s.tcp().set_nodelay(true)?;
-            s.set_read_timeout(Some(PEER_TIMEOUT))?;
-            s.set_write_timeout(Some(PEER_TIMEOUT))?;
-        }
+        let fault = accept_fault(listener, sec, hello.session, &main)?;
         return Ok(Incoming {
             hello,
             main: Arc::new(main),
@@ -128,6 +105,28 @@ pub fn accept(
             sec: sec.clone(),
         });
     }
+}
+
+/// After the main connection of `session` was accepted: accepts its fault
+/// connection and sets both up for the transfer.
+fn accept_fault(listener: &TcpListener, sec: &Security, session: u64, main: &Conn) -> Result<Conn> {
+    let (tcp, peer) = accept_within(listener, Duration::from_secs(10))?;
+    let fault = Conn::server(tcp, sec)?;
+    let fh = read_hello(&fault)?;
+    if fh.channel != Channel::Fault || fh.session != session {
+        let _ = wire::send(
+            &mut &fault,
+            &Msg::Refuse("not the fault channel of this migration".into()),
+        );
+        bail!("the second connection from {peer} is not this migration's fault channel");
+    }
+    wire::send(&mut &fault, &Msg::Accept)?;
+    for s in [main, &fault] {
+        s.tcp().set_nodelay(true)?;
+        s.set_read_timeout(Some(PEER_TIMEOUT))?;
+        s.set_write_timeout(Some(PEER_TIMEOUT))?;
+    }
+    Ok(fault)
 }
 
 fn accept_within(
@@ -533,7 +532,7 @@ fn postcopy(
                 post.received_count.load(Ordering::Acquire),
                 post.pending_count
             );
-            match accept_resume(listener, sec, session, &post, pages) {
+            match accept_resume(listener, sec, session, &post) {
                 Ok(l) => {
                     recoveries += 1;
                     eprintln!("godwit: post-copy resumed");
@@ -630,7 +629,6 @@ fn accept_resume(
     sec: &Security,
     session: u64,
     post: &Post,
-    pages: usize,
 ) -> Result<(Arc<Conn>, Arc<Conn>)> {
     loop {
         let (tcp, peer) = listener.accept().context("accepting the source again")?;
@@ -653,19 +651,8 @@ fn accept_resume(
             Err(_) => continue,
         }
         wire::send(&mut &main, &Msg::Accept)?;
-        let (tcp, _) = accept_within(listener, Duration::from_secs(10))?;
-        let fault = Conn::server(tcp, sec)?;
-        let fh = read_hello(&fault)?;
-        if fh.channel != Channel::Fault || fh.session != session {
-            bail!("the source reconnected without its fault channel");
-        }
-        wire::send(&mut &fault, &Msg::Accept)?;
-        for s in [&main, &fault] {
-            s.tcp().set_nodelay(true)?;
-            s.set_read_timeout(Some(PEER_TIMEOUT))?;
-        }
+        let fault = accept_fault(listener, sec, session, &main)?;
         wire::send(&mut &main, &Msg::Resume(post.received.snapshot()))?;
-        let _ = pages;
         return Ok((Arc::new(main), Arc::new(fault)));
     }
 }

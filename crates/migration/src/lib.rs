@@ -174,6 +174,16 @@ impl Default for Params {
     }
 }
 
+/// Host wall-clock time in Unix nanoseconds (0 if the clock is before
+/// 1970). Both VMMs of a testbed share one clock, so the source's pause and
+/// the destination's resume can be compared.
+pub fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 /// `true` when every byte of `page` is zero.
 pub fn is_zero(page: &[u8]) -> bool {
     let (head, words, tail) = {

@@ -2,10 +2,10 @@
 //! mode. See [`crate::wire`] for the exchange.
 
 use crate::prepaging::PushOrder;
-use crate::stats::{percentile, Progress, Report, Status};
+use crate::stats::{Progress, Report, Status};
 use crate::transport::{Conn, Security};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{is_zero, Mode, Params, SourceVm};
+use crate::{is_zero, unix_ns, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{AtomicBitmap, GuestRam};
 use std::io::{BufWriter, Write};
@@ -13,7 +13,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long to wait for the destination to answer any one step.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,13 +24,6 @@ const BATCH: usize = 32;
 /// Send buffer of the push connection in post-copy: small, so that little
 /// pushed data sits between the engine and the link.
 const PUSH_SNDBUF: usize = 256 << 10;
-
-fn unix_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
 
 fn connect(to: &str) -> Result<TcpStream> {
     let addrs: Vec<_> = to
@@ -57,43 +50,39 @@ fn connect(to: &str) -> Result<TcpStream> {
     })
 }
 
-/// Caps the kernel's pacing rate of a TCP socket (bytes/s): the socket
-/// sends no faster, so it never builds a queue at a slower link.
-fn set_pacing(s: &Conn, bytes_per_s: u64) -> Result<()> {
-    let v: u64 = bytes_per_s;
-    // SAFETY: setsockopt with a pointer to a live u64 and its size; the
-    // kernel accepts a 32- or 64-bit value for SO_MAX_PACING_RATE.
+/// Sets a `SOL_SOCKET` option of the connection's socket to `value`.
+fn set_socket_option<T: Copy>(s: &Conn, option: libc::c_int, value: T, name: &str) -> Result<()> {
+    // SAFETY: setsockopt with a pointer to a live `T` and its size; the
+    // callers pass the integer type the option takes.
     let rc = unsafe {
         libc::setsockopt(
             s.tcp().as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_MAX_PACING_RATE,
-            (&v as *const u64).cast(),
-            std::mem::size_of::<u64>() as libc::socklen_t,
+            option,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot set SO_MAX_PACING_RATE");
+        return Err(std::io::Error::last_os_error()).context(format!("cannot set {name}"));
     }
     Ok(())
 }
 
+/// Caps the kernel's pacing rate of a TCP socket (bytes/s): the socket
+/// sends no faster, so it never builds a queue at a slower link. The kernel
+/// takes a 32- or 64-bit value.
+fn set_pacing(s: &Conn, bytes_per_s: u64) -> Result<()> {
+    set_socket_option(
+        s,
+        libc::SO_MAX_PACING_RATE,
+        bytes_per_s,
+        "SO_MAX_PACING_RATE",
+    )
+}
+
 fn set_sndbuf(s: &Conn, bytes: usize) -> Result<()> {
-    let v = bytes as libc::c_int;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.tcp().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot set SO_SNDBUF");
-    }
-    Ok(())
+    set_socket_option(s, libc::SO_SNDBUF, bytes as libc::c_int, "SO_SNDBUF")
 }
 
 /// Reads one message, mapping the peer's own error reports to errors.
@@ -358,7 +347,6 @@ impl Session<'_> {
         }
 
         // Stop the source.
-        let t_pause = Instant::now();
         self.report.pause_latency_us = self.vm.pause()?.as_micros() as u64;
         self.report.paused_unix_ns = unix_ns();
         self.paused = true;
@@ -417,7 +405,6 @@ impl Session<'_> {
                 m => bail!("the destination sent {} instead of Complete", m.name()),
             }
             self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
-            let _ = t_pause;
         } else {
             self.postcopy(&mut out, reader, &fault, remaining, state, pages)?;
         }
@@ -447,6 +434,7 @@ impl Session<'_> {
         r.pages_zero = g(&self.progress.pages_zero);
         r.pages_free_skipped = g(&self.progress.pages_free_skipped);
         r.bytes_sent = g(&self.progress.bytes_sent);
+        r.recoveries = g(&self.progress.recoveries);
         if r.resumed_unix_ns > r.paused_unix_ns {
             r.downtime_ms = (r.resumed_unix_ns - r.paused_unix_ns) as f64 / 1e6;
         }
@@ -599,7 +587,6 @@ impl Session<'_> {
                     drop(out);
                     next = Some(self.reconnect(&pending, &done, pages));
                     progress.recoveries.fetch_add(1, Ordering::Relaxed);
-                    self.report.recoveries += 1;
                     progress.set_status(Status::PostcopyActive);
                 }
             }
@@ -694,11 +681,7 @@ impl Session<'_> {
                 .join()
                 .map_err(|_| anyhow!("the demand thread panicked"))?;
             r?;
-            if let Err(e) = d {
-                if !e.to_string().contains("closed") {
-                    return Err(e);
-                }
-            }
+            d?;
             main.set_read_timeout(Some(
                 PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
             ))?;
@@ -777,7 +760,7 @@ fn push(
 }
 
 /// Answers demand requests on the fault connection, first come first
-/// served, ahead of anything pushed.
+/// served, ahead of anything pushed. Returns when the connection closes.
 fn serve_demand(
     fault: &Conn,
     ram: &GuestRam,
@@ -788,18 +771,21 @@ fn serve_demand(
 ) -> Result<()> {
     crate::fault_path_priority();
     let mut r = fault;
-    let mut w = BufWriter::with_capacity(64 << 10, fault);
+    let mut out = Out {
+        w: BufWriter::with_capacity(64 << 10, fault),
+        progress,
+    };
     loop {
         let msg = match wire::recv(&mut r, pages) {
             Ok(m) => m,
-            Err(WireError::Closed) => bail!("closed"),
+            Err(WireError::Closed) => return Ok(()),
             Err(WireError::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::NotConnected | std::io::ErrorKind::UnexpectedEof
                 ) =>
             {
-                bail!("closed")
+                return Ok(())
             }
             Err(e) => return Err(anyhow!(e).context("reading demand requests")),
         };
@@ -823,14 +809,8 @@ fn serve_demand(
                 .pages_demand
                 .fetch_add(reply.len() as u64, Ordering::Relaxed);
             let reply_pages: Vec<usize> = reply.iter().map(|p| p.index as usize).collect();
-            let m = Msg::Pages(reply);
-            let bytes = m.encode();
-            progress
-                .bytes_sent
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            w.write_all(&bytes)
-                .context("cannot answer a demand request")?;
-            w.flush().context("cannot answer a demand request")?;
+            out.send(&Msg::Pages(reply))?;
+            out.flush()?;
             // Move the push's pivot only after the reply is on its way.
             let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
             for p in &reply_pages {
@@ -838,14 +818,4 @@ fn serve_demand(
             }
         }
     }
-}
-
-/// Latency percentiles of `v` (µs): p50, p99, max.
-pub fn latency_summary(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (
-        percentile(&v, 50.0),
-        percentile(&v, 99.0),
-        v.last().copied().unwrap_or(0.0),
-    )
 }

@@ -239,3 +239,13 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
     v[i.min(v.len() - 1)]
 }
+
+/// Latency percentiles of `v` (µs): p50, p99, max.
+pub fn latency_summary(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (
+        percentile(&v, 50.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(0.0),
+    )
+}

@@ -229,9 +229,11 @@ impl Hart {
                 self.x[rd] = v as i32 as i64 as u64;
             }
             0x0f => match f3 {
-                // FENCE and FENCE.I: one hart and no decoded-code cache, so
-                // memory is always coherent with itself.
-                0 | 1 => {}
+                // FENCE: one hart, memory is coherent with itself.
+                0 => {}
+                // FENCE.I: the hart's own stores already dropped the code
+                // they overwrote; pick up changes made from outside it.
+                1 => self.jit_sync(),
                 _ => return Err(Trap::illegal(self.insn)),
             },
             0x73 => {

@@ -4,6 +4,7 @@ use crate::clock::GuestClock;
 use crate::csr::mstatus;
 use crate::fp::Fpu;
 use crate::irq::*;
+use crate::jit::Jit;
 use crate::mmu::{read_host, TlbEntry, TLB_MASK, TLB_SIZE};
 use crate::{rvc, Bus};
 use godwit_memory::{GuestRam, PAGE_SHIFT};
@@ -132,6 +133,7 @@ pub struct Hart {
     pub(crate) tlbs: Box<[[TlbEntry; TLB_SIZE]; 4]>,
     pub(crate) tlb_data: usize,
     pub(crate) tlb_exec: usize,
+    pub(crate) jit: Jit,
 }
 
 // SAFETY: `ram_host` points into the `Arc<GuestRam>` the hart also holds, so
@@ -176,6 +178,7 @@ impl Hart {
             reservation: None,
             insn: 0,
             irq_check_pending: true,
+            jit: Jit::new(ram.clone()),
             ram_base: ram.base(),
             ram_host: ram.host_ptr(),
             seen_discard_epoch: ram.discard_epoch(),
@@ -293,14 +296,31 @@ impl Hart {
     /// so that a guest stuck in a trap loop still returns to the machine).
     pub fn run(&mut self, bus: &mut dyn Bus, budget: u64) -> Exit {
         self.irq_check_pending = true;
-        for _ in 0..budget {
+        self.jit_sync();
+        let mut left = budget;
+        while left > 0 {
             if self.irq_check_pending {
                 self.irq_check_pending = false;
                 if let Some(cause) = self.pending_interrupt() {
                     self.enter_trap(cause | (1 << 63), 0);
+                    left -= 1;
                     continue;
                 }
             }
+            if let Some((code, len)) = self.jit_block() {
+                if len as u64 <= left {
+                    let r = self.jit_call(code, left);
+                    debug_assert!(r.left <= left);
+                    self.instret = self.instret.wrapping_add(left - r.left);
+                    left = r.left;
+                    self.pc = r.pc & !1;
+                    // Bit 0: the instruction at pc is the interpreter's.
+                    if r.pc & 1 == 0 || left == 0 {
+                        continue;
+                    }
+                }
+            }
+            left -= 1;
             match self.step(bus) {
                 Ok(()) => self.instret = self.instret.wrapping_add(1),
                 Err(t) if t.cause == EXIT_WFI => {

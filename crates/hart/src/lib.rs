@@ -11,6 +11,7 @@ mod csr;
 mod exec;
 pub mod fp;
 mod hart;
+mod jit;
 mod mmu;
 mod rvc;
 mod state;
@@ -19,6 +20,7 @@ mod tests;
 
 pub use clock::{GuestClock, TIMEBASE_HZ};
 pub use hart::{Exit, Hart, Priv};
+pub use jit::JitStats;
 pub use state::HartState;
 
 /// Physical accesses that miss guest RAM (device registers).

@@ -20,8 +20,10 @@ pub(crate) const TLB_MASK: usize = TLB_SIZE - 1;
 /// A tag no virtual page number can have (VPNs are at most 52 bits).
 pub(crate) const NO_TAG: u64 = u64::MAX;
 
-/// One cached translation of a 4 KiB virtual page to host memory.
+/// One cached translation of a 4 KiB virtual page to host memory. The
+/// layout is fixed: translated code reads the tags and the addend.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct TlbEntry {
     pub read: u64,
     pub write: u64,
@@ -237,14 +239,14 @@ impl Hart {
         }))
     }
 
-    fn phys_write_u64(&self, pa: u64, v: u64) -> bool {
+    fn phys_write_u64(&mut self, pa: u64, v: u64) -> bool {
         if pa & 7 != 0 || !self.ram.contains(pa, 8) {
             return false;
         }
         let off = (pa - self.ram_base) as usize;
         // SAFETY: `contains` checked the 8 bytes lie inside guest RAM.
         unsafe { std::ptr::write_unaligned(self.ram_host.add(off) as *mut u64, v.to_le()) };
-        self.ram.note_write(off >> PAGE_SHIFT);
+        self.note_ram_write(off >> PAGE_SHIFT);
         true
     }
 
@@ -267,7 +269,8 @@ impl Hart {
         };
         let vpn = va >> PAGE_SHIFT;
         let ram_page = ((page_pa - self.ram_base) >> PAGE_SHIFT) as usize;
-        let writable = t.allow & 2 != 0 && !self.ram.write_needs_note(ram_page);
+        let writable =
+            t.allow & 2 != 0 && !self.ram.write_needs_note(ram_page) && !self.ram.is_code(ram_page);
         self.tlbs[ctx & 3][vpn as usize & TLB_MASK] = TlbEntry {
             read: if t.allow & 1 != 0 { vpn } else { NO_TAG },
             write: if writable { vpn } else { NO_TAG },
@@ -322,8 +325,7 @@ impl Hart {
         if let Some(p) = self.ram_ptr(t.pa, size as usize) {
             // SAFETY: `ram_ptr` checked `size` bytes at `p` are inside RAM.
             unsafe { write_host(p, size, v) };
-            self.ram
-                .note_write(((t.pa - self.ram_base) >> PAGE_SHIFT) as usize);
+            self.note_ram_write(((t.pa - self.ram_base) >> PAGE_SHIFT) as usize);
             let ctx = self.tlb_data;
             self.tlb_fill(va, &t, ctx);
             return Ok(());
@@ -357,8 +359,7 @@ impl Hart {
         let Some(p) = self.ram_ptr(t.pa, size as usize) else {
             return Err(Trap::new(Access::Write.access_fault(), va));
         };
-        self.ram
-            .note_write(((t.pa - self.ram_base) >> PAGE_SHIFT) as usize);
+        self.note_ram_write(((t.pa - self.ram_base) >> PAGE_SHIFT) as usize);
         let ctx = self.tlb_data;
         self.tlb_fill(va, &t, ctx);
         Ok(p)

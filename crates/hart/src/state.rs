@@ -113,6 +113,7 @@ impl Hart {
         self.clock = s.clock;
         self.reservation = s.reservation;
         self.tlb_flush();
+        self.jit.flush();
         self.select_tlb();
         self.irq_check_pending = true;
     }

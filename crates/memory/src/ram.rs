@@ -34,6 +34,8 @@ pub struct GuestRam {
     free: AtomicBitmap,
     logging: AtomicBool,
     discard_epoch: AtomicU64,
+    code: AtomicBitmap,
+    code_epoch: AtomicU64,
 }
 
 // SAFETY: the mapping lives as long as the struct and is only reached through
@@ -76,6 +78,8 @@ impl GuestRam {
             free: AtomicBitmap::new(pages),
             logging: AtomicBool::new(false),
             discard_epoch: AtomicU64::new(0),
+            code: AtomicBitmap::new(pages),
+            code_epoch: AtomicU64::new(0),
         })
     }
 
@@ -134,6 +138,7 @@ impl GuestRam {
             let last = (off + buf.len() - 1) / PAGE_SIZE;
             for page in first..=last {
                 self.note_write(page);
+                self.note_code_change(page);
             }
         }
         Ok(())
@@ -214,6 +219,9 @@ impl GuestRam {
         }
         self.free.set_range(first, end);
         self.discard_epoch.fetch_add(1, Ordering::AcqRel);
+        for page in first..end {
+            self.note_code_change(page);
+        }
         Ok(())
     }
 
@@ -231,6 +239,38 @@ impl GuestRam {
     /// newly free page clears its free bit.
     pub fn discard_epoch(&self) -> u64 {
         self.discard_epoch.load(Ordering::Acquire)
+    }
+
+    /// Marks `page` as holding code a vCPU translated. Until the mark is
+    /// cleared, the vCPU caches no direct write translation for the page, and
+    /// a change from outside the vCPU ([`write`](Self::write),
+    /// [`discard`](Self::discard)) clears the mark and advances
+    /// [`code_epoch`](Self::code_epoch).
+    pub fn mark_code(&self, page: usize) {
+        self.code.set(page);
+    }
+
+    /// Clears `page`'s code mark (its translations are being dropped).
+    pub fn clear_code(&self, page: usize) {
+        self.code.clear(page);
+    }
+
+    /// True when a vCPU holds translated code from `page`.
+    #[inline]
+    pub fn is_code(&self, page: usize) -> bool {
+        self.code.get(page)
+    }
+
+    /// Changes every time a page with translated code is changed from
+    /// outside the vCPU; the vCPU then drops its translations.
+    pub fn code_epoch(&self) -> u64 {
+        self.code_epoch.load(Ordering::Acquire)
+    }
+
+    fn note_code_change(&self, page: usize) {
+        if self.code.clear(page) {
+            self.code_epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// The bytes of page `page` as a slice. The guest may change them while

@@ -88,7 +88,7 @@ pub fn run(args: Args) -> Result<i32> {
     let setup = Setup::new(&args)?;
     let host_start = host_info();
     eprintln!(
-        "bench-cpu: {} run(s) per VMM, alternating godwit/qemu; boot: {} {}; throughput: quicksort {} ({} s); {} MiB RAM",
+        "bench-cpu: {} run(s) per VMM, taking turns godwit/godwit-interp/qemu; boot: {} {}; throughput: quicksort {} ({} s); {} MiB RAM",
         args.runs,
         BOOT_WORKLOAD.0,
         BOOT_WORKLOAD.1,
@@ -96,13 +96,13 @@ pub fn run(args: Args) -> Result<i32> {
         args.seconds,
         args.mem >> 20,
     );
-    let mut results = [VmmResults::default(), VmmResults::default()];
+    let mut results: [VmmResults; 3] = Default::default();
     let mut raw = Vec::new();
     for round in 1..=args.runs {
         for vmm in VMMS {
             let m = measure_boot(&setup, vmm)?;
             eprintln!(
-                "bench-cpu: [{round}/{}] {:<6} boot        {:6.2} s",
+                "bench-cpu: [{round}/{}] {:<13} boot        {:6.2} s",
                 args.runs,
                 vmm.name(),
                 m.boot_s
@@ -114,7 +114,7 @@ pub fn run(args: Args) -> Result<i32> {
             let m = measure_throughput(&setup, vmm, args.seconds)?;
             let tp = m.throughput.as_ref().context("no throughput figure")?;
             eprintln!(
-                "bench-cpu: [{round}/{}] {:<6} throughput  {:6.2} M elems/s{}",
+                "bench-cpu: [{round}/{}] {:<13} throughput  {:6.2} M elems/s{}",
                 args.runs,
                 vmm.name(),
                 tp.elems_per_s / 1e6,
@@ -160,13 +160,16 @@ pub fn run(args: Args) -> Result<i32> {
 // ---------------------------------------------------------------------------
 // The two VMMs and how to start them
 
-/// The VMMs compared, in the order they take turns.
-const VMMS: [Vmm; 2] = [Vmm::Godwit, Vmm::Qemu];
+/// The VMMs compared, in the order they take turns: Godwit translating
+/// guest code (its default), Godwit interpreting every instruction
+/// (`godwit run --interpreter`), QEMU.
+const VMMS: [Vmm; 3] = [Vmm::Godwit, Vmm::GodwitInterp, Vmm::Qemu];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Vmm {
     Godwit = 0,
     Qemu = 1,
+    GodwitInterp = 2,
 }
 
 impl Vmm {
@@ -174,6 +177,7 @@ impl Vmm {
         match self {
             Vmm::Godwit => "godwit",
             Vmm::Qemu => "qemu",
+            Vmm::GodwitInterp => "godwit-interp",
         }
     }
 }
@@ -210,10 +214,14 @@ impl Setup {
     /// The command that boots `workload` with `params` under `vmm`.
     fn command(&self, vmm: Vmm, workload: &str, params: &str) -> Command {
         match vmm {
-            Vmm::Godwit => {
+            Vmm::Godwit | Vmm::GodwitInterp => {
                 let mut c = Command::new(&self.godwit);
-                c.arg("run")
-                    .arg("--kernel")
+                if vmm == Vmm::GodwitInterp {
+                    c.arg("run").arg("--interpreter");
+                } else {
+                    c.arg("run");
+                }
+                c.arg("--kernel")
                     .arg(&self.kernel)
                     .arg("--initrd")
                     .arg(&self.initrd)
@@ -355,7 +363,7 @@ fn measure_throughput(setup: &Setup, vmm: Vmm, seconds: u32) -> Result<Measureme
 
 fn mips_if_godwit(t: &Transcript, vmm: Vmm) -> Result<Option<Mips>> {
     match vmm {
-        Vmm::Godwit => t.mips().map(Some),
+        Vmm::Godwit | Vmm::GodwitInterp => t.mips().map(Some),
         Vmm::Qemu => Ok(None),
     }
 }
@@ -837,27 +845,31 @@ impl Stats {
 
 /// Per-VMM statistics and the Godwit/QEMU ratios.
 struct Summary {
-    boot_s: [Option<Stats>; 2],
-    elems_per_s: [Option<Stats>; 2],
-    mips: Option<Stats>,
+    /// Godwit, QEMU, Godwit interpreting.
+    boot_s: [Option<Stats>; 3],
+    elems_per_s: [Option<Stats>; 3],
+    mips: [Option<Stats>; 3],
     boot_ratio: f64,
     throughput_ratio: f64,
+    /// Godwit translating against Godwit interpreting.
+    translator_speedup: f64,
 }
 
 impl Summary {
-    fn new(r: &[VmmResults; 2]) -> Summary {
-        let boot_s = [Stats::of(&r[0].boot_s), Stats::of(&r[1].boot_s)];
-        let elems_per_s = [Stats::of(&r[0].elems_per_s), Stats::of(&r[1].elems_per_s)];
-        let ratio = |s: &[Option<Stats>; 2]| match s {
-            [Some(g), Some(q)] if q.mean > 0.0 => g.mean / q.mean,
+    fn new(r: &[VmmResults; 3]) -> Summary {
+        let boot_s = [0, 1, 2].map(|i| Stats::of(&r[i].boot_s));
+        let elems_per_s = [0, 1, 2].map(|i| Stats::of(&r[i].elems_per_s));
+        let ratio = |a: Option<Stats>, b: Option<Stats>| match (a, b) {
+            (Some(a), Some(b)) if b.mean > 0.0 => a.mean / b.mean,
             _ => f64::NAN,
         };
         Summary {
-            boot_ratio: ratio(&boot_s),
-            throughput_ratio: ratio(&elems_per_s),
+            boot_ratio: ratio(boot_s[0], boot_s[1]),
+            throughput_ratio: ratio(elems_per_s[0], elems_per_s[1]),
+            translator_speedup: ratio(elems_per_s[0], elems_per_s[2]),
             boot_s,
             elems_per_s,
-            mips: Stats::of(&r[0].mips),
+            mips: [0, 1, 2].map(|i| Stats::of(&r[i].mips)),
         }
     }
 
@@ -882,29 +894,42 @@ impl Summary {
             load.join(" ")
         );
         println!(
-            "{:<22} {:<24} {:<24} {:>12}   target",
-            "", "godwit", "qemu", "godwit/qemu"
+            "{:<22} {:<24} {:<24} {:>12}   {:<12} {:<24}",
+            "", "godwit", "qemu", "godwit/qemu", "target", "godwit-interp"
         );
         println!(
-            "{:<22} {:<24} {:<24} {:>12.2}   <= {BOOT_RATIO_MAX:.1}  {}",
+            "{:<22} {:<24} {:<24} {:>12.2}   {:<12} {:<24}",
             "boot to READY (s)",
             Stats::show(self.boot_s[0], 1.0, 2),
             Stats::show(self.boot_s[1], 1.0, 2),
             self.boot_ratio,
-            verdict(self.boot_met())
+            format!("<= {BOOT_RATIO_MAX:.1} {}", verdict(self.boot_met())),
+            Stats::show(self.boot_s[2], 1.0, 2),
         );
         println!(
-            "{:<22} {:<24} {:<24} {:>12.2}   >= {THROUGHPUT_RATIO_MIN:.1}  {}",
+            "{:<22} {:<24} {:<24} {:>12.2}   {:<12} {:<24}",
             "quicksort (M elems/s)",
             Stats::show(self.elems_per_s[0], 1e6, 1),
             Stats::show(self.elems_per_s[1], 1e6, 1),
             self.throughput_ratio,
-            verdict(self.throughput_met())
+            format!(
+                ">= {THROUGHPUT_RATIO_MIN:.1} {}",
+                verdict(self.throughput_met())
+            ),
+            Stats::show(self.elems_per_s[2], 1e6, 1),
         );
         println!(
-            "{:<22} {:<24} -",
+            "{:<22} {:<24} {:<24} {:>12}   {:<12} {:<24}",
             "guest MIPS",
-            Stats::show(self.mips, 1.0, 1)
+            Stats::show(self.mips[0], 1.0, 1),
+            "-",
+            "",
+            "",
+            Stats::show(self.mips[2], 1.0, 1),
+        );
+        println!(
+            "translator: quicksort {:.2}x the interpreter's throughput (godwit / godwit-interp)",
+            self.translator_speedup
         );
         println!(
             "targets: boot ratio {:.2} {} (<= {BOOT_RATIO_MAX:.1}), throughput ratio {:.2} {} (>= {THROUGHPUT_RATIO_MIN:.1})",
@@ -923,10 +948,14 @@ impl Summary {
             })
         };
         let mut godwit = vmm(0);
-        godwit["mips"] = Stats::to_json(self.mips);
+        godwit["mips"] = Stats::to_json(self.mips[0]);
+        let mut interp = vmm(2);
+        interp["mips"] = Stats::to_json(self.mips[2]);
         json!({
             "godwit": godwit,
+            "godwit_interp": interp,
             "qemu": vmm(1),
+            "translator_speedup": self.translator_speedup,
             "boot_ratio": self.boot_ratio,
             "boot_ratio_target_max": BOOT_RATIO_MAX,
             "boot_target_met": self.boot_met(),

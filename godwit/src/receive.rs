@@ -34,6 +34,9 @@ pub struct Args {
     /// Accept the migration over plain TCP (no authentication, no encryption).
     #[arg(long, conflicts_with = "tls_dir")]
     tls_plain: bool,
+    /// Run every instruction in the interpreter (no translation to host code).
+    #[arg(long)]
+    interpreter: bool,
 }
 
 /// The VM being received, for the engine.
@@ -103,6 +106,7 @@ pub fn run(args: Args) -> Result<i32> {
         hello.balloon,
     )?;
     vm.set_paused(true);
+    run::choose_cpu(&mut vm, args.interpreter);
     let handle = vm.handle();
     let dvm = VmDest {
         vm: handle.clone(),

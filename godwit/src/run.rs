@@ -37,6 +37,28 @@ pub struct RunArgs {
     /// Resume the VM saved in this snapshot file instead of booting.
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "workload"])]
     restore: Option<PathBuf>,
+    /// Run every instruction in the interpreter (no translation to host
+    /// code): slower, for comparison and debugging.
+    #[arg(long)]
+    interpreter: bool,
+}
+
+/// Turns the translator off when asked; says so when it cannot be on.
+pub fn choose_cpu(vm: &mut Vm, interpreter: bool) {
+    if !vm.hart.set_jit(!interpreter) && !interpreter {
+        eprintln!(
+            "godwit: no executable memory for translated code: every instruction is interpreted"
+        );
+    }
+}
+
+/// How the vCPU ran, for the exit line.
+pub fn cpu_name(vm: &Vm) -> &'static str {
+    if vm.hart.jit_enabled() {
+        "translated"
+    } else {
+        "interpreted"
+    }
 }
 
 /// The kernel command line every Godwit guest gets before the user's words.
@@ -124,6 +146,7 @@ pub fn control_server(
 pub fn run(args: RunArgs) -> Result<i32> {
     let beats = Heartbeats::default();
     let mut vm = build_vm(&args, &beats).context("cannot start the VM")?;
+    choose_cpu(&mut vm, args.interpreter);
     console_input(vm.handle())?;
     let server = control_server(args.control.as_deref(), &vm, &beats)?;
     let started = std::time::Instant::now();
@@ -135,8 +158,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         s.shutdown();
     }
     eprintln!(
-        "godwit: guest ended: {exit:?}; {insns} instructions in {secs:.2} s ({:.1} MIPS)",
-        insns as f64 / secs / 1e6
+        "godwit: guest ended: {exit:?}; {insns} instructions in {secs:.2} s ({:.1} MIPS, {})",
+        insns as f64 / secs / 1e6,
+        cpu_name(&vm),
     );
     Ok(exit.status())
 }

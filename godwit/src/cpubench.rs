@@ -1422,16 +1422,10 @@ impl InProcessVm {
                     }
                 };
                 let _ = handle_tx.send(Ok(vm.handle()));
+                // Once `run` returns, jobs (a take racing the power-off)
+                // fail with `VmGone` instead of waiting, so the thread ends.
                 let exit = vm.run();
                 let _ = tx.send(VmEvent::Ended(exit));
-                if exit != GuestExit::Quit {
-                    // Park, serving jobs until told to quit: a job queued
-                    // just as the guest powered off (a take) would otherwise
-                    // wait forever, since `VmHandle::exec` cannot tell that
-                    // the vCPU thread has gone.
-                    vm.set_paused(true);
-                    vm.run();
-                }
             })
             .context("cannot start the vCPU thread")?;
         let handle = handle_rx

@@ -10,8 +10,11 @@
 //! 2. start `godwit receive` in `godwit-dst` and `godwit run` in
 //!    `godwit-src`, each with a control socket in a temporary folder; every
 //!    console line gets a host timestamp (one clock for both) as it arrives;
-//! 3. wait for `GODWIT READY`, the warm-up, and the destination's listening
-//!    socket; run `godwit migrate ... --json REPORT` (in `godwit-src`);
+//! 3. wait for `GODWIT READY`, the warm-up, the destination's listening
+//!    socket and, with the balloon on (memtouch, quicksort), for the guest's
+//!    free page reporting to settle (the free map unchanged for 2.5 s), so
+//!    every mode starts from the same free map; run `godwit migrate ...
+//!    --json REPORT` (in `godwit-src`);
 //! 4. let the destination run a little longer, quit it, and check the guest's
 //!    integrity on both sides (`bad` == 0, no CORRUPT/ERROR lines): a cell
 //!    with an integrity error is FAILED, loudly;
@@ -1010,7 +1013,11 @@ impl CellRun<'_> {
 
         let ready_ms = self.consoles[SRC].wait_for("GODWIT READY", BOOT_TIMEOUT)?;
         self.wait_listening(port)?;
+        let reporting = self.watch_free_page_reporting(&src_sock);
         self.warm_up()?;
+        if let Some(mut watch) = reporting {
+            watch.settle(self)?;
+        }
         if let Some(bytes_per_s) = b.max_bandwidth {
             control(
                 &src_sock,
@@ -1301,6 +1308,19 @@ impl CellRun<'_> {
         }
     }
 
+    /// With the balloon on and a workload that reaches a steady state, a
+    /// watch on the source's free page reporting, started at READY so the
+    /// warm-up counts towards its quiet period.
+    fn watch_free_page_reporting(&self, sock: &Path) -> Option<ReportingWatch> {
+        (self.cell.balloon && self.cell.workload.steady_counter().is_some()).then(|| {
+            ReportingWatch {
+                sock: sock.to_path_buf(),
+                last: None,
+                since: Instant::now(),
+            }
+        })
+    }
+
     /// Lets time pass; both VMMs must stay alive.
     fn hold(&mut self, d: Duration, what: &str) -> Result<()> {
         let deadline = Instant::now() + d;
@@ -1362,6 +1382,55 @@ impl CellRun<'_> {
             }
         }
         paths
+    }
+}
+
+/// The guest reports free memory a while after it frees it (Linux waits
+/// 2 s, then reports in batches). Every mode should start from a settled
+/// free map, however fast the guest booted: the bench waits until the free
+/// page count and the reported total have not changed for this long.
+const REPORTING_QUIET: Duration = Duration::from_millis(2500);
+/// ... but at most this long after the warm-up.
+const REPORTING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Watches the source's free page reporting until it settles.
+struct ReportingWatch {
+    sock: PathBuf,
+    /// (free pages, reported pages in total) at the last change.
+    last: Option<(u64, u64)>,
+    since: Instant,
+}
+
+impl ReportingWatch {
+    /// Polls until settled; prints a warning (and goes on) at the timeout.
+    fn settle(&mut self, run: &mut CellRun) -> Result<()> {
+        let deadline = Instant::now() + REPORTING_TIMEOUT;
+        loop {
+            let r = control(&self.sock, "query-balloon", Value::Null)
+                .context("cannot read the source's free page count")?;
+            let now = (
+                r["free_pages"].as_u64().unwrap_or(0),
+                r["reported_pages_total"].as_u64().unwrap_or(0),
+            );
+            if self.last != Some(now) {
+                self.last = Some(now);
+                self.since = Instant::now();
+            } else if self.since.elapsed() >= REPORTING_QUIET && now.0 > 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "bench: warning: free page reporting still changing {} s after the warm-up ({} free pages); migrating now",
+                    REPORTING_TIMEOUT.as_secs(),
+                    now.0
+                );
+                return Ok(());
+            }
+            run.hold(
+                Duration::from_millis(250),
+                "waiting for free page reporting",
+            )?;
+        }
     }
 }
 

@@ -8,16 +8,21 @@
 //! * A block is a straight run of instructions in one guest page, ending at
 //!   a branch or jump, at the first instruction it does not compile (CSR,
 //!   FP, AMO, system, division), at the page end or after [`MAX_BLOCK`]
-//!   instructions. It returns the next `pc` and how many instructions it
-//!   retired, so `instret`, the step budget and interrupts behave as in the
-//!   interpreter: a block never spans a CSR write, a trap or an `ecall`.
+//!   instructions. It counts the run loop's step budget down in a register
+//!   and jumps straight to the block at its target when that is in the same
+//!   page (a page's blocks are dropped together, so a link never outlives
+//!   its target); otherwise, or when the budget is spent, it returns the
+//!   next `pc` and the budget left. `instret`, the budget and interrupts
+//!   therefore behave as in the interpreter: no block spans a CSR write, a
+//!   trap or an `ecall`, the only places a run slice can change them.
 //! * A load or store that misses the TLB, crosses a page or needs
 //!   bookkeeping (MMIO, dirty logging, a free page, a code page) *bails*:
 //!   the block returns with `pc` at that instruction, which has not run,
 //!   and the run loop executes it in the interpreter. Faults are therefore
 //!   always raised by the interpreter, with the exact `pc` and `tval`.
 //! * Guest registers live in the hart's `x` array (`rdi` points at it); the
-//!   data TLB in use is in `rsi`. Generated code touches nothing else.
+//!   data TLB in use is in `rsi`, the budget in `r10`. Generated code
+//!   touches nothing else but guest RAM through the TLB.
 //!
 //! Blocks are found by virtual `pc` *and* the host address the fetch TLB
 //! maps it to, so two mappings of one page (shared libraries at different
@@ -69,10 +74,15 @@ const TLB_READ: i32 = std::mem::offset_of!(TlbEntry, read) as i32;
 const TLB_WRITE: i32 = std::mem::offset_of!(TlbEntry, write) as i32;
 const TLB_ADDEND: i32 = std::mem::offset_of!(TlbEntry, addend) as i32;
 
-/// An anonymous read-write-execute mapping: the entry stub, then blocks
-/// appended one after another.
+/// Memory for translated code, mapped twice (W^X): blocks are written
+/// through a read-write view and run from a read-execute view of the same
+/// pages, so no page is ever writable and executable at once. It holds the
+/// entry stub, then blocks appended one after another.
 struct ExecMem {
-    ptr: *mut u8,
+    /// The writable view.
+    rw: *mut u8,
+    /// The executable view; code addresses are in this one.
+    rx: *mut u8,
     cap: usize,
     used: usize,
     /// Bytes of the entry stub at the start.
@@ -84,22 +94,35 @@ impl ExecMem {
         if !cfg!(target_arch = "x86_64") {
             return None;
         }
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                cap,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
+        // SAFETY: creates a new file descriptor; the name is a C string.
+        let fd = unsafe { libc::memfd_create(c"godwit-code".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
             return None;
         }
+        let map = |prot| {
+            // SAFETY: a fresh shared mapping of our own memfd; no existing
+            // memory is affected.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), cap, prot, libc::MAP_SHARED, fd, 0) };
+            (p != libc::MAP_FAILED).then_some(p as *mut u8)
+        };
+        // SAFETY: `fd` is ours; sizing it before mapping it.
+        let sized = unsafe { libc::ftruncate(fd, cap as libc::off_t) } == 0;
+        let rw = sized
+            .then(|| map(libc::PROT_READ | libc::PROT_WRITE))
+            .flatten();
+        let rx = rw.and_then(|_| map(libc::PROT_READ | libc::PROT_EXEC));
+        // SAFETY: the mappings keep the memory; the descriptor is not needed.
+        unsafe { libc::close(fd) };
+        let (Some(rw), Some(rx)) = (rw, rx) else {
+            if let Some(rw) = rw {
+                // SAFETY: unmaps the view mapped just above.
+                unsafe { libc::munmap(rw as *mut libc::c_void, cap) };
+            }
+            return None;
+        };
         let mut m = ExecMem {
-            ptr: ptr as *mut u8,
+            rw,
+            rx,
             cap,
             used: 0,
             stub: 0,
@@ -117,23 +140,25 @@ impl ExecMem {
         self.used = self.stub;
     }
 
-    /// Points the `jmp rel32` whose displacement ends at `site` to `target`.
+    /// Points the `jmp rel32` whose displacement ends at code address
+    /// `site` to code address `target`.
     fn patch_jump(&mut self, site: usize, target: usize) {
-        let base = self.ptr as usize;
+        let base = self.rx as usize;
         assert!(
             site >= base + 4 && site <= base + self.used,
             "jump site outside code"
         );
         let rel = (target as i64 - site as i64) as i32;
         // SAFETY: the 4 bytes before `site` are the displacement of a jump
-        // this mapping holds (checked to lie inside it); no code runs while
-        // the hart translates.
+        // this mapping holds (checked to lie inside it), written through
+        // the writable view; no code runs while the hart translates.
         unsafe {
-            std::ptr::write_unaligned((site - 4) as *mut [u8; 4], rel.to_le_bytes());
+            let at = self.rw.add(site - 4 - base);
+            std::ptr::write_unaligned(at as *mut [u8; 4], rel.to_le_bytes());
         }
     }
 
-    /// Copies `code` in; its address, or `None` when full.
+    /// Copies `code` in; its code address, or `None` when full.
     fn push(&mut self, code: &[u8]) -> Option<usize> {
         let start = (self.used + 15) & !15;
         if start + code.len() > self.cap {
@@ -142,18 +167,21 @@ impl ExecMem {
         // SAFETY: `start + len <= cap`, inside the mapping, and no block
         // in that range exists yet (space is only reused after a flush).
         unsafe {
-            std::ptr::copy_nonoverlapping(code.as_ptr(), self.ptr.add(start), code.len());
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.add(start), code.len());
         }
         self.used = start + code.len();
-        Some(self.ptr as usize + start)
+        Some(self.rx as usize + start)
     }
 }
 
 impl Drop for ExecMem {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no block runs
-        // once the hart that owns it is dropped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.cap) };
+        // SAFETY: unmaps exactly the two views made in `new`; no block runs
+        // once the hart that owns them is dropped.
+        unsafe {
+            libc::munmap(self.rw as *mut libc::c_void, self.cap);
+            libc::munmap(self.rx as *mut libc::c_void, self.cap);
+        }
     }
 }
 
@@ -351,7 +379,7 @@ impl Hart {
         // `x` and guest RAM through TLB entries that hit (host pointers
         // into the RAM mapping, checked not to leave the page), and return.
         unsafe {
-            let entry = std::mem::transmute::<*mut u8, EntryFn>(m.ptr);
+            let entry = std::mem::transmute::<*mut u8, EntryFn>(m.rx);
             entry(self.x.as_mut_ptr(), tlb, budget, code)
         }
     }

@@ -26,6 +26,7 @@ const REPORT_KEYS: &[&str] = &[
     "state_bytes",
     "bytes_sent",
     "network_faults",
+    "demands_deferred",
     "fault_latency_us_p50",
     "fault_latency_us_p99",
     "fault_latency_us_max",
@@ -182,6 +183,8 @@ fn migrate_and_check(
     );
     if mode == "postcopy" || mode == "hybrid" {
         assert_eq!(report["duplicate_pages"], json!(0), "{report}");
+        // The link never broke: every demand request went out when made.
+        assert_eq!(report["demands_deferred"], json!(0), "{report}");
         let pending = report["destination"]["pages_pending"].as_u64().unwrap();
         let sent =
             report["pages_pushed"].as_u64().unwrap() + report["pages_demand"].as_u64().unwrap();
@@ -382,6 +385,7 @@ fn precopy_switched_to_postcopy() {
         "{report}"
     );
     assert_eq!(report["duplicate_pages"], json!(0), "{report}");
+    assert_eq!(report["demands_deferred"], json!(0), "{report}");
     assert_eq!(qmp(&sock, "quit", json!({}))["return"], json!({}));
     assert_eq!(p.src.wait_exit(Duration::from_secs(30)), Some(0));
     for _ in 0..3 {

@@ -174,6 +174,9 @@ struct Post<'a> {
     network_faults: AtomicU64,
     local_faults: AtomicU64,
     served_by_push: AtomicU64,
+    /// Demand requests made while there was no link to send them on (they
+    /// go out again when the source reconnects).
+    deferred_demands: AtomicU64,
     duplicates: AtomicU64,
     all_in: (Mutex<bool>, Condvar),
     finished: AtomicBool,
@@ -244,9 +247,14 @@ impl Post<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(c) = to {
-            if (&*c).write_all(&Msg::Demand(pages).encode()).is_err() {
-                self.link_lost();
+        match to {
+            Some(c) => {
+                if (&*c).write_all(&Msg::Demand(pages).encode()).is_err() {
+                    self.link_lost();
+                }
+            }
+            None => {
+                self.deferred_demands.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -435,6 +443,7 @@ fn postcopy(
         network_faults: AtomicU64::new(0),
         local_faults: AtomicU64::new(0),
         served_by_push: AtomicU64::new(0),
+        deferred_demands: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         all_in: (Mutex::new(pending_count == 0), Condvar::new()),
         finished: AtomicBool::new(false),
@@ -448,6 +457,10 @@ fn postcopy(
     vm.set_dirty_logging(true)?;
     let t_go = Instant::now();
     let mut recoveries = 0u64;
+    // Demand requests must have somewhere to go before the guest can fault:
+    // a request made while this is `None` waits for a reconnection, and
+    // its page for the push.
+    *post.demand_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(first.1.clone());
     let result = std::thread::scope(|scope| -> Result<(u128, u128, u64, Arc<Conn>)> {
         let faults = scope.spawn(|| {
             let r = post.fault_loop(uffd);
@@ -582,6 +595,7 @@ fn postcopy(
         "network_faults": post.network_faults.load(Ordering::Relaxed),
         "local_faults": post.local_faults.load(Ordering::Relaxed),
         "faults_served_by_push": post.served_by_push.load(Ordering::Relaxed),
+        "demands_deferred": post.deferred_demands.load(Ordering::Relaxed),
         "duplicate_pages": post.duplicates.load(Ordering::Relaxed),
         "fault_latency_us_p50": p50,
         "fault_latency_us_p99": p99,

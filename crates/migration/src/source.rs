@@ -707,6 +707,7 @@ impl Session<'_> {
         r.network_faults = f("network_faults") as u64;
         r.local_faults = f("local_faults") as u64;
         r.faults_served_by_push = f("faults_served_by_push") as u64;
+        r.demands_deferred = f("demands_deferred") as u64;
         r.duplicate_pages = f("duplicate_pages") as u64;
         r.fault_latency_us_p50 = f("fault_latency_us_p50");
         r.fault_latency_us_p99 = f("fault_latency_us_p99");

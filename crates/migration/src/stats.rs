@@ -208,6 +208,9 @@ pub struct Report {
     pub local_faults: u64,
     /// Demand requests answered by a pushed page that crossed in flight.
     pub faults_served_by_push: u64,
+    /// Demand requests the destination made while it had no link to the
+    /// source (0 unless the link broke): they wait for the reconnection.
+    pub demands_deferred: u64,
     pub fault_latency_us_p50: f64,
     pub fault_latency_us_p99: f64,
     pub fault_latency_us_max: f64,

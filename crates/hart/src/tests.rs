@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 const BASE: u64 = 0x8000_0000;
 
-struct NoDevices;
+pub(crate) struct NoDevices;
 impl Bus for NoDevices {
     fn load(&mut self, _: u64, _: u8) -> Option<u64> {
         None
@@ -20,14 +20,27 @@ impl Bus for NoDevices {
     }
 }
 
+/// xorshift64*: a small deterministic generator for the random tests
+/// (modules add the draws they need in their own `impl Rng`).
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 // Encoders.
-fn r(op: u32, f3: u32, f7: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
+pub(crate) fn r(op: u32, f3: u32, f7: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
     (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 }
-fn i(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
+pub(crate) fn i(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
     ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 }
-fn s(f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
+pub(crate) fn s(f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
     let imm = imm as u32;
     (((imm >> 5) & 0x7f) << 25)
         | (rs2 << 20)
@@ -552,7 +565,7 @@ impl Asm {
     }
 }
 
-fn b(f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
+pub(crate) fn b(f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
     let imm = imm as u32;
     (((imm >> 12) & 1) << 31)
         | (((imm >> 5) & 0x3f) << 25)

@@ -4,6 +4,7 @@
 
 use super::soft::{DZ, NV, NX, OF, UF};
 use super::*;
+use crate::tests::Rng;
 
 const S: u32 = 0;
 const D: u32 = 1;
@@ -927,16 +928,7 @@ fn reserved_encodings_are_illegal() {
 
 // ------------------------------------------------- random and host checks
 
-/// xorshift64*: a small deterministic generator for the random tests.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
     /// A double in roughly [2^-200, 2^200] of either sign: products,
     /// quotients and sums of two stay comfortably normal.
     fn moderate_f64(&mut self) -> f64 {

@@ -36,7 +36,7 @@ pub(crate) mod asm;
 mod tests;
 
 use crate::hart::Hart;
-use crate::mmu::{TlbEntry, NO_TAG, TLB_MASK, TLB_SIZE};
+use crate::mmu::{TlbEntry, NO_TAG, TLB_MASK};
 use crate::rvc;
 use asm::{mem, mem_ix, Alu, Asm, Cc, Fixup, Mem, Shift, R};
 use godwit_memory::{GuestRam, PAGE_SHIFT};
@@ -493,7 +493,6 @@ impl Hart {
                 }
             }
         }
-        debug_assert_eq!(TLB_SIZE, TLB_MASK + 1);
     }
 }
 
@@ -533,6 +532,16 @@ struct Translator {
 /// Guest register `r` in the register file.
 fn x(r: u32) -> Mem {
     mem(R::Rdi, 8 * r as i32)
+}
+
+/// The shift of an OP or OP-32 instruction (shift amount in `rs2`).
+fn reg_shift(f7: u32, f3: u32) -> Option<Shift> {
+    match (f7, f3) {
+        (0, 1) => Some(Shift::Shl),
+        (0, 5) => Some(Shift::Shr),
+        (0x20, 5) => Some(Shift::Sar),
+        _ => None,
+    }
 }
 
 fn imm_i(i: u32) -> i32 {
@@ -825,12 +834,7 @@ impl Translator {
                     (0, 7) => Some(Alu::And),
                     _ => None,
                 };
-                let shift = match (f7, f3) {
-                    (0, 1) => Some(Shift::Shl),
-                    (0, 5) => Some(Shift::Shr),
-                    (0x20, 5) => Some(Shift::Sar),
-                    _ => None,
-                };
+                let shift = reg_shift(f7, f3);
                 let supported = alu.is_some()
                     || shift.is_some()
                     || matches!((f7, f3), (0, 2) | (0, 3) | (1, 0) | (1, 1) | (1, 3));
@@ -878,12 +882,7 @@ impl Translator {
                     (0x20, 0) => Some(Alu::Sub),
                     _ => None,
                 };
-                let shift = match (f7, f3) {
-                    (0, 1) => Some(Shift::Shl),
-                    (0, 5) => Some(Shift::Shr),
-                    (0x20, 5) => Some(Shift::Sar),
-                    _ => None,
-                };
+                let shift = reg_shift(f7, f3);
                 let mul = (f7, f3) == (1, 0);
                 if alu.is_none() && shift.is_none() && !mul {
                     return Flow::Unsupported;

@@ -5,7 +5,8 @@
 //! host writes to code, and one page mapped at two addresses.
 
 use crate::hart::Hart;
-use crate::{Bus, Exit};
+use crate::tests::{b, i, r, s, NoDevices, Rng};
+use crate::Exit;
 use godwit_memory::GuestRam;
 use std::sync::Arc;
 
@@ -13,28 +14,7 @@ const BASE: u64 = 0x8000_0000;
 const DATA: u64 = BASE + 0x10_0000;
 const DATA_LEN: usize = 0x3000;
 
-struct NoDevices;
-impl Bus for NoDevices {
-    fn load(&mut self, _: u64, _: u8) -> Option<u64> {
-        None
-    }
-    fn store(&mut self, _: u64, _: u8, _: u64) -> bool {
-        false
-    }
-    fn irq_lines(&mut self) -> u64 {
-        0
-    }
-}
-
-/// xorshift64*: deterministic, so a failure names its seed.
-struct Rng(u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
@@ -43,32 +23,6 @@ impl Rng {
     }
 }
 
-fn r(op: u32, f3: u32, f7: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
-    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
-}
-fn i(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
-    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
-}
-fn s(f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
-    let imm = imm as u32;
-    (((imm >> 5) & 0x7f) << 25)
-        | (rs2 << 20)
-        | (rs1 << 15)
-        | (f3 << 12)
-        | ((imm & 0x1f) << 7)
-        | 0x23
-}
-fn b(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
-    let o = off as u32;
-    ((o >> 12 & 1) << 31)
-        | ((o >> 5 & 0x3f) << 25)
-        | (rs2 << 20)
-        | (rs1 << 15)
-        | (f3 << 12)
-        | ((o >> 1 & 0xf) << 8)
-        | ((o >> 11 & 1) << 7)
-        | 0x63
-}
 fn jal(rd: u32, off: i32) -> u32 {
     let o = off as u32;
     ((o >> 20 & 1) << 31)

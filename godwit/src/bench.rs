@@ -1013,10 +1013,9 @@ impl CellRun<'_> {
 
         let ready_ms = self.consoles[SRC].wait_for("GODWIT READY", BOOT_TIMEOUT)?;
         self.wait_listening(port)?;
-        let reporting = self.watch_free_page_reporting(&src_sock);
         self.warm_up()?;
-        if let Some(mut watch) = reporting {
-            watch.settle(self)?;
+        if self.cell.balloon && self.cell.workload.steady_counter().is_some() {
+            self.wait_free_page_reporting(&src_sock)?;
         }
         if let Some(bytes_per_s) = b.max_bandwidth {
             control(
@@ -1308,17 +1307,39 @@ impl CellRun<'_> {
         }
     }
 
-    /// With the balloon on and a workload that reaches a steady state, a
-    /// watch on the source's free page reporting, started at READY so the
-    /// warm-up counts towards its quiet period.
-    fn watch_free_page_reporting(&self, sock: &Path) -> Option<ReportingWatch> {
-        (self.cell.balloon && self.cell.workload.steady_counter().is_some()).then(|| {
-            ReportingWatch {
-                sock: sock.to_path_buf(),
-                last: None,
-                since: Instant::now(),
+    /// Polls the source's free page count until it and the reported total
+    /// have not changed for [`REPORTING_QUIET`]; prints a warning (and goes
+    /// on) after [`REPORTING_TIMEOUT`].
+    fn wait_free_page_reporting(&mut self, sock: &Path) -> Result<()> {
+        let deadline = Instant::now() + REPORTING_TIMEOUT;
+        let mut last = None;
+        let mut since = Instant::now();
+        loop {
+            let r = control(sock, "query-balloon", Value::Null)
+                .context("cannot read the source's free page count")?;
+            let now = (
+                r["free_pages"].as_u64().unwrap_or(0),
+                r["reported_pages_total"].as_u64().unwrap_or(0),
+            );
+            if last != Some(now) {
+                last = Some(now);
+                since = Instant::now();
+            } else if since.elapsed() >= REPORTING_QUIET && now.0 > 0 {
+                return Ok(());
             }
-        })
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "bench: warning: free page reporting still changing {} s after the warm-up ({} free pages); migrating now",
+                    REPORTING_TIMEOUT.as_secs(),
+                    now.0
+                );
+                return Ok(());
+            }
+            self.hold(
+                Duration::from_millis(250),
+                "waiting for free page reporting",
+            )?;
+        }
     }
 
     /// Lets time pass; both VMMs must stay alive.
@@ -1392,47 +1413,6 @@ impl CellRun<'_> {
 const REPORTING_QUIET: Duration = Duration::from_millis(2500);
 /// ... but at most this long after the warm-up.
 const REPORTING_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Watches the source's free page reporting until it settles.
-struct ReportingWatch {
-    sock: PathBuf,
-    /// (free pages, reported pages in total) at the last change.
-    last: Option<(u64, u64)>,
-    since: Instant,
-}
-
-impl ReportingWatch {
-    /// Polls until settled; prints a warning (and goes on) at the timeout.
-    fn settle(&mut self, run: &mut CellRun) -> Result<()> {
-        let deadline = Instant::now() + REPORTING_TIMEOUT;
-        loop {
-            let r = control(&self.sock, "query-balloon", Value::Null)
-                .context("cannot read the source's free page count")?;
-            let now = (
-                r["free_pages"].as_u64().unwrap_or(0),
-                r["reported_pages_total"].as_u64().unwrap_or(0),
-            );
-            if self.last != Some(now) {
-                self.last = Some(now);
-                self.since = Instant::now();
-            } else if self.since.elapsed() >= REPORTING_QUIET && now.0 > 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                eprintln!(
-                    "bench: warning: free page reporting still changing {} s after the warm-up ({} free pages); migrating now",
-                    REPORTING_TIMEOUT.as_secs(),
-                    now.0
-                );
-                return Ok(());
-            }
-            run.hold(
-                Duration::from_millis(250),
-                "waiting for free page reporting",
-            )?;
-        }
-    }
-}
 
 /// One control command with a timeout.
 fn control(sock: &Path, command: &str, args: Value) -> Result<Value> {

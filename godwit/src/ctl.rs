@@ -1,8 +1,8 @@
 //! `godwit ctl`: send one command to a running VM's control socket and print
 //! the reply as JSON (the command line twin of a QMP client).
 
-use crate::control::ControlClient;
 use anyhow::{bail, Context, Result};
+use godwit_vmm::control::ControlClient;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;

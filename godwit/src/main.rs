@@ -1,20 +1,12 @@
 //! `godwit`: the command line of the Godwit VMM.
 
-mod bench;
-mod bench_qemu;
-mod console;
-mod control;
-mod cpubench;
 mod ctl;
-mod guest_image;
 mod migrate;
-mod migrate_src;
 mod receive;
 mod run;
-mod size;
-mod testbed;
 mod tlsgen;
-mod vmctl;
+
+use godwit_bench::{cpu as cpubench, migration as bench, testbed};
 
 use clap::{Parser, Subcommand};
 

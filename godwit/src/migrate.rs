@@ -1,8 +1,8 @@
 //! `godwit migrate`: drive a migration through the source VM's control
 //! socket, show its progress, print a summary and write the JSON report.
 
-use crate::control::ControlClient;
 use anyhow::{bail, Context, Result};
+use godwit_vmm::control::ControlClient;
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

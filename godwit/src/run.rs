@@ -1,15 +1,11 @@
 //! `godwit run`: boot a VM (or restore one from a snapshot) and serve its
 //! console and control socket until it ends.
 
-use crate::console::{Heartbeats, Tap};
-use crate::control::ControlServer;
-use crate::vmctl::VmControl;
-use crate::{guest_image, size};
-use anyhow::{Context, Result};
-use godwit_machine::{snapshot, Vm, VmConfig, VmHandle};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use anyhow::{bail, Result};
+use godwit_machine::{BoardConfig, DeviceConfig, MAX_HARTS};
+use godwit_vmm::runner::{self, Boot, RunOptions};
+use godwit_vmm::{guest, size};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -22,6 +18,9 @@ pub struct RunArgs {
     /// Guest RAM size: bytes, or with a K/M/G suffix (512M, 1G).
     #[arg(long, default_value = "512M", value_parser = size::parse_size)]
     mem: u64,
+    /// Number of vCPUs (harts), 1 to 8; each runs on its own host thread.
+    #[arg(long)]
+    cpus: Option<u32>,
     /// Guest workload (adds `godwit.workload=NAME` to the kernel command line).
     #[arg(long)]
     workload: Option<String>,
@@ -43,124 +42,43 @@ pub struct RunArgs {
     interpreter: bool,
 }
 
-/// Turns the translator off when asked; says so when it cannot be on.
-pub fn choose_cpu(vm: &mut Vm, interpreter: bool) {
-    if !vm.hart.set_jit(!interpreter) && !interpreter {
-        eprintln!(
-            "godwit: no executable memory for translated code: every instruction is interpreted"
-        );
+/// Default vCPU count.
+pub const DEFAULT_CPUS: u32 = 1;
+
+/// Checks a `--cpus` value.
+pub fn check_cpus(n: u32) -> Result<u32> {
+    if !(1..=MAX_HARTS).contains(&n) {
+        bail!("--cpus {n}: a VM has 1 to {MAX_HARTS} vCPUs");
     }
-}
-
-/// How the vCPU ran, for the exit line.
-pub fn cpu_name(vm: &Vm) -> &'static str {
-    if vm.hart.jit_enabled() {
-        "translated"
-    } else {
-        "interpreted"
-    }
-}
-
-/// The kernel command line every Godwit guest gets before the user's words.
-/// `page_reporting_order=0`: the guest reports free memory down to single
-/// 4 KiB pages (the kernel's default is 2 MiB blocks), so as little free
-/// memory as possible is ever migrated. Override it with `--append`.
-pub const BASE_CMDLINE: &str = "console=ttyS0 earlycon=sbi page_reporting.page_reporting_order=0";
-
-/// The full kernel command line for a workload and extra words.
-pub fn cmdline(workload: Option<&str>, append: &str) -> String {
-    let mut c = BASE_CMDLINE.to_string();
-    if let Some(w) = workload {
-        c.push_str(" godwit.workload=");
-        c.push_str(w);
-    }
-    if !append.trim().is_empty() {
-        c.push(' ');
-        c.push_str(append.trim());
-    }
-    c
-}
-
-fn build_vm(args: &RunArgs, beats: &Heartbeats) -> Result<Vm> {
-    let console = || Box::new(Tap::new(std::io::stdout(), beats.clone()));
-    if let Some(path) = &args.restore {
-        let snap = snapshot::load(path)?;
-        let mut vm = Vm::empty(
-            snap.state.ram_bytes,
-            console(),
-            snap.state.balloon.is_some(),
-        )?;
-        snap.fill_ram(&vm.ram)?;
-        vm.restore_state(&snap.state)?;
-        eprintln!("godwit: restored {}", path.display());
-        return Ok(vm);
-    }
-    let (kernel, initrd) = guest_image::resolve(args.kernel.clone(), args.initrd.clone())?;
-    Ok(Vm::new(VmConfig {
-        kernel,
-        initrd,
-        mem_bytes: args.mem,
-        cmdline: cmdline(args.workload.as_deref(), &args.append),
-        console: console(),
-        balloon: !args.no_balloon,
-    })?)
-}
-
-/// Forwards our stdin to the guest's console.
-pub fn console_input(handle: VmHandle) -> Result<()> {
-    std::thread::Builder::new()
-        .name("console-in".into())
-        .spawn(move || {
-            let mut buf = [0u8; 256];
-            let mut stdin = std::io::stdin();
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                handle.push_input(&buf[..n]);
-            }
-        })
-        .context("cannot start the console input thread")?;
-    Ok(())
-}
-
-/// Opens the control socket for `vm` if a path was given.
-pub fn control_server(
-    path: Option<&Path>,
-    vm: &Vm,
-    beats: &Heartbeats,
-) -> Result<Option<ControlServer>> {
-    let Some(path) = path else { return Ok(None) };
-    let target = Arc::new(VmControl::new(
-        vm.handle(),
-        vm.ram.clone(),
-        vm.bus.balloon.is_some(),
-        beats.clone(),
-    ));
-    let server = ControlServer::start(path, target)
-        .with_context(|| format!("cannot open the control socket {}", path.display()))?;
-    eprintln!("godwit: control socket {}", server.path().display());
-    Ok(Some(server))
+    Ok(n)
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let beats = Heartbeats::default();
-    let mut vm = build_vm(&args, &beats).context("cannot start the VM")?;
-    choose_cpu(&mut vm, args.interpreter);
-    console_input(vm.handle())?;
-    let server = control_server(args.control.as_deref(), &vm, &beats)?;
-    let started = std::time::Instant::now();
-    let first = vm.hart.instret();
-    let exit = vm.run();
-    let secs = started.elapsed().as_secs_f64();
-    let insns = vm.hart.instret() - first;
-    if let Some(s) = server {
-        s.shutdown();
-    }
-    eprintln!(
-        "godwit: guest ended: {exit:?}; {insns} instructions in {secs:.2} s ({:.1} MIPS, {})",
-        insns as f64 / secs / 1e6,
-        cpu_name(&vm),
-    );
-    Ok(exit.status())
+    let boot = match args.restore {
+        Some(path) => Boot::Snapshot { path, board: None },
+        None => {
+            let board = BoardConfig {
+                harts: check_cpus(args.cpus.unwrap_or(DEFAULT_CPUS))?,
+                ram_bytes: args.mem,
+                devices: if args.no_balloon {
+                    vec![]
+                } else {
+                    vec![DeviceConfig::Balloon]
+                },
+            };
+            board.validate()?;
+            let (kernel, initrd) = guest::resolve(args.kernel, args.initrd)?;
+            Boot::Kernel {
+                board,
+                kernel,
+                initrd,
+                cmdline: guest::cmdline(args.workload.as_deref(), &args.append),
+            }
+        }
+    };
+    runner::run_vm(RunOptions {
+        boot,
+        control: args.control,
+        interpreter: args.interpreter,
+    })
 }

@@ -8,12 +8,8 @@ use std::process::{Command, Output};
 
 /// The default guest image built by `guest/build.sh`.
 pub fn guest_image() -> (PathBuf, PathBuf) {
-    let cache = match std::env::var_os("GODWIT_CACHE") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/godwit"),
-    };
-    let dir = cache.join("guest/default");
+    // The same lookup as `godwit run` (GODWIT_CACHE, XDG_CACHE_HOME, ~/.cache).
+    let dir = godwit_vmm::guest::cache_dir().join("guest/default");
     let (k, i) = (dir.join("Image"), dir.join("initramfs.cpio.gz"));
     assert!(
         k.exists() && i.exists(),
@@ -211,10 +207,22 @@ pub fn qmp_raw(sock: &std::path::Path, line: &str) -> serde_json::Value {
     let mut greeting = String::new();
     r.read_line(&mut greeting).unwrap();
     let mut w = stream;
+    // Capabilities negotiation first, as with QEMU.
+    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
+    let mut caps = String::new();
+    r.read_line(&mut caps).unwrap();
+    assert!(caps.contains("\"return\""), "negotiation failed: {caps}");
     writeln!(w, "{line}").unwrap();
-    let mut reply = String::new();
-    r.read_line(&mut reply).unwrap();
-    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+    // Skip asynchronous events: the reply is the first line without "event".
+    loop {
+        let mut reply = String::new();
+        r.read_line(&mut reply).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"));
+        if v.get("event").is_none() {
+            return v;
+        }
+    }
 }
 
 /// A fresh temporary folder for one test.

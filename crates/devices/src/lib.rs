@@ -1,8 +1,9 @@
 //! Godwit's emulated devices: ns16550a UART, PLIC, CLINT, virtio-mmio
 //! transport (split virtqueues) and virtio-balloon.
 //!
-//! Every device is a plain struct driven by the vCPU thread through
-//! [`MmioDevice`]; a device never sees the CPU or the migration engine.
+//! Every device is a plain struct whose registers the vCPU threads drive
+//! through [`MmioDevice`] (the machine keeps each behind a lock); a device
+//! never sees the CPU or the migration engine.
 //! Each device keeps what it must remember across a snapshot or migration in
 //! a serde `...State` struct beside it (Firecracker's `persist.rs` shape).
 //!
@@ -13,20 +14,18 @@
 //! # Wiring (what the machine does)
 //!
 //! - Interrupt lines are levels: after an MMIO access to a device, after
-//!   [`VirtioMmio::poll`] and after [`Uart16550::push_input`], the machine
+//!   [`VirtioMmio::process`] and after [`Uart16550::push_input`], the machine
 //!   copies [`MmioDevice::irq_level`] into [`Plic::set_level`] for the
 //!   device's source, then drives each hart's MEIP/SEIP from
 //!   [`Plic::context_pending`] (context `2h` / `2h + 1`).
-//! - Host-side balloon changes (target, stats request, hint start/stop) are
-//!   made through [`VirtioMmio::device_mut`] and reach the guest at the next
-//!   [`VirtioMmio::poll`]; call it right after such a change and
-//!   periodically (every 10–50 ms) anyway.
-//! - When [`Balloon::take_free_map_changed`] returns true (check after MMIO
-//!   writes to the balloon), the vCPU must drop its cached write
-//!   translations for guest RAM before running on: pages just marked free
-//!   must clear their free bit on the next guest store.
-//! - Flush the UART ([`Uart16550::flush`]) periodically and before saving
-//!   state.
+//! - A virtio kick only records the queue and calls the transport's
+//!   [`KickWaker`]; the device's event thread then runs
+//!   [`VirtioMmio::process`], which also serves host-side changes made
+//!   through [`VirtioMmio::device_as_mut`]. When it returns
+//!   [`Processed::free_map_changed`], every vCPU must drop its cached write
+//!   translations before [`VirtioMmio::release_held`] hands the guest back
+//!   the requests that freed pages.
+//! - Flush the UART ([`Uart16550::flush`]) before saving state.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -42,14 +41,9 @@ pub use uart::{Uart16550, UartState, UART_MMIO_SIZE};
 pub use virtio::balloon::{
     Balloon, BalloonFeatures, BalloonState, BalloonStats, HintPhase, HintStatus, ReportingStatus,
 };
-pub use virtio::mmio::{VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
+pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
 pub use virtio::queue::{Descriptor, DescriptorChain, QueueState, SplitQueue};
-pub use virtio::{DeviceEvents, VirtioDevice};
-
-/// A virtio-balloon behind the virtio-mmio transport, as the VMM wires it.
-pub type BalloonDevice = VirtioMmio<Balloon>;
-/// Saved state of a [`BalloonDevice`]: transport, queues and balloon.
-pub type BalloonDeviceState = VirtioMmioState<BalloonState>;
+pub use virtio::{DeviceEvents, DeviceState, VirtioDevice};
 
 /// A device reached by loads and stores at guest-physical addresses.
 ///

@@ -230,6 +230,28 @@ impl Hart {
         self.clock = clock;
     }
 
+    /// SBI HSM `hart_start`: the hart begins at `pc` in S-mode with
+    /// translation off and interrupts disabled, `a0` = its id, `a1` =
+    /// `opaque`.
+    pub fn hsm_start(&mut self, pc: u64, opaque: u64) {
+        self.pc = pc;
+        self.prv = Priv::S;
+        self.satp = 0;
+        self.mstatus &= !(crate::csr::mstatus::SIE | crate::csr::mstatus::MIE);
+        self.x[10] = self.hartid;
+        self.x[11] = opaque;
+        self.reservation = None;
+        self.tlb_flush();
+        self.select_tlb();
+        self.irq_check_pending = true;
+    }
+
+    /// `fence.i` for this hart from the outside (an SBI remote fence):
+    /// drops the hart's translated code.
+    pub fn fence_i(&mut self) {
+        self.jit_flush();
+    }
+
     /// Completes an SBI call: `a0` = error, `a1` = value, resume after the `ecall`.
     pub fn sbi_return(&mut self, error: i64, value: u64) {
         self.x[10] = error as u64;

@@ -18,7 +18,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use clock::{GuestClock, TIMEBASE_HZ};
+pub use clock::{ClockState, GuestClock, TIMEBASE_HZ};
 pub use hart::{Exit, Hart, Priv};
 pub use jit::JitStats;
 pub use state::HartState;

@@ -1,11 +1,11 @@
 //! What a hart remembers across a snapshot or a migration.
 
-use crate::clock::GuestClock;
 use crate::hart::{Hart, Priv};
 use serde::{Deserialize, Serialize};
 
 /// The architectural state of one hart. The TLB is not part of it: it is
-/// rebuilt from the page tables on demand.
+/// rebuilt from the page tables on demand. Nor is the clock: the board's
+/// one clock is saved once for all harts (`ClockState`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HartState {
     pub x: [u64; 32],
@@ -36,7 +36,6 @@ pub struct HartState {
     pub satp: u64,
     pub stimecmp: u64,
     pub instret: u64,
-    pub clock: GuestClock,
     pub reservation: Option<u64>,
 }
 
@@ -72,7 +71,6 @@ impl Hart {
             satp: self.satp,
             stimecmp: self.stimecmp,
             instret: self.instret,
-            clock: self.clock,
             reservation: self.reservation,
         }
     }
@@ -110,7 +108,6 @@ impl Hart {
         self.satp = s.satp;
         self.stimecmp = s.stimecmp;
         self.instret = s.instret;
-        self.clock = s.clock;
         self.reservation = s.reservation;
         self.tlb_flush();
         self.jit.flush();

@@ -16,6 +16,8 @@ pub const UART_IRQ: u32 = 10;
 pub const VIRTIO_BASE: u64 = 0x1000_1000;
 pub const VIRTIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_IRQ: u32 = 1;
+/// Number of virtio-mmio slots (as QEMU `virt`).
+pub const VIRTIO_SLOTS: u32 = 8;
 /// Guest RAM.
 pub const RAM_BASE: u64 = 0x8000_0000;
 /// Smallest RAM the guest can boot in.

@@ -1,22 +1,34 @@
-//! The Godwit board: a machine like QEMU's RISC-V `virt` built from the
-//! hart, the devices and guest RAM, with an SBI implemented inside the VMM.
+//! The Godwit board: a machine like QEMU's RISC-V `virt` built from a
+//! [`BoardConfig`] (harts, RAM, a list of virtio devices), with an SBI
+//! implemented inside the VMM.
 //!
+//! - [`board`]: the board as data, and how two boards compare.
 //! - [`layout`]: the memory map.
 //! - [`loader`]: the riscv64 `Image` header, kernel and initrd placement.
 //! - [`fdt`]: the device tree, written in one place.
 //! - [`sbi`]: the SBI (base, TIME, IPI, RFENCE, HSM, SRST, legacy console).
-//! - [`bus`]: routing of physical accesses outside RAM to devices.
-//! - [`vm`]: building a VM, its run loop, and the handle to pause it.
+//! - `bus`: the shared devices, routing of physical accesses to them and
+//!   their interrupt wiring.
+//! - `vcpu`: one thread per hart; stopping them; requests between harts.
+//! - `worker`: one event thread per virtio device.
+//! - [`vm`]: building a VM (boot or restore), running it, the handle to
+//!   pause, resume and reach into it.
 //! - [`state`]: the machine state as bytes; [`snapshot`]: state + RAM in a file.
 
-pub mod bus;
+pub mod board;
+mod bus;
+pub mod error;
 pub mod fdt;
 pub mod layout;
 pub mod loader;
 pub mod sbi;
 pub mod snapshot;
 pub mod state;
+mod vcpu;
 pub mod vm;
+mod worker;
 
+pub use board::{BoardConfig, BoardMismatch, DeviceConfig, MAX_HARTS};
+pub use error::{ConfigError, RestoreError, VmError};
 pub use state::VmState;
-pub use vm::{check_mem, GuestExit, Vm, VmConfig, VmError, VmGone, VmHandle};
+pub use vm::{GuestExit, Machine, RunOutcome, Vm, VmConfig, VmGone, VmHandle};

@@ -21,8 +21,40 @@ pub enum LoadError {
         size: u64,
         ram: u64,
     },
+    #[error("{path}: more than {limit} bytes, the guest's RAM: it cannot be loaded (is it the right file?)")]
+    FileTooBig { path: String, limit: u64 },
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
     #[error(transparent)]
     Memory(#[from] godwit_memory::MemoryError),
+}
+
+/// Reads the file at `path`, refusing to read more than `limit` bytes (the
+/// guest's RAM): a device like `/dev/zero`, or a huge file given by
+/// mistake, is an error instead of an unbounded allocation.
+pub fn read_bounded(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let p = path.display().to_string();
+    let err = |err| LoadError::Read {
+        path: p.clone(),
+        err,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if meta.is_dir() {
+        return Err(err(std::io::Error::other("it is a directory")));
+    }
+    if meta.is_file() && meta.len() > limit {
+        return Err(LoadError::FileTooBig { path: p, limit });
+    }
+    let mut out = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(err)?;
+    if out.len() as u64 > limit {
+        return Err(LoadError::FileTooBig { path: p, limit });
+    }
+    Ok(out)
 }
 
 /// Where things were placed.
@@ -141,6 +173,28 @@ mod tests {
         assert!(matches!(
             parse_image("x", &[0u8; 4096]),
             Err(LoadError::NotRiscvImage { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let e = read_bounded(std::path::Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert!(
+            matches!(e, LoadError::FileTooBig { limit, .. } if limit == 1 << 20),
+            "{e}"
+        );
+        assert!(matches!(
+            read_bounded(std::path::Path::new("/"), 1 << 20),
+            Err(LoadError::Read { .. })
+        ));
+        assert!(matches!(
+            read_bounded(std::path::Path::new("/nonexistent/godwit"), 1 << 20),
+            Err(LoadError::Read { .. })
+        ));
+        let me = std::env::current_exe().unwrap();
+        assert!(matches!(
+            read_bounded(&me, 16),
+            Err(LoadError::FileTooBig { .. })
         ));
     }
 

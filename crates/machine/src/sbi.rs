@@ -1,8 +1,8 @@
 //! The SBI, implemented in the VMM: an `ecall` from S-mode lands here
 //! instead of in M-mode firmware (as semu and kvmtool do).
 //!
-//! Extensions: BASE (spec 1.0), TIME, IPI, RFENCE, HSM, SRST, and the legacy
-//! console putchar/getchar, set_timer and shutdown calls.
+//! Extensions (SBI spec 1.0): BASE, TIME, IPI, RFENCE, HSM, SRST, and the
+//! legacy console putchar/getchar, set_timer and shutdown calls.
 
 use godwit_hart::Hart;
 
@@ -22,15 +22,55 @@ const ERR_NOT_SUPPORTED: i64 = -2;
 const ERR_INVALID_PARAM: i64 = -3;
 const ERR_ALREADY_AVAILABLE: i64 = -6;
 
+/// HSM `hart_get_status` values.
+const HSM_STATUS_STARTED: u64 = 0;
+const HSM_STATUS_STOPPED: u64 = 1;
+
 /// SBI implementation id reported by `sbi_get_impl_id` (not an assigned one).
 pub const IMPL_ID: u64 = 0x676f_6477;
 
-/// What the machine provides to the SBI.
+/// What the machine provides to the SBI: the console.
 pub trait SbiHost {
     /// Legacy console output.
     fn console_putchar(&mut self, byte: u8);
     /// Legacy console input, if a byte is waiting.
     fn console_getchar(&mut self) -> Option<u8>;
+}
+
+/// A remote fence the guest asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteFence {
+    /// `fence.i` on the target harts.
+    FenceI,
+    /// `sfence.vma` (any range, any ASID: all of it) on the target harts.
+    SfenceVma,
+}
+
+/// Why `hart_start` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HsmError {
+    /// No such hart.
+    InvalidParam,
+    /// The hart is already started (or starting).
+    AlreadyAvailable,
+}
+
+/// What the machine provides to the SBI: the other harts.
+pub trait SbiHarts {
+    /// Number of harts.
+    fn count(&self) -> usize;
+    /// Raises a supervisor software interrupt on `harts` (the caller, `me`,
+    /// may be among them).
+    fn send_ipi(&mut self, me: &mut Hart, harts: &[usize]);
+    /// Runs `fence` on `harts` and returns once every one of them did.
+    fn remote_fence(&mut self, me: &mut Hart, harts: &[usize], fence: RemoteFence);
+    /// Whether `hart` is started (`None`: no such hart).
+    fn status(&self, hart: usize) -> Option<bool>;
+    /// Starts a stopped hart at `addr` in S-mode with `a0` = its id and
+    /// `a1` = `opaque`.
+    fn start(&mut self, hart: usize, addr: u64, opaque: u64) -> Result<(), HsmError>;
+    /// Stops the calling hart (it waits for a `hart_start`).
+    fn stop_self(&mut self);
 }
 
 /// How the guest asked to stop.
@@ -44,12 +84,16 @@ pub enum ResetRequest {
 
 /// Handles the SBI call the hart stopped at; `Some` when the guest asked
 /// for the system to stop.
-pub fn handle(hart: &mut Hart, host: &mut dyn SbiHost) -> Option<ResetRequest> {
+pub fn handle(
+    hart: &mut Hart,
+    host: &mut dyn SbiHost,
+    harts: &mut dyn SbiHarts,
+) -> Option<ResetRequest> {
     let ext = hart.reg(17);
     let fid = hart.reg(16);
     let a0 = hart.reg(10);
     let a1 = hart.reg(11);
-    let hartid = 0u64; // one hart today; masks below are checked against it
+    let n = harts.count();
     match ext {
         EXT_BASE => {
             let (err, val) = match fid {
@@ -66,33 +110,50 @@ pub fn handle(hart: &mut Hart, host: &mut dyn SbiHost) -> Option<ResetRequest> {
             hart.set_timer(a0);
             hart.sbi_return(SUCCESS, 0);
         }
-        EXT_IPI if fid == 0 => {
-            if targets(a0, a1, hartid) {
-                hart.set_software_interrupt();
-            }
-            hart.sbi_return(SUCCESS, 0);
-        }
-        EXT_RFENCE if fid <= 6 => {
-            // remote fence.i / sfence.vma(.asid) / hypervisor fences: the
-            // only hart flushes everything (a superset of any request).
-            if fid >= 3 {
-                hart.sbi_return(ERR_NOT_SUPPORTED, 0);
-            } else {
-                if targets(a0, a1, hartid) {
-                    hart.tlb_flush();
-                }
+        EXT_IPI if fid == 0 => match targets(a0, a1, n) {
+            Some(t) => {
+                harts.send_ipi(hart, &t);
                 hart.sbi_return(SUCCESS, 0);
             }
-        }
+            None => hart.sbi_return(ERR_INVALID_PARAM, 0),
+        },
+        EXT_RFENCE if fid <= 2 => match targets(a0, a1, n) {
+            // remote fence.i, sfence.vma and sfence.vma.asid: a full flush
+            // is a superset of any range or ASID asked for.
+            Some(t) => {
+                let fence = if fid == 0 {
+                    RemoteFence::FenceI
+                } else {
+                    RemoteFence::SfenceVma
+                };
+                harts.remote_fence(hart, &t, fence);
+                hart.sbi_return(SUCCESS, 0);
+            }
+            None => hart.sbi_return(ERR_INVALID_PARAM, 0),
+        },
         EXT_HSM => {
             let (err, val) = match fid {
-                0 if a0 == hartid => (ERR_ALREADY_AVAILABLE, 0), // hart_start
-                0 => (ERR_INVALID_PARAM, 0),
-                2 if a0 == hartid => (SUCCESS, 0), // hart_get_status: STARTED
-                2 => (ERR_INVALID_PARAM, 0),
-                // hart_stop of the last hart, or a retentive suspend: treat
-                // the suspend as a `wfi` that returns at once.
-                3 if a0 == 0 => (SUCCESS, 0),
+                // hart_start(hartid, start_addr, opaque)
+                0 => match harts.start(a0 as usize, a1, hart.reg(12)) {
+                    Ok(()) => (SUCCESS, 0),
+                    Err(HsmError::InvalidParam) => (ERR_INVALID_PARAM, 0),
+                    Err(HsmError::AlreadyAvailable) => (ERR_ALREADY_AVAILABLE, 0),
+                },
+                // hart_stop(): does not return on success.
+                1 => {
+                    harts.stop_self();
+                    (SUCCESS, 0)
+                }
+                // hart_get_status(hartid)
+                2 => match harts.status(a0 as usize) {
+                    Some(true) => (SUCCESS, HSM_STATUS_STARTED),
+                    Some(false) => (SUCCESS, HSM_STATUS_STOPPED),
+                    None => (ERR_INVALID_PARAM, 0),
+                },
+                // hart_suspend(type, ...): a retentive suspend (type 0) is
+                // a `wfi` that returns at once; non-retentive ones are not
+                // offered.
+                3 if a0 as u32 == 0 => (SUCCESS, 0),
                 _ => (ERR_NOT_SUPPORTED, 0),
             };
             hart.sbi_return(err, val);
@@ -148,13 +209,23 @@ fn probe(ext: u64) -> bool {
     )
 }
 
-/// Whether hart `id` is in the SBI hart mask (`mask`, `base`; base = -1 means all).
-fn targets(mask: u64, base: u64, id: u64) -> bool {
+/// The harts an SBI hart mask names (`mask`, `base`; base = -1 means all
+/// harts), or `None` when it names a hart that does not exist.
+fn targets(mask: u64, base: u64, harts: usize) -> Option<Vec<usize>> {
     if base == u64::MAX {
-        return true;
+        return Some((0..harts).collect());
     }
-    id.checked_sub(base)
-        .is_some_and(|bit| bit < 64 && mask & (1 << bit) != 0)
+    let mut out = Vec::new();
+    for bit in 0..64u64 {
+        if mask & (1 << bit) != 0 {
+            let h = base.checked_add(bit)?;
+            if h >= harts as u64 {
+                return None;
+            }
+            out.push(h as usize);
+        }
+    }
+    Some(out)
 }
 
 /// Legacy calls return only `a0`.
@@ -169,9 +240,12 @@ mod tests {
 
     #[test]
     fn hart_masks() {
-        assert!(targets(1, 0, 0));
-        assert!(!targets(2, 0, 0));
-        assert!(targets(0, u64::MAX, 0));
-        assert!(!targets(1, 1, 0));
+        assert_eq!(targets(1, 0, 1), Some(vec![0]));
+        assert_eq!(targets(2, 0, 1), None, "hart 1 does not exist");
+        assert_eq!(targets(0, u64::MAX, 3), Some(vec![0, 1, 2]));
+        assert_eq!(targets(0b101, 1, 4), Some(vec![1, 3]));
+        assert_eq!(targets(1, 1, 1), None);
+        assert_eq!(targets(0, 0, 2), Some(vec![]));
+        assert_eq!(targets(1 << 63, u64::MAX - 1, 2), None, "overflows");
     }
 }

@@ -12,8 +12,8 @@
 //! stored: a restored VM starts from zeroed RAM.
 
 use crate::state::{StateDecodeError, VmState};
-use crate::vm::Vm;
-use godwit_memory::{AtomicBitmap, GuestRam, PAGE_SIZE};
+use crate::vm::Machine;
+use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam, MemoryError, PAGE_SIZE};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
@@ -30,6 +30,8 @@ pub enum SnapshotError {
     Format { path: String, why: String },
     #[error("{path}: {err}")]
     State { path: String, err: StateDecodeError },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 /// What a snapshot held, read back.
@@ -49,25 +51,69 @@ pub struct SaveReport {
     pub bytes: u64,
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(8).all(|w| w == [0u8; 8])
+/// Creates a temporary file next to `path`, exclusively (never an existing
+/// file), for the snapshot to be written into before it replaces `path`.
+/// Refuses a `path` that exists and is not a regular file (a device, a
+/// directory, a socket): the rename would replace it.
+fn temp_file_for(path: &Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(std::io::Error::other(
+                "exists and is not a regular file; refusing to replace it",
+            ))
+        }
+        _ => {}
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
+    for n in 0..100u32 {
+        let tmp = dir.join(format!(".{name}.{}.{n}.partial", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "cannot create a temporary file next to it",
+    ))
 }
 
-/// Writes the VM (which must be paused or otherwise not running) to `path`.
-pub fn save(vm: &mut Vm, path: &Path) -> Result<SaveReport, SnapshotError> {
+/// Writes the VM to `path`. The VM must be paused ([`crate::VmHandle::pause`])
+/// so that its devices are drained; `m` is it with every vCPU stopped. The
+/// file appears complete or not at all: it is written to a temporary file
+/// in the same folder, synced, then renamed; on any failure the temporary
+/// file is removed.
+pub fn save(m: &mut Machine, path: &Path) -> Result<SaveReport, SnapshotError> {
     let io = |err| SnapshotError::Io {
         path: path.display().to_string(),
         err,
     };
-    let state = vm.save_state().encode();
-    let ram = vm.ram.clone();
+    let state = m.save_state().encode();
+    let ram = m.ram().clone();
     let free = ram.free_map();
     let stored = AtomicBitmap::new(ram.pages());
     let (mut pages_free, mut pages_zero) = (0, 0);
+    let mut buf = Box::new([0u8; PAGE_SIZE]);
     for p in 0..ram.pages() {
         if free.get(p) {
             pages_free += 1;
-        } else if is_zero(ram.page(p)) {
+            continue;
+        }
+        ram.read_page(p, &mut buf)?;
+        if is_zero_page(&buf) {
             pages_zero += 1;
         } else {
             stored.set(p);
@@ -75,32 +121,38 @@ pub fn save(vm: &mut Vm, path: &Path) -> Result<SaveReport, SnapshotError> {
     }
     let words = stored.snapshot();
     let pages_stored = stored.count() as u64;
-    let tmp = path.with_extension("partial");
-    let file = std::fs::File::create(&tmp).map_err(io)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let header = serde_json::json!({
-        "format": FORMAT,
-        "godwit": env!("CARGO_PKG_VERSION"),
-        "ram_bytes": ram.size(),
-        "pages_stored": pages_stored,
-    });
-    w.write_all(MAGIC).map_err(io)?;
-    writeln!(w, "{header}").map_err(io)?;
-    w.write_all(&(state.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&state).map_err(io)?;
-    w.write_all(&(words.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    for word in &words {
-        w.write_all(&word.to_le_bytes()).map_err(io)?;
+    let (file, tmp) = temp_file_for(path).map_err(io)?;
+    let written = (|| -> Result<(), SnapshotError> {
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let header = serde_json::json!({
+            "format": FORMAT,
+            "godwit": env!("CARGO_PKG_VERSION"),
+            "ram_bytes": ram.size(),
+            "pages_stored": pages_stored,
+        });
+        w.write_all(MAGIC).map_err(io)?;
+        writeln!(w, "{header}").map_err(io)?;
+        w.write_all(&(state.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&state).map_err(io)?;
+        w.write_all(&(words.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        for word in &words {
+            w.write_all(&word.to_le_bytes()).map_err(io)?;
+        }
+        for p in AtomicBitmap::iter_set(&words) {
+            ram.read_page(p, &mut buf)?;
+            w.write_all(&buf[..]).map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+        w.get_ref().sync_all().map_err(io)?;
+        drop(w);
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    for p in AtomicBitmap::iter_set(&words) {
-        w.write_all(ram.page(p)).map_err(io)?;
-    }
-    w.flush().map_err(io)?;
-    w.get_ref().sync_all().map_err(io)?;
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(io)?;
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(SaveReport {
         pages_stored,
@@ -159,7 +211,7 @@ pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
         err,
     })?;
     let words = read_u64(&mut r)?;
-    if words != state.ram_bytes.div_ceil(PAGE_SIZE as u64 * 64) {
+    if words != state.board.ram_bytes.div_ceil(PAGE_SIZE as u64 * 64) {
         return Err(bad("page bitmap does not match the RAM size"));
     }
     let mut stored = Vec::with_capacity(words as usize);

@@ -1,51 +1,34 @@
-//! Building a VM, its run loop on the vCPU thread, and the handle other
-//! threads use to pause it, resume it, and reach into it.
+//! A VM: built from a [`VmConfig`] (boot) or from a saved [`VmState`]
+//! (restore, migration), run by [`Vm::run`] on its own threads, and driven
+//! from anywhere through a [`VmHandle`].
 //!
-//! Other threads never touch the hart or the devices directly: they send a
-//! job (a closure) through [`VmHandle::exec`], and the vCPU thread runs it
-//! between two instruction slices, where the machine is in a consistent
-//! state. Pausing is such a job plus a flag that keeps the vCPU parked (but
-//! still serving jobs) until a resume job clears it.
+//! Threads: one vCPU thread per hart ([`crate::vcpu`]), one event thread
+//! per virtio device ([`crate::worker`]); the thread that calls
+//! [`Vm::run`] waits for the VM to end. Other threads never touch a hart
+//! while it runs: [`VmHandle::exec`] stops every vCPU first and hands the
+//! closure a [`Machine`] with all harts.
+//!
+//! Pausing ([`VmHandle::pause`]) stops the vCPUs, then drains the device
+//! threads: once it returns, nothing changes guest memory or any device
+//! until [`VmHandle::resume`], and [`VmHandle::save_state`] may run.
 
-use crate::bus::SystemBus;
+use crate::board::{BoardConfig, DeviceConfig};
+use crate::bus::{lock, Devices, Slot};
+use crate::error::{RestoreError, VmError};
 use crate::layout::*;
-use crate::sbi::{self, ResetRequest};
-use crate::state::VmState;
+use crate::state::{HartRun, SavedHart, VmState};
+use crate::vcpu::{stop_harts, vcpu_main, HartSignal, Stopped};
+use crate::worker::{worker_main, WorkerSignal, Workers};
 use crate::{fdt, loader};
-use godwit_devices::{Balloon, BalloonDevice, BalloonFeatures, Clint, Plic, Uart16550, VirtioMmio};
-use godwit_hart::{Exit, GuestClock, Hart};
+use godwit_devices::{Balloon, BalloonFeatures, Clint, Plic, Uart16550, VirtioDevice, VirtioMmio};
+use godwit_hart::{GuestClock, Hart};
 use godwit_memory::GuestRam;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// Instructions per run slice: between slices the loop checks the timer,
-/// console input and jobs from other threads.
-const SLICE: u64 = 20_000;
-/// Longest sleep in `wfi` before the loop looks around again.
-const MAX_IDLE: Duration = Duration::from_millis(20);
-/// How often host-side balloon work (config changes, stats) is polled.
-const BALLOON_POLL: Duration = Duration::from_millis(20);
-
-/// Errors building or running a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("cannot read {path}: {err}")]
-    Read { path: String, err: std::io::Error },
-    #[error("memory size {0} bytes is out of range: it must be between 32 MiB and 64 GiB, a multiple of 4 KiB")]
-    MemSize(u64),
-    #[error(transparent)]
-    Load(#[from] loader::LoadError),
-    #[error(transparent)]
-    Memory(#[from] godwit_memory::MemoryError),
-    #[error("cannot build the device tree: {0}")]
-    Fdt(String),
-    #[error("cannot restore the VM state: {0}")]
-    Restore(String),
-}
 
 /// How the VM ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,38 +56,79 @@ impl GuestExit {
 
 /// What to boot.
 pub struct VmConfig {
+    /// The board.
+    pub board: BoardConfig,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    pub mem_bytes: u64,
     pub cmdline: String,
     /// Where the guest console goes.
     pub console: Box<dyn Write + Send>,
-    /// Whether the board has a virtio-balloon (slot 0).
-    pub balloon: bool,
 }
 
-type Job = Box<dyn FnOnce(&mut Vm) + Send>;
-
+/// Pause, stop and exit, shared by every thread.
 #[derive(Default)]
-struct Pending {
-    input: VecDeque<u8>,
-    jobs: VecDeque<Job>,
-    /// The run loop has returned: no job will ever run again.
-    gone: bool,
+pub(crate) struct RunCtl {
+    /// Stops in force ([`stop_harts`]); vCPUs stay out while > 0.
+    pub stops: AtomicU32,
+    /// The VM is paused: vCPUs stay out until resumed.
+    pub paused: AtomicBool,
+    pub park: Mutex<()>,
+    pub park_cv: Condvar,
+    exit: Mutex<Option<GuestExit>>,
+    exit_cv: Condvar,
+    exited: AtomicBool,
+    /// Console input held while paused.
+    input: Mutex<VecDeque<u8>>,
 }
 
-/// What the vCPU thread shares with everyone else.
-#[derive(Default)]
-struct Shared {
-    pending: Mutex<Pending>,
-    wake: Condvar,
-    /// Set when `pending` has something: the run loop's only per-slice check.
-    attention: AtomicBool,
+/// Everything the threads of one VM share.
+pub(crate) struct Shared {
+    pub board: BoardConfig,
+    pub ram: Arc<GuestRam>,
+    pub clock: GuestClock,
+    pub cmdline: String,
+    pub devices: Devices,
+    /// Every hart, by id; a vCPU holds its hart's lock while it runs.
+    pub harts: Vec<Mutex<Hart>>,
+    /// Every hart's signal, by id.
+    pub sigs: Vec<HartSignal>,
+    pub workers: Vec<WorkerSignal>,
+    pub worker_ctl: Workers,
+    pub ctl: RunCtl,
+    /// vCPUs and stoppers wait here for acknowledgements.
+    pub acks: Mutex<()>,
+    pub acks_cv: Condvar,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    /// The harts' signals as a slice (what the bus wires interrupts to).
+    pub fn signals(&self) -> &[HartSignal] {
+        &self.sigs
+    }
+
+    pub fn exited(&self) -> bool {
+        self.ctl.exited.load(SeqCst)
+    }
+
+    pub fn set_exit(&self, exit: GuestExit) {
+        {
+            let mut e = lock(&self.ctl.exit);
+            if e.is_none() {
+                *e = Some(exit);
+            }
+            self.ctl.exited.store(true, SeqCst);
+            self.ctl.exit_cv.notify_all();
+        }
+        self.worker_ctl.quit.store(true, SeqCst);
+        for w in &self.workers {
+            w.wake.signal();
+        }
+        for sig in &self.sigs {
+            sig.kick();
+        }
+        self.wake_parked();
+        let _g = lock(&self.acks);
+        self.acks_cv.notify_all();
     }
 }
 
@@ -113,95 +137,38 @@ impl Shared {
 #[error("the VM is not running any more")]
 pub struct VmGone;
 
-/// A handle on a running VM for other threads.
-#[derive(Clone)]
-pub struct VmHandle {
-    shared: Arc<Shared>,
-}
-
-impl VmHandle {
-    /// Queues console input for the guest.
-    pub fn push_input(&self, data: &[u8]) {
-        let mut p = self.shared.lock();
-        let room = 65536usize.saturating_sub(p.input.len());
-        p.input.extend(data.iter().copied().take(room));
-        self.shared.attention.store(true, Ordering::Release);
-        self.shared.wake.notify_all();
-    }
-
-    /// Runs `f` on the vCPU thread between two slices and returns its result.
-    pub fn exec<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Vm) -> R + Send + 'static,
-    ) -> Result<R, VmGone> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        {
-            let mut p = self.shared.lock();
-            if p.gone {
-                return Err(VmGone);
-            }
-            p.jobs.push_back(Box::new(move |vm| {
-                let _ = tx.send(f(vm));
-            }));
-            self.shared.attention.store(true, Ordering::Release);
-            self.shared.wake.notify_all();
-        }
-        rx.recv().map_err(|_| VmGone)
-    }
-
-    /// Pauses the vCPU; returns how long it took to stop.
-    pub fn pause(&self) -> Result<Duration, VmGone> {
-        let t = Instant::now();
-        self.exec(|vm| vm.paused = true)?;
-        Ok(t.elapsed())
-    }
-
-    /// Resumes a paused vCPU.
-    pub fn resume(&self) -> Result<(), VmGone> {
-        self.exec(|vm| vm.paused = false)
-    }
-
-    /// Ends the VM: the run loop returns [`GuestExit::Quit`].
-    pub fn quit(&self) -> Result<(), VmGone> {
-        self.exec(|vm| vm.quit = true)
-    }
-}
-
-/// A virtual machine: one hart, its devices and guest RAM.
+/// A VM, built and ready to run.
 pub struct Vm {
-    pub hart: Hart,
-    pub bus: SystemBus,
-    pub ram: Arc<GuestRam>,
-    /// The kernel command line it was booted with (kept for snapshots).
-    pub cmdline: String,
     shared: Arc<Shared>,
-    paused: bool,
-    quit: bool,
-    last_poll: Instant,
 }
 
-fn read_file(p: &PathBuf) -> Result<Vec<u8>, VmError> {
-    std::fs::read(p).map_err(|err| VmError::Read {
-        path: p.display().to_string(),
-        err,
-    })
+/// What [`Vm::run`] returns.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOutcome {
+    pub exit: GuestExit,
+    /// Instructions all harts retired while running.
+    pub instructions: u64,
+    pub elapsed: Duration,
 }
 
-/// Checks a RAM size against what the board supports.
-pub fn check_mem(bytes: u64) -> Result<(), VmError> {
-    if !(MIN_RAM..=MAX_RAM).contains(&bytes) || !bytes.is_multiple_of(4096) {
-        return Err(VmError::MemSize(bytes));
+fn new_device(d: &DeviceConfig, ram: &GuestRam) -> Box<dyn VirtioDevice> {
+    match d {
+        DeviceConfig::Balloon => Box::new(Balloon::new(BalloonFeatures::default(), ram)),
     }
-    Ok(())
 }
 
 impl Vm {
-    /// Builds the board and loads the guest.
-    pub fn new(cfg: VmConfig) -> Result<Vm, VmError> {
-        check_mem(cfg.mem_bytes)?;
-        let kernel = read_file(&cfg.kernel)?;
-        let initrd = cfg.initrd.as_ref().map(read_file).transpose()?;
-        let ram = Arc::new(GuestRam::new(RAM_BASE, cfg.mem_bytes as usize)?);
+    /// Builds the board, loads the guest, and leaves it ready to run.
+    pub fn boot(cfg: VmConfig) -> Result<Vm, VmError> {
+        cfg.board.validate()?;
+        let limit = cfg.board.ram_bytes;
+        let kernel = loader::read_bounded(&cfg.kernel, limit)?;
+        let initrd = cfg
+            .initrd
+            .as_ref()
+            .map(|p| loader::read_bounded(p, limit))
+            .transpose()?;
+        let ram = Arc::new(GuestRam::new(RAM_BASE, cfg.board.ram_bytes as usize)?);
         let place = loader::load(
             &ram,
             &cfg.kernel.display().to_string(),
@@ -210,11 +177,11 @@ impl Vm {
         )?;
         let blob = fdt::build(&fdt::FdtConfig {
             ram_base: RAM_BASE,
-            ram_size: cfg.mem_bytes,
-            harts: 1,
+            ram_size: cfg.board.ram_bytes,
+            harts: cfg.board.harts,
             bootargs: &cfg.cmdline,
             initrd: place.initrd,
-            virtio_slots: cfg.balloon as u32,
+            virtio_slots: cfg.board.devices.len() as u32,
         })
         .map_err(|e| VmError::Fdt(e.to_string()))?;
         if blob.len() as u64 > loader::DTB_RESERVE {
@@ -224,246 +191,501 @@ impl Vm {
             )));
         }
         ram.write(place.dtb, &blob)?;
-        let hart = Hart::new(0, ram.clone(), place.kernel_entry, place.dtb);
-        Ok(Vm::assemble(
-            hart,
+        let clock = GuestClock::starting_now();
+        let harts = (0..cfg.board.harts)
+            .map(|h| {
+                let hart = Hart::new(u64::from(h), ram.clone(), place.kernel_entry, place.dtb);
+                let run = if h == 0 {
+                    HartRun::Started
+                } else {
+                    HartRun::Stopped
+                };
+                (hart, run)
+            })
+            .collect();
+        let shared = Shared::new(
+            cfg.board,
             ram,
-            cfg.console,
-            cfg.balloon,
+            clock,
             cfg.cmdline,
-        ))
+            cfg.console,
+            harts,
+            |_, _| Ok::<(), VmError>(()),
+        )?;
+        Ok(Vm { shared })
     }
 
-    /// Builds an empty board of `mem_bytes` RAM for a VM whose state and
-    /// memory will be loaded from a snapshot or a migration.
-    pub fn empty(
-        mem_bytes: u64,
-        console: Box<dyn Write + Send>,
-        balloon: bool,
-    ) -> Result<Vm, VmError> {
-        check_mem(mem_bytes)?;
-        let ram = Arc::new(GuestRam::new(RAM_BASE, mem_bytes as usize)?);
-        let hart = Hart::new(0, ram.clone(), RAM_BASE, 0);
-        Ok(Vm::assemble(hart, ram, console, balloon, String::new()))
-    }
-
-    fn assemble(
-        hart: Hart,
+    /// Builds a VM from a saved state, with `ram` already holding its
+    /// memory. `board`, when given, is the board this host expects: a state
+    /// for another one is refused. Everything is checked before anything
+    /// runs: on error nothing is left behind.
+    pub fn restore(
+        state: &VmState,
         ram: Arc<GuestRam>,
         console: Box<dyn Write + Send>,
-        balloon: bool,
-        cmdline: String,
-    ) -> Vm {
-        let bus = SystemBus {
-            uart: Uart16550::new(console),
-            plic: Plic::new(PLIC_SOURCES, 2),
-            clint: clint_for(*hart.clock()),
-            balloon: balloon.then(|| new_balloon(&ram)),
-        };
-        Vm {
-            hart,
-            bus,
-            ram,
-            cmdline,
-            shared: Arc::new(Shared::default()),
-            paused: false,
-            quit: false,
-            last_poll: Instant::now(),
+        board: Option<&BoardConfig>,
+    ) -> Result<Vm, RestoreError> {
+        state.board.validate().map_err(VmError::from)?;
+        if let Some(b) = board {
+            b.compare(&state.board)?;
         }
+        let b = &state.board;
+        if ram.size() as u64 != b.ram_bytes {
+            return Err(RestoreError::Inconsistent(format!(
+                "the state is for {} bytes of RAM, this VM has {}",
+                b.ram_bytes,
+                ram.size()
+            )));
+        }
+        if state.harts.len() != b.harts as usize || state.devices.len() != b.devices.len() {
+            return Err(RestoreError::Inconsistent(format!(
+                "the board has {} harts and {} devices, the state {} and {}",
+                b.harts,
+                b.devices.len(),
+                state.harts.len(),
+                state.devices.len()
+            )));
+        }
+        let clock = GuestClock::resume(&state.clock);
+        let harts = state
+            .harts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut hart = Hart::new(i as u64, ram.clone(), RAM_BASE, 0);
+                hart.restore(&s.cpu);
+                (hart, s.run)
+            })
+            .collect();
+        let shared = Shared::new(
+            state.board.clone(),
+            ram.clone(),
+            clock,
+            state.cmdline.clone(),
+            console,
+            harts,
+            |devices, _| {
+                lock(&devices.plic).restore(&state.plic)?;
+                lock(&devices.clint).restore(&state.clint)?;
+                for (slot, s) in devices.slots.iter().zip(&state.devices) {
+                    lock(&slot.transport).restore(s)?;
+                }
+                lock(&devices.uart).restore(&state.uart);
+                Ok::<(), RestoreError>(())
+            },
+        )?;
+        // Last, once nothing can fail: the free map lives in shared RAM.
+        ram.free_map().load_from(&state.free_pages);
+        let sigs = shared.signals();
+        shared.devices.sync_clint(sigs);
+        shared.devices.sync_uart(sigs);
+        for slot in 0..shared.devices.slots.len() {
+            shared.devices.sync_slot(sigs, slot);
+        }
+        Ok(Vm { shared })
     }
 
-    /// A handle for other threads (console input, pause/resume, jobs).
+    /// A handle for other threads.
     pub fn handle(&self) -> VmHandle {
         VmHandle {
             shared: self.shared.clone(),
         }
     }
 
-    /// Whether the vCPU is paused.
-    pub fn is_paused(&self) -> bool {
-        self.paused
+    /// Guest RAM.
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.shared.ram
     }
 
-    /// Pauses or resumes from the vCPU thread itself (e.g. start paused).
-    pub fn set_paused(&mut self, paused: bool) {
-        self.paused = paused;
+    /// The board.
+    pub fn board(&self) -> &BoardConfig {
+        &self.shared.board
     }
 
-    /// Turns the dirty log on (cleared) or off. On the vCPU thread, so the
-    /// write translations the vCPU cached are dropped in the same step: with
-    /// logging on, the first store to every page goes through the log.
+    /// Starts paused (or not): a VM received by migration waits for the
+    /// engine's resume.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.ctl.paused.store(paused, SeqCst);
+        self.shared.worker_ctl.paused.store(paused, SeqCst);
+    }
+
+    /// Runs the guest until it powers off, reboots, or is told to quit:
+    /// starts the vCPU and device threads and waits for them.
+    pub fn run(self) -> Result<RunOutcome, VmError> {
+        let shared = self.shared;
+        let started = Instant::now();
+        let first = instret(&shared);
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(VmError::Thread)
+        };
+        let mut failed = None;
+        for slot in 0..shared.devices.slots.len() {
+            let s = shared.clone();
+            match spawn(format!("dev{slot}"), Box::new(move || worker_main(s, slot))) {
+                Ok(t) => threads.push(t),
+                Err(e) => failed = Some(e),
+            }
+        }
+        for h in 0..shared.harts.len() {
+            let s = shared.clone();
+            match spawn(format!("vcpu{h}"), Box::new(move || vcpu_main(&s, h))) {
+                Ok(t) => threads.push(t),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            shared.set_exit(GuestExit::Quit);
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+        let exit = {
+            let mut e = lock(&shared.ctl.exit);
+            while e.is_none() {
+                e = shared
+                    .ctl
+                    .exit_cv
+                    .wait(e)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            e.unwrap_or(GuestExit::Quit)
+        };
+        shared.set_exit(exit);
+        for t in threads {
+            let _ = t.join();
+        }
+        shared.devices.flush_console();
+        Ok(RunOutcome {
+            exit,
+            instructions: instret(&shared).wrapping_sub(first),
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+fn instret(shared: &Shared) -> u64 {
+    shared
+        .harts
+        .iter()
+        .map(|h| lock(h).instret())
+        .fold(0u64, u64::wrapping_add)
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    fn new<E>(
+        board: BoardConfig,
+        ram: Arc<GuestRam>,
+        clock: GuestClock,
+        cmdline: String,
+        console: Box<dyn Write + Send>,
+        harts: Vec<(Hart, HartRun)>,
+        restore: impl FnOnce(&Devices, ()) -> Result<(), E>,
+    ) -> Result<Arc<Shared>, E>
+    where
+        E: From<VmError>,
+    {
+        let n = board.harts;
+        let time = clock;
+        let devices = Devices {
+            uart: Mutex::new(Uart16550::new(console)),
+            plic: Mutex::new(Plic::new(PLIC_SOURCES, 2 * n)),
+            clint: Mutex::new(Clint::new(n, Box::new(move || time.ticks()))),
+            slots: board
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Slot {
+                    transport: Mutex::new(VirtioMmio::new(new_device(d, &ram), ram.clone())),
+                    irq: VIRTIO_IRQ + i as u32,
+                    base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
+                })
+                .collect(),
+        };
+        let workers = (0..devices.slots.len())
+            .map(|_| WorkerSignal::new().map_err(VmError::Thread))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A kick wakes the slot's event thread (also one a restored state
+        // had pending).
+        for (slot, w) in devices.slots.iter().zip(&workers) {
+            let wake = w.wake.clone();
+            lock(&slot.transport).set_kick_waker(Arc::new(move || wake.signal()));
+        }
+        restore(&devices, ())?;
+        let sigs = harts
+            .iter()
+            .map(|(_, run)| HartSignal::new(clock, *run))
+            .collect();
+        let harts = harts
+            .into_iter()
+            .map(|(mut hart, _)| {
+                hart.set_clock(clock);
+                Mutex::new(hart)
+            })
+            .collect();
+        Ok(Arc::new(Shared {
+            board,
+            ram,
+            clock,
+            cmdline,
+            devices,
+            harts,
+            sigs,
+            workers,
+            worker_ctl: Workers::default(),
+            ctl: RunCtl::default(),
+            acks: Mutex::new(()),
+            acks_cv: Condvar::new(),
+        }))
+    }
+}
+
+/// The VM with every vCPU stopped, for [`VmHandle::exec`].
+pub struct Machine<'a> {
+    stopped: Stopped<'a>,
+    shared: &'a Shared,
+}
+
+impl<'a> Machine<'a> {
+    /// Every hart, by id.
+    pub fn harts(&mut self) -> &mut [MutexGuard<'a, Hart>] {
+        &mut self.stopped.harts
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.shared.ram
+    }
+
+    /// The board.
+    pub fn board(&self) -> &BoardConfig {
+        &self.shared.board
+    }
+
+    /// How long stopping the vCPUs took (until the last one was out).
+    pub fn stop_latency(&self) -> Duration {
+        self.stopped.latency
+    }
+
+    /// Turns the dirty log on (cleared) or off. The harts drop their cached
+    /// write translations in the same step: with logging on, the first
+    /// store to every page goes through the log.
     pub fn set_dirty_logging(&mut self, on: bool) {
-        self.ram.set_logging(on);
-        self.hart.tlb_flush_writes();
+        self.shared.ram.set_logging(on);
+        for h in self.stopped.harts.iter_mut() {
+            h.tlb_flush_writes();
+        }
+    }
+
+    /// Makes every hart drop its cached write translations, so that its next
+    /// store to any page goes through the dirty log and free map (after
+    /// pages were marked free from outside the harts).
+    pub fn flush_write_translations(&mut self) {
+        for h in self.stopped.harts.iter_mut() {
+            h.tlb_flush_writes();
+        }
     }
 
     /// Fetches and clears the dirty log (one bit per page, as `u64` words).
-    /// The vCPU's cached write translations go with it, so the next store to
-    /// any page of the log sets its bit again.
+    /// The harts' cached write translations go with it, so the next store
+    /// to any page of the log sets its bit again.
     pub fn take_dirty_log(&mut self) -> Vec<u64> {
-        let words = self.ram.dirty_log().take();
-        self.hart.tlb_flush_writes();
+        let words = self.shared.ram.dirty_log().take();
+        for h in self.stopped.harts.iter_mut() {
+            h.tlb_flush_writes();
+        }
         words
     }
 
-    /// Captures the complete machine state (not RAM).
-    pub fn save_state(&mut self) -> VmState {
-        self.bus.uart.flush();
-        VmState {
-            hart: self.hart.state(),
-            uart: self.bus.uart.state(),
-            plic: self.bus.plic.state(),
-            clint: self.bus.clint.state(),
-            balloon: self.bus.balloon.as_ref().map(|b| b.state()),
-            ram_bytes: self.ram.size() as u64,
-            free_pages: self.ram.free_map().snapshot(),
-            cmdline: self.cmdline.clone(),
-        }
+    /// The RAM pages the harts used last (their TLBs' pages), sorted.
+    pub fn hot_pages(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .stopped
+            .harts
+            .iter()
+            .flat_map(|h| h.tlb_ram_pages())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
-    /// Loads a state captured by [`Vm::save_state`] (RAM is loaded separately).
-    pub fn restore_state(&mut self, s: &VmState) -> Result<(), VmError> {
-        if s.ram_bytes != self.ram.size() as u64 {
-            return Err(VmError::Restore(format!(
-                "state is for {} bytes of RAM, this VM has {}",
-                s.ram_bytes,
-                self.ram.size()
-            )));
+    /// Instructions retired by all harts.
+    pub fn instret(&self) -> u64 {
+        self.stopped
+            .harts
+            .iter()
+            .map(|h| h.instret())
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    /// The complete machine state (not RAM). Only meaningful while the VM
+    /// is paused ([`VmHandle::pause`]): then the devices are drained too.
+    pub fn save_state(&mut self) -> VmState {
+        let d = &self.shared.devices;
+        d.flush_console();
+        VmState {
+            board: self.shared.board.clone(),
+            harts: self
+                .stopped
+                .harts
+                .iter()
+                .zip(&self.shared.sigs)
+                .map(|(h, sig)| SavedHart {
+                    cpu: h.state(),
+                    run: sig.run_state(),
+                })
+                .collect(),
+            clock: self.shared.clock.save(),
+            uart: lock(&d.uart).state(),
+            plic: lock(&d.plic).state(),
+            clint: lock(&d.clint).state(),
+            devices: d.slots.iter().map(|s| lock(&s.transport).state()).collect(),
+            free_pages: self.shared.ram.free_map().snapshot(),
+            cmdline: self.shared.cmdline.clone(),
         }
-        match (&mut self.bus.balloon, &s.balloon) {
-            (Some(b), Some(bs)) => b.restore(bs).map_err(|e| VmError::Restore(e.to_string()))?,
-            (None, None) => {}
-            _ => {
-                return Err(VmError::Restore(
-                    "the state and this VM disagree on having a balloon".into(),
-                ))
-            }
+    }
+}
+
+/// A handle on a VM for other threads.
+#[derive(Clone)]
+pub struct VmHandle {
+    shared: Arc<Shared>,
+}
+
+impl VmHandle {
+    /// Guest RAM.
+    pub fn ram(&self) -> Arc<GuestRam> {
+        self.shared.ram.clone()
+    }
+
+    /// The board.
+    pub fn board(&self) -> &BoardConfig {
+        &self.shared.board
+    }
+
+    /// The kernel command line the VM booted with.
+    pub fn cmdline(&self) -> &str {
+        &self.shared.cmdline
+    }
+
+    /// Queues console input for the guest (held while the VM is paused).
+    pub fn push_input(&self, data: &[u8]) {
+        if self.is_paused() {
+            let mut q = lock(&self.shared.ctl.input);
+            let room = 65536usize.saturating_sub(q.len());
+            q.extend(data.iter().copied().take(room));
+            return;
         }
-        self.bus
-            .plic
-            .restore(&s.plic)
-            .map_err(|e| VmError::Restore(e.to_string()))?;
-        self.hart.restore(&s.hart);
-        self.bus.clint = clint_for(*self.hart.clock());
-        self.bus
-            .clint
-            .restore(&s.clint)
-            .map_err(|e| VmError::Restore(e.to_string()))?;
-        self.bus.uart.restore(&s.uart);
-        self.ram.free_map().load_from(&s.free_pages);
-        self.cmdline = s.cmdline.clone();
+        lock(&self.shared.devices.uart).push_input(data);
+        self.shared.devices.sync_uart(self.shared.signals());
+    }
+
+    /// Runs `f` with every vCPU stopped, on the calling thread; the vCPUs
+    /// go on (unless paused) when it returns.
+    pub fn exec<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> Result<R, VmGone> {
+        if self.shared.exited() {
+            return Err(VmGone);
+        }
+        let stopped = stop_harts(&self.shared);
+        let mut m = Machine {
+            stopped,
+            shared: &self.shared,
+        };
+        Ok(f(&mut m))
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared.ctl.paused.load(SeqCst)
+    }
+
+    /// Whether the VM has ended.
+    pub fn is_gone(&self) -> bool {
+        self.shared.exited()
+    }
+
+    /// Pauses the VM: stops every vCPU, then drains the device threads.
+    /// Returns how long the vCPUs took to stop (until the last one).
+    pub fn pause(&self) -> Result<Duration, VmGone> {
+        if self.shared.exited() {
+            return Err(VmGone);
+        }
+        self.shared.ctl.paused.store(true, SeqCst);
+        let latency = stop_harts(&self.shared).latency;
+        self.shared.worker_ctl.quiesce(&self.shared);
+        self.shared.devices.flush_console();
+        Ok(latency)
+    }
+
+    /// Resumes a paused VM: devices first, then the vCPUs.
+    pub fn resume(&self) -> Result<(), VmGone> {
+        if self.shared.exited() {
+            return Err(VmGone);
+        }
+        self.shared.worker_ctl.resume(&self.shared);
+        self.shared.ctl.paused.store(false, SeqCst);
+        self.shared.wake_parked();
+        let held: Vec<u8> = lock(&self.shared.ctl.input).drain(..).collect();
+        if !held.is_empty() {
+            self.push_input(&held);
+        }
         Ok(())
     }
 
-    /// Runs the guest until it powers off, reboots, or is told to quit.
-    /// Jobs sent after that fail with [`VmGone`] instead of waiting.
-    pub fn run(&mut self) -> GuestExit {
-        let exit = self.run_loop();
-        let mut p = self.shared.lock();
-        p.gone = true;
-        p.jobs.clear(); // dropping a job's sender answers its caller: VmGone
-        exit
+    /// Ends the VM: [`Vm::run`] returns [`GuestExit::Quit`].
+    pub fn quit(&self) -> Result<(), VmGone> {
+        if self.shared.exited() {
+            return Err(VmGone);
+        }
+        self.shared.set_exit(GuestExit::Quit);
+        Ok(())
     }
 
-    fn run_loop(&mut self) -> GuestExit {
-        loop {
-            if self.shared.attention.load(Ordering::Acquire) || self.paused {
-                self.service();
-            }
-            if self.quit {
-                self.bus.uart.flush();
-                return GuestExit::Quit;
-            }
-            self.hart.update_timer();
-            let lines = godwit_hart::Bus::irq_lines(&mut self.bus);
-            self.hart.set_irq_lines(lines);
-            match self.hart.run(&mut self.bus, SLICE) {
-                Exit::Budget => {}
-                Exit::Sbi => {
-                    if let Some(req) = sbi::handle(&mut self.hart, &mut self.bus) {
-                        self.bus.uart.flush();
-                        return match req {
-                            ResetRequest::Shutdown { failure: false } => GuestExit::PowerOff,
-                            ResetRequest::Shutdown { failure: true } => GuestExit::Failure,
-                            ResetRequest::Reboot => GuestExit::Reboot,
-                        };
-                    }
-                }
-                Exit::Wfi => self.idle(),
-            }
-            if self.last_poll.elapsed() >= BALLOON_POLL {
-                self.poll_devices();
-            }
-        }
+    /// The complete machine state; the VM must be paused.
+    pub fn save_state(&self) -> Result<VmState, VmGone> {
+        debug_assert!(self.is_paused(), "state saved from a running VM");
+        self.exec(|m| m.save_state())
     }
 
-    /// Host-side device work: balloon config changes and stats.
-    fn poll_devices(&mut self) {
-        self.last_poll = Instant::now();
-        self.bus.uart.flush();
-        if let Some(b) = &mut self.bus.balloon {
-            b.poll();
-            if b.device_mut().take_free_map_changed() {
-                self.hart.tlb_flush_writes();
-            }
+    /// Runs `f` on the device in `slot` if it is a `T` (host-side
+    /// control), then lets the device's thread act on the change.
+    pub fn with_device<T: 'static, R>(
+        &self,
+        slot: usize,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        let s = self.shared.devices.slots.get(slot)?;
+        let r = {
+            let mut t = lock(&s.transport);
+            f(t.device_as_mut::<T>()?)
+        };
+        if let Some(w) = self.shared.workers.get(slot) {
+            w.wake.signal();
         }
+        Some(r)
     }
 
-    /// Runs queued jobs and console input; parks here while paused.
-    fn service(&mut self) {
-        loop {
-            let (input, jobs) = {
-                let mut p = self.shared.lock();
-                self.shared.attention.store(false, Ordering::Release);
-                if p.jobs.is_empty() && self.paused && !self.quit {
-                    p = self
-                        .shared
-                        .wake
-                        .wait_timeout(p, Duration::from_millis(100))
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
-                }
-                let input: Vec<u8> = if self.paused {
-                    Vec::new()
-                } else {
-                    p.input.drain(..).collect()
-                };
-                (input, std::mem::take(&mut p.jobs))
-            };
-            if !input.is_empty() {
-                self.bus.uart.push_input(&input);
-            }
-            for job in jobs {
-                job(self);
-            }
-            if !self.paused || self.quit {
-                return;
-            }
-        }
+    /// Runs `f` on the board's balloon, if it has one (see [`with_device`](Self::with_device)).
+    pub fn with_balloon<R>(&self, f: impl FnOnce(&mut Balloon) -> R) -> Option<R> {
+        let slot = self.shared.board.slot_of(&DeviceConfig::Balloon)?;
+        self.with_device(slot, f)
     }
 
-    /// `wfi`: sleep until the timer deadline, console input or a job.
-    fn idle(&mut self) {
-        self.bus.uart.flush();
-        self.hart.update_timer();
-        if self.hart.interrupt_waiting() {
-            return;
-        }
-        let ns = self.hart.clock().ns_until(self.hart.timer_deadline());
-        let d = Duration::from_nanos(ns).min(MAX_IDLE);
-        if !d.is_zero() {
-            let p = self.shared.lock();
-            if !self.shared.attention.load(Ordering::Acquire) {
-                let _ = self.shared.wake.wait_timeout(p, d);
+    /// Turns the translator on or off on every hart; returns whether it is
+    /// on (it cannot be where executable memory is unavailable).
+    pub fn set_jit(&self, on: bool) -> Result<bool, VmGone> {
+        self.exec(|m| {
+            let mut all = true;
+            for h in m.harts() {
+                all &= h.set_jit(on);
             }
-        }
+            all
+        })
     }
-}
-
-fn clint_for(clock: GuestClock) -> Clint {
-    Clint::new(1, Box::new(move || clock.ticks()))
-}
-
-fn new_balloon(ram: &Arc<GuestRam>) -> BalloonDevice {
-    VirtioMmio::new(Balloon::new(BalloonFeatures::default(), ram), ram.clone())
 }

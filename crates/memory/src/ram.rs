@@ -273,13 +273,52 @@ impl GuestRam {
         }
     }
 
-    /// The bytes of page `page` as a slice. The guest may change them while
-    /// they are read; callers copy them out (as a DMA engine would).
-    pub fn page(&self, page: usize) -> &[u8] {
-        assert!(page < self.pages(), "page index {page} outside RAM");
-        // SAFETY: in bounds (asserted); the mapping outlives `self`.
-        unsafe { std::slice::from_raw_parts(self.host.add(page * PAGE_SIZE), PAGE_SIZE) }
+    /// Copies page `page` into `out`. The guest (or another thread) may be
+    /// writing the page meanwhile: the copy is made through raw pointers,
+    /// never through a Rust reference into guest memory, and may hold a mix
+    /// of old and new bytes, as a DMA engine's read would. Whoever needs a
+    /// consistent page stops the writers first or tracks them with the
+    /// dirty log.
+    pub fn read_page(&self, page: usize, out: &mut [u8; PAGE_SIZE]) -> Result<(), MemoryError> {
+        if page >= self.pages() {
+            return Err(MemoryError::OutOfRange {
+                gpa: self
+                    .base
+                    .wrapping_add((page as u64).wrapping_mul(PAGE_SIZE as u64)),
+                len: PAGE_SIZE,
+            });
+        }
+        // SAFETY: the page is inside the mapping (checked above), which
+        // outlives `self`; `out` is a distinct Rust-owned buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.host.add(page * PAGE_SIZE),
+                out.as_mut_ptr(),
+                PAGE_SIZE,
+            )
+        };
+        Ok(())
     }
+
+    /// Marks `len` bytes at `gpa` as written by a device (DMA done through
+    /// [`write`](Self::write) is marked already; this is for writers that
+    /// stored through a host pointer of their own, such as `UFFDIO_COPY`).
+    pub fn mark_dirty(&self, gpa: u64, len: usize) -> Result<(), MemoryError> {
+        let off = self.offset(gpa, len)?;
+        if len > 0 {
+            for page in off / PAGE_SIZE..=(off + len - 1) / PAGE_SIZE {
+                self.note_write(page);
+                self.note_code_change(page);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `true` when every byte of `page` is zero.
+pub fn is_zero_page(page: &[u8; PAGE_SIZE]) -> bool {
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == 0)
 }
 
 impl Drop for GuestRam {

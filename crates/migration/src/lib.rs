@@ -37,8 +37,10 @@ pub use transport::Security;
 pub trait SourceVm: Send + Sync {
     /// Guest RAM (shared with the vCPU).
     fn ram(&self) -> Arc<GuestRam>;
-    /// Whether the VM has a balloon (the destination must build the same).
-    fn has_balloon(&self) -> bool;
+    /// The board the VM runs on, described by the VMM (the handshake
+    /// carries it; the destination refuses a board that differs from its
+    /// own before the source pauses).
+    fn board(&self) -> String;
     /// Stops the vCPU; returns how long that took.
     fn pause(&self) -> anyhow::Result<Duration>;
     /// Lets the vCPU run again (after a cancelled or failed migration).
@@ -50,7 +52,7 @@ pub trait SourceVm: Send + Sync {
     /// Fetch-and-clear of the dirty log (bitmap words).
     fn take_dirty_log(&self) -> anyhow::Result<Vec<u64>>;
     /// Asks the guest to hint its free pages (virtio-balloon free page
-    /// hinting); false if the guest cannot.
+    /// hinting); false if the VM or the guest cannot.
     fn start_free_page_hints(&self) -> anyhow::Result<bool>;
     /// Ends a hinting run: the guest may reuse its hinted pages.
     fn stop_free_page_hints(&self) -> anyhow::Result<()>;
@@ -182,16 +184,6 @@ pub fn unix_ns() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
-}
-
-/// `true` when every byte of `page` is zero.
-pub fn is_zero(page: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: reinterpreting initialized bytes as u64 words is sound for
-        // any bit pattern; `align_to` handles the unaligned ends.
-        unsafe { page.align_to::<u64>() }
-    };
-    head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
 }
 
 /// Runs the calling thread at a higher scheduling priority (nice -10) if

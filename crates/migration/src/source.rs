@@ -5,9 +5,9 @@ use crate::prepaging::PushOrder;
 use crate::stats::{Progress, Report, Status};
 use crate::transport::{Conn, Security};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{is_zero, unix_ns, Mode, Params, SourceVm};
+use crate::{unix_ns, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
-use godwit_memory::{AtomicBitmap, GuestRam};
+use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -129,21 +129,20 @@ impl Out<'_> {
 }
 
 /// Reads a page for the wire; `None` data for a zero page.
-fn read_page(ram: &GuestRam, p: usize, progress: &Progress) -> Page {
-    let bytes = ram.page(p);
-    if is_zero(bytes) {
+fn read_page(ram: &GuestRam, p: usize, progress: &Progress) -> Result<Page> {
+    let mut d = Box::new([0u8; PAGE]);
+    ram.read_page(p, &mut d)?;
+    if is_zero_page(&d) {
         progress.pages_zero.fetch_add(1, Ordering::Relaxed);
-        return Page {
+        return Ok(Page {
             index: p as u32,
             data: None,
-        };
+        });
     }
-    let mut d = Box::new([0u8; PAGE]);
-    d.copy_from_slice(bytes);
-    Page {
+    Ok(Page {
         index: p as u32,
         data: Some(d),
-    }
+    })
 }
 
 /// Sends `pages` in batches; checks for cancellation between batches.
@@ -158,7 +157,7 @@ fn send_pages(
     let mut batch = Vec::with_capacity(BATCH);
     let mut n = 0;
     for p in pages {
-        batch.push(read_page(ram, p, progress));
+        batch.push(read_page(ram, p, progress)?);
         n += 1;
         if batch.len() == BATCH {
             out.send(&Msg::Pages(std::mem::take(&mut batch)))?;
@@ -211,7 +210,7 @@ fn handshake(
             session,
             ram_bytes: ram.size() as u64,
             page_size: PAGE as u32,
-            balloon: vm.has_balloon(),
+            board: vm.board(),
             mode: params.mode.to_string(),
             resume,
         })
@@ -449,7 +448,7 @@ impl Session<'_> {
         let progress = self.progress;
         self.vm.set_dirty_logging(true)?;
         self.logging = true;
-        if p.free_page_hints && self.vm.has_balloon() {
+        if p.free_page_hints {
             self.hinting = self.vm.start_free_page_hints()?;
             self.report.free_page_hints = self.hinting;
         }
@@ -741,7 +740,7 @@ fn push(
         if done.set(p) {
             continue; // a demand reply took it
         }
-        batch.push(read_page(ram, p, progress));
+        batch.push(read_page(ram, p, progress)?);
         progress.pages_remaining.fetch_sub(1, Ordering::Relaxed);
         // Small frames: a fault's pivot change takes effect quickly.
         if batch.len() == 8 {
@@ -802,7 +801,7 @@ fn serve_demand(
             if done.set(p) {
                 continue; // already pushed (in flight) or free: nothing to do
             }
-            reply.push(read_page(ram, p, progress));
+            reply.push(read_page(ram, p, progress)?);
             progress.pages_remaining.fetch_sub(1, Ordering::Relaxed);
         }
         if !reply.is_empty() {

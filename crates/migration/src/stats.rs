@@ -85,7 +85,13 @@ pub struct Progress {
     /// Post-copy links re-established after a failure.
     pub recoveries: AtomicU64,
     error: Mutex<Option<String>>,
+    /// Called with every new status (the VMM turns it into a QMP
+    /// `MIGRATION` event).
+    on_status: Mutex<Option<StatusHook>>,
 }
+
+/// What [`Progress::set_on_status`] takes.
+pub type StatusHook = Box<dyn Fn(Status) + Send>;
 
 impl Progress {
     pub fn new() -> Progress {
@@ -108,7 +114,13 @@ impl Progress {
             resume_to: Mutex::new(None),
             recoveries: AtomicU64::new(0),
             error: Mutex::new(None),
+            on_status: Mutex::new(None),
         }
+    }
+
+    /// Calls `f` with every status the migration enters from now on.
+    pub fn set_on_status(&self, f: StatusHook) {
+        *self.on_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     pub fn status(&self) -> Status {
@@ -120,7 +132,17 @@ impl Progress {
     }
 
     pub fn set_status(&self, s: Status) {
-        self.status.store(s as u8, Ordering::Release);
+        let old = self.status.swap(s as u8, Ordering::AcqRel);
+        if old != s as u8 {
+            if let Some(f) = self
+                .on_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                f(s);
+            }
+        }
     }
 
     /// Records why the migration failed.
@@ -234,21 +256,27 @@ pub struct Report {
     pub destination: serde_json::Value,
 }
 
-/// p-th percentile (0..=100) of sorted `v`, 0 if empty.
-pub fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
+/// The `q`-quantile (0 ≤ q ≤ 1) of the sorted values `sorted`, by nearest
+/// rank: the smallest value with at least `q` of the values at or below it
+/// (p99 of 100 values is the 99th). NaN for no values. Every figure Godwit
+/// prints as p50/p99 (engine reports, benchmarks) comes from here.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
     }
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[i.min(v.len() - 1)]
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Latency percentiles of `v` (µs): p50, p99, max.
 pub fn latency_summary(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
     (
-        percentile(&v, 50.0),
-        percentile(&v, 99.0),
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
         v.last().copied().unwrap_or(0.0),
     )
 }

@@ -48,7 +48,8 @@
 use std::io::{self, Read, Write};
 
 /// Protocol version; both sides must speak exactly this one.
-pub const VERSION: u32 = 1;
+/// Version 2: the handshake carries the board description.
+pub const VERSION: u32 = 2;
 /// Handshake magic.
 pub const MAGIC: [u8; 8] = *b"GODWITMG";
 /// Guest page size on the wire.
@@ -78,7 +79,9 @@ pub struct Hello {
     pub session: u64,
     pub ram_bytes: u64,
     pub page_size: u32,
-    pub balloon: bool,
+    /// The board the VM runs on, as the VMM describes it (opaque to the
+    /// engine: the destination's VMM compares it with its own).
+    pub board: String,
     /// The migration mode's name, for the destination's log.
     pub mode: String,
     /// Reconnecting a post-copy whose link broke (same session).
@@ -172,7 +175,7 @@ impl Msg {
                 b.extend_from_slice(&h.session.to_le_bytes());
                 b.extend_from_slice(&h.ram_bytes.to_le_bytes());
                 b.extend_from_slice(&h.page_size.to_le_bytes());
-                b.push(h.balloon as u8);
+                put_text(&mut b, &h.board);
                 put_text(&mut b, &h.mode);
                 b.push(h.resume as u8);
             }
@@ -283,7 +286,7 @@ impl Msg {
                     session: r.u64()?,
                     ram_bytes: r.u64()?,
                     page_size: r.u32()?,
-                    balloon: r.u8()? != 0,
+                    board: r.text()?,
                     mode: r.text()?,
                     resume: r.u8()? != 0,
                 })
@@ -535,7 +538,7 @@ mod tests {
                 session: 7,
                 ram_bytes: 1 << 29,
                 page_size: 4096,
-                balloon: true,
+                board: r#"{"harts":2}"#.into(),
                 mode: "postcopy".into(),
                 resume: false,
             }),
@@ -629,7 +632,7 @@ mod tests {
             session: 1,
             ram_bytes: 1,
             page_size: 1,
-            balloon: false,
+            board: String::new(),
             mode: String::new(),
             resume: true,
         })

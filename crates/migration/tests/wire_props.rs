@@ -16,9 +16,8 @@ use proptest::prelude::*;
 
 /// Mirrors the decoder's private bound on a text's length in bytes.
 const MAX_TEXT: usize = 1 << 20;
-/// Offset of Hello's `balloon` byte in the body; it and the last byte
-/// (`resume`) are the bytes the decoder reads loosely (non-zero is `true`).
-const BALLOON_AT: usize = 1 + 8 + 4 + 1 + 8 + 8 + 4;
+/// Hello's last byte (`resume`) is the one byte the decoder reads
+/// loosely (non-zero is `true`).
 /// Largest RAM (in pages) for which `Switch` and `Resume` are generated:
 /// their bitmaps are `pages / 8` bytes.
 const SWITCH_MAX_PAGES: usize = 1 << 20;
@@ -89,18 +88,18 @@ fn hello() -> impl Strategy<Value = Hello> {
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
-        any::<bool>(),
+        text(),
         text(),
         any::<bool>(),
     )
         .prop_map(
-            |(version, fault, session, ram_bytes, page_size, balloon, mode, resume)| Hello {
+            |(version, fault, session, ram_bytes, page_size, board, mode, resume)| Hello {
                 version,
                 channel: if fault { Channel::Fault } else { Channel::Main },
                 session,
                 ram_bytes,
                 page_size,
-                balloon,
+                board,
                 mode,
                 resume,
             },
@@ -189,7 +188,7 @@ fn recv_bytes(bytes: &[u8], pages: usize) -> Result<Msg, WireError> {
 
 /// What a successfully decoded `body` must satisfy, whatever the bytes were:
 /// bounds and page indices hold, and re-encoding gives back the same body
-/// (the wire format is canonical but for Hello's balloon flag), so it
+/// (the wire format is canonical but for Hello's resume flag), so it
 /// decodes to the same message.
 fn assert_valid(m: &Msg, body: &[u8], pages: usize) {
     match m {
@@ -210,7 +209,7 @@ fn assert_valid(m: &Msg, body: &[u8], pages: usize) {
         // Resume's tail bits are not checked by the decoder (see the ignored
         // test below), so only its size is asserted here.
         Msg::Resume(words) => assert_eq!(words.len(), pages.div_ceil(64)),
-        Msg::Hello(h) => assert!(h.mode.len() <= MAX_TEXT),
+        Msg::Hello(h) => assert!(h.mode.len() <= MAX_TEXT && h.board.len() <= MAX_TEXT),
         Msg::Refuse(s) | Msg::Report(s) | Msg::Cancel(s) | Msg::Error(s) => {
             assert!(s.len() <= MAX_TEXT)
         }
@@ -221,9 +220,7 @@ fn assert_valid(m: &Msg, body: &[u8], pages: usize) {
     let mut canon = body.to_vec();
     if matches!(m, Msg::Hello(_)) {
         let last = canon.len() - 1;
-        for at in [BALLOON_AT, last] {
-            canon[at] = u8::from(canon[at] != 0);
-        }
+        canon[last] = u8::from(canon[last] != 0);
     }
     assert_eq!(&again[4..], &canon[..], "decode/encode is not canonical");
     assert_eq!(

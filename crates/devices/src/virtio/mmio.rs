@@ -6,11 +6,27 @@
 //! space from offset 0x100 takes any size.
 
 use super::queue::{QueueState, SplitQueue};
-use super::{features, status, VirtioDevice};
+use super::{features, status, DeviceState, VirtioDevice};
 use crate::{MmioDevice, StateError};
 use godwit_memory::GuestRam;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Most queues a device may have (kicks are recorded in a 64-bit mask).
+pub const MAX_QUEUES: u16 = 64;
+
+/// Called when the driver kicks a queue: wakes whoever runs
+/// [`VirtioMmio::process`] (the device's event thread).
+pub type KickWaker = Arc<dyn Fn() + Send + Sync>;
+
+/// What one [`VirtioMmio::process`] did that the caller must follow up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// The device marked guest pages free and holds the requests that did
+    /// it: make every vCPU drop its cached write translations, then call
+    /// [`VirtioMmio::release_held`].
+    pub free_map_changed: bool,
+}
 
 /// Size of one virtio-mmio device's MMIO region (QEMU `virt` spacing).
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
@@ -57,7 +73,7 @@ const CONFIG_BASE: u64 = 0x100;
 
 /// The saved state of a [`VirtioMmio`] and its device.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct VirtioMmioState<S> {
+pub struct VirtioMmioState {
     /// `DeviceFeaturesSel`.
     pub device_features_sel: u32,
     /// `DriverFeaturesSel`.
@@ -72,16 +88,18 @@ pub struct VirtioMmioState<S> {
     pub interrupt_status: u32,
     /// Configuration generation counter.
     pub config_generation: u32,
+    /// Kicks recorded and not yet served (bit per queue).
+    pub pending_kicks: u64,
     /// Every virtqueue.
     pub queues: Vec<QueueState>,
     /// The device behind the transport.
-    pub device: S,
+    pub device: DeviceState,
 }
 
 /// A virtio device behind the MMIO transport. Owns the queues and a handle
 /// on guest RAM (for rings and buffers).
-pub struct VirtioMmio<D: VirtioDevice> {
-    device: D,
+pub struct VirtioMmio {
+    device: Box<dyn VirtioDevice>,
     ram: Arc<GuestRam>,
     queues: Vec<SplitQueue>,
     device_features_sel: u32,
@@ -91,12 +109,14 @@ pub struct VirtioMmio<D: VirtioDevice> {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    pending_kicks: u64,
+    waker: Option<KickWaker>,
 }
 
-impl<D: VirtioDevice> VirtioMmio<D> {
+impl VirtioMmio {
     /// Puts `device` behind a transport in reset state.
-    pub fn new(device: D, ram: Arc<GuestRam>) -> Self {
-        let queues = (0..device.num_queues())
+    pub fn new(device: Box<dyn VirtioDevice>, ram: Arc<GuestRam>) -> Self {
+        let queues = (0..device.num_queues().min(MAX_QUEUES))
             .map(|i| SplitQueue::new(device.queue_max_size(i)))
             .collect();
         VirtioMmio {
@@ -110,18 +130,36 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            pending_kicks: 0,
+            waker: None,
         }
     }
 
+    /// Sets what a kick wakes (the device's event thread).
+    pub fn set_kick_waker(&mut self, waker: KickWaker) {
+        self.waker = Some(waker);
+    }
+
     /// The device.
-    pub fn device(&self) -> &D {
-        &self.device
+    pub fn device(&self) -> &dyn VirtioDevice {
+        &*self.device
     }
 
     /// The device, for host-side control (follow changes with
-    /// [`poll`](Self::poll) so they reach the guest).
-    pub fn device_mut(&mut self) -> &mut D {
-        &mut self.device
+    /// [`process`](Self::process) so they reach the guest).
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        &mut *self.device
+    }
+
+    /// The device as its concrete type, if it is a `T`.
+    pub fn device_as<T: 'static>(&self) -> Option<&T> {
+        self.device.as_any().downcast_ref()
+    }
+
+    /// The device as its concrete type, if it is a `T`, for host-side
+    /// control (follow changes with [`process`](Self::process)).
+    pub fn device_as_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.device.as_any_mut().downcast_mut()
     }
 
     /// Guest RAM as the transport sees it.
@@ -159,21 +197,55 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.device.features() | 1 << features::VERSION_1
     }
 
-    /// Lets the device act on host-side changes (new balloon target, stats
-    /// request, hint start/stop) and raises the resulting interrupts. The
-    /// VMM calls it after every such change and periodically (every few
-    /// tens of milliseconds is plenty); it is cheap when there is nothing to
-    /// do. Does nothing until the driver has set `DRIVER_OK`, so changes
-    /// made earlier are delivered by the first poll after that.
-    pub fn poll(&mut self) {
+    /// Serves the kicks recorded since the last call, then lets the device
+    /// act on host-side changes (new balloon target, stats request, a
+    /// readable TAP), and raises the resulting interrupts. The device's
+    /// event thread calls it after every kick and host-side change; it is
+    /// cheap when there is nothing to do. Does nothing until the driver has
+    /// set `DRIVER_OK`, so kicks and changes made earlier are served by the
+    /// first call after that.
+    pub fn process(&mut self) -> Processed {
         if !self.is_live() {
-            return;
+            return Processed::default();
+        }
+        let mut kicks = std::mem::take(&mut self.pending_kicks);
+        while kicks != 0 {
+            let index = kicks.trailing_zeros() as usize;
+            kicks &= kicks - 1;
+            let Some(q) = self.queues.get(index) else {
+                continue;
+            };
+            if !q.ready() || q.is_broken() {
+                continue;
+            }
+            let used = self
+                .device
+                .notify(index as u16, &mut self.queues, &self.ram);
+            self.settle(Some((index, used)));
         }
         let ev = self.device.poll(&mut self.queues, &self.ram);
         if ev.config_changed {
             self.config_changed();
         }
         self.settle(None);
+        Processed {
+            free_map_changed: self.device.take_free_map_changed(),
+        }
+    }
+
+    /// Completes the requests the device held back after it marked guest
+    /// pages free (see [`Processed::free_map_changed`]); call it once every
+    /// vCPU dropped its cached write translations.
+    pub fn release_held(&mut self) {
+        // Used entries added here raise the interrupt through `settle`,
+        // which honours the driver's suppression.
+        self.device.release_held(&mut self.queues, &self.ram);
+        self.settle(None);
+    }
+
+    /// Kicks recorded and not served yet (bit per queue).
+    pub fn pending_kicks(&self) -> u64 {
+        self.pending_kicks
     }
 
     fn config_changed(&mut self) {
@@ -209,20 +281,22 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         }
     }
 
+    /// A kick: recorded for [`process`](Self::process), which the device's
+    /// event thread runs once woken. Kicks before `DRIVER_OK` (Linux primes
+    /// the balloon's stats queue during probe) are served once the driver
+    /// sets it.
     fn notify(&mut self, index: u32) {
-        if !self.is_live() {
-            // Kicks before DRIVER_OK (Linux primes the balloon's stats queue
-            // during probe) are served when the driver sets DRIVER_OK.
+        if index >= self.queues.len() as u32 {
             return;
         }
-        let Some(q) = self.queues.get_mut(index as usize) else {
-            return;
-        };
-        if !q.ready() || q.is_broken() {
-            return;
+        self.pending_kicks |= 1 << index;
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w();
         }
-        let used = self.device.notify(index as u16, q, &self.ram);
-        self.settle(Some((index as usize, used)));
     }
 
     /// Virtio reset: everything the driver set up is forgotten.
@@ -237,6 +311,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.queue_sel = 0;
         self.status = 0;
         self.interrupt_status = 0;
+        self.pending_kicks = 0;
     }
 
     fn write_status(&mut self, value: u32) {
@@ -263,10 +338,15 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             }
             self.status = new;
             self.device.activate(self.driver_features);
-            // Serve kicks that arrived before DRIVER_OK.
-            for i in 0..self.queues.len() {
-                self.notify(i as u32);
-            }
+            // Serve kicks that arrived before DRIVER_OK, and anything the
+            // host changed meanwhile.
+            let all = if self.queues.len() >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << self.queues.len()) - 1
+            };
+            self.pending_kicks |= all;
+            self.wake();
             return;
         }
         self.status = new;
@@ -382,7 +462,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
     }
 
     /// The saved state of transport, queues and device.
-    pub fn state(&self) -> VirtioMmioState<D::State> {
+    pub fn state(&self) -> VirtioMmioState {
         VirtioMmioState {
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
@@ -391,6 +471,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             status: self.status,
             interrupt_status: self.interrupt_status,
             config_generation: self.config_generation,
+            pending_kicks: self.pending_kicks,
             queues: self.queues.iter().map(SplitQueue::state).collect(),
             device: self.device.state(),
         }
@@ -398,7 +479,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
 
     /// Loads a state saved by [`state`](Self::state) from a device of the
     /// same kind; on error nothing is changed.
-    pub fn restore(&mut self, s: &VirtioMmioState<D::State>) -> Result<(), StateError> {
+    pub fn restore(&mut self, s: &VirtioMmioState) -> Result<(), StateError> {
         if s.queues.len() != self.queues.len() {
             return Err(StateError::new(
                 "virtio-mmio",
@@ -422,11 +503,20 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.status = s.status & 0xff;
         self.interrupt_status = s.interrupt_status & (INT_USED_BUFFER | INT_CONFIG_CHANGE);
         self.config_generation = s.config_generation;
+        let all = if self.queues.len() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.queues.len()) - 1
+        };
+        self.pending_kicks = s.pending_kicks & all;
+        if self.pending_kicks != 0 {
+            self.wake();
+        }
         Ok(())
     }
 }
 
-impl<D: VirtioDevice> MmioDevice for VirtioMmio<D> {
+impl MmioDevice for VirtioMmio {
     fn read(&mut self, offset: u64, size: u8) -> u64 {
         if offset >= CONFIG_BASE {
             let mut buf = [0u8; 8];
@@ -479,7 +569,7 @@ mod tests {
     fn register_file_basics() {
         let ram = ram();
         let mut d = TestDriver::new(VirtioMmio::new(
-            Balloon::new(BalloonFeatures::default(), &ram),
+            Box::new(Balloon::new(BalloonFeatures::default(), &ram)),
             ram,
         ));
         assert_eq!(d.r32(REG_MAGIC), MAGIC);
@@ -511,7 +601,7 @@ mod tests {
     fn ready_queue_addresses_are_frozen() {
         let ram = ram();
         let mut d = TestDriver::new(VirtioMmio::new(
-            Balloon::new(BalloonFeatures::default(), &ram),
+            Box::new(Balloon::new(BalloonFeatures::default(), &ram)),
             ram,
         ));
         d.probe(u64::MAX, 5);
@@ -534,7 +624,7 @@ mod tests {
         for round in 0..40 {
             let ram = ram();
             let mut d = TestDriver::new(VirtioMmio::new(
-                Balloon::new(BalloonFeatures::default(), &ram),
+                Box::new(Balloon::new(BalloonFeatures::default(), &ram)),
                 ram,
             ));
             if round % 2 == 0 {
@@ -577,7 +667,7 @@ mod tests {
                             .write(base.wrapping_add(off), &rng.next().to_le_bytes());
                     }
                     3 => d.w32(REG_QUEUE_NOTIFY, (r >> 8) as u32 % 6),
-                    4 => d.dev.poll(),
+                    4 => d.process(),
                     5 => {
                         let reg = ((r >> 8) % 0x100) & !3;
                         d.w32(reg, rng.next() as u32);
@@ -588,7 +678,7 @@ mod tests {
                         d.dev.read(off, 1 << ((r >> 24) % 4));
                     }
                     _ => {
-                        let b = d.dev.device_mut();
+                        let b = d.dev.device_as_mut::<Balloon>().unwrap();
                         match (r >> 8) % 4 {
                             0 => b.set_target_pages(rng.next() as u32),
                             1 => b.request_stats(),
@@ -603,7 +693,10 @@ mod tests {
             // The state still round-trips whatever happened.
             let s = d.dev.state();
             let ram2 = d.ram.clone();
-            let mut fresh = VirtioMmio::new(Balloon::new(BalloonFeatures::default(), &ram2), ram2);
+            let mut fresh = VirtioMmio::new(
+                Box::new(Balloon::new(BalloonFeatures::default(), &ram2)),
+                ram2,
+            );
             fresh.restore(&s).unwrap();
             assert_eq!(fresh.state(), s);
         }

@@ -3,8 +3,19 @@
 //!
 //! The transport ([`mmio::VirtioMmio`]) owns the queues and the register
 //! file; a device ([`VirtioDevice`]) sees only its own configuration space,
-//! its queues when the driver kicks one, and a periodic [`VirtioDevice::poll`]
-//! for work the host starts (a new balloon target, a stats request).
+//! its queues when the driver kicked them, and [`VirtioDevice::poll`] for
+//! work the host starts (a new balloon target, a stats request, a packet on
+//! a TAP device). Each device kind has its own folder: the device and, in
+//! `state.rs`, what it remembers.
+//!
+//! # Threads
+//!
+//! Register accesses come from the vCPU threads; everything else runs on
+//! the device's own event thread (the machine's `DeviceWorker`): a kick
+//! only records which queue was kicked and wakes that thread, which then
+//! calls [`mmio::VirtioMmio::process`]. A vCPU therefore never waits for
+//! device I/O, and a device with a host backend (a TAP, a disk file) does
+//! its I/O off the vCPU.
 
 pub mod balloon;
 pub mod mmio;
@@ -16,9 +27,10 @@ pub(crate) mod testdrv;
 use crate::StateError;
 use godwit_memory::GuestRam;
 use queue::SplitQueue;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use std::fmt::Debug;
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::os::fd::RawFd;
+use std::time::Instant;
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {
@@ -52,27 +64,42 @@ pub mod device_id {
     pub const BALLOON: u32 = 5;
 }
 
-/// What a device's [`VirtioDevice::poll`] asks the transport to signal.
+/// What [`VirtioDevice::poll`] and [`VirtioDevice::notify`] ask the
+/// transport to do besides raising used-buffer interrupts (which the
+/// transport raises by itself for every queue that got used entries, unless
+/// the driver suppressed them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-///
-/// Used-buffer interrupts need no flag here: the transport raises one for
-/// every queue the device added used entries to (unless the driver
-/// suppressed interrupts on that queue).
 pub struct DeviceEvents {
     /// The device changed its configuration space: bump the configuration
     /// generation and raise the configuration-change interrupt.
     pub config_changed: bool,
 }
 
-/// The device side of a virtio device: what differs between device types.
-///
-/// The transport calls these from the vCPU thread. None of them may panic or
-/// loop without bound on guest-controlled data; queue errors are recorded
-/// by [`SplitQueue`] itself (the transport then sets `DEVICE_NEEDS_RESET`).
-pub trait VirtioDevice: Send {
-    /// The device's saved state (the transport saves its own beside it).
-    type State: Serialize + DeserializeOwned + Clone + Debug + PartialEq;
+/// The saved state of a device behind the transport, by kind.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum DeviceState {
+    /// virtio-balloon.
+    Balloon(balloon::BalloonState),
+}
 
+impl DeviceState {
+    /// The kind's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceState::Balloon(_) => "virtio-balloon",
+        }
+    }
+}
+
+/// The device side of a virtio device: what differs between device types.
+/// Object-safe, so a board holds its devices as a list.
+///
+/// The transport calls these with its lock held: register and
+/// configuration accesses from a vCPU thread, the rest from the device's
+/// event thread. None of them may panic or loop without bound on
+/// guest-controlled data; queue errors are recorded by [`SplitQueue`]
+/// itself (the transport then sets `DEVICE_NEEDS_RESET`).
+pub trait VirtioDevice: Send {
     /// The virtio device ID (5 for the balloon).
     fn device_type(&self) -> u32;
     /// Feature bits the device offers. The transport adds
@@ -91,19 +118,48 @@ pub trait VirtioDevice: Send {
     /// The driver set `DRIVER_OK` after accepting `features`: the queues are
     /// live from now on.
     fn activate(&mut self, features: u64);
-    /// The driver kicked queue `queue`. Returns true when the device put
-    /// buffers in the used ring (the transport then raises the used-buffer
-    /// interrupt unless the driver suppressed it).
-    fn notify(&mut self, queue: u16, q: &mut SplitQueue, ram: &GuestRam) -> bool;
-    /// Host-initiated work, called by the VMM through
-    /// [`mmio::VirtioMmio::poll`] after changing the device from the host
-    /// side and periodically. Only called while the device is live.
+    /// Serves queue `queue`, which the driver kicked. Returns true when the
+    /// device put buffers in its used ring.
+    fn notify(&mut self, queue: u16, queues: &mut [SplitQueue], ram: &GuestRam) -> bool;
+    /// Host-initiated work: after the host changed the device, when one of
+    /// [`io_fds`](Self::io_fds) is ready, at [`poll_deadline`](Self::poll_deadline),
+    /// and after every kick. Only called while the device is live.
     fn poll(&mut self, queues: &mut [SplitQueue], ram: &GuestRam) -> DeviceEvents;
     /// The driver reset the device (status 0): forget everything the driver
     /// told it; keep what the host configured.
     fn reset(&mut self);
     /// The device's saved state.
-    fn state(&self) -> Self::State;
-    /// Loads a saved state produced by [`state`](Self::state).
-    fn restore(&mut self, state: &Self::State) -> Result<(), StateError>;
+    fn state(&self) -> DeviceState;
+    /// Loads a saved state produced by [`state`](Self::state) from a device
+    /// of the same kind and configuration; on error nothing is changed.
+    fn restore(&mut self, state: &DeviceState) -> Result<(), StateError>;
+    /// Host descriptors the event thread waits on (readable) for this
+    /// device, such as a TAP. None by default.
+    fn io_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// When the device next wants [`poll`](Self::poll) without any event
+    /// (a retry, a timer). None by default.
+    fn poll_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// True (once) when the device marked guest pages free since the last
+    /// call. Before the device hands the guest back the requests that did
+    /// it ([`release_held`](Self::release_held)), every vCPU must drop the
+    /// write translations it cached: a page marked free must clear its
+    /// free bit on the next guest store, which only a store that goes
+    /// through `GuestRam::note_write` does.
+    fn take_free_map_changed(&mut self) -> bool {
+        false
+    }
+    /// Completes the requests held back until the vCPUs dropped their
+    /// write translations (see [`take_free_map_changed`](Self::take_free_map_changed)).
+    /// Returns true when used entries were added.
+    fn release_held(&mut self, _queues: &mut [SplitQueue], _ram: &GuestRam) -> bool {
+        false
+    }
+    /// The device, for host-side control through a downcast.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The device, for host-side queries through a downcast.
+    fn as_any(&self) -> &dyn Any;
 }

@@ -3,9 +3,10 @@
 //! transport only through MMIO loads and stores, in the order
 //! `virtio_mmio.c` uses.
 
+use super::balloon::Balloon;
 use super::mmio::VirtioMmio;
 use super::queue::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-use super::{status, VirtioDevice};
+use super::status;
 use crate::MmioDevice;
 use godwit_memory::GuestRam;
 use std::collections::HashMap;
@@ -33,21 +34,25 @@ pub(crate) struct DriverQueue {
     last_used: u16,
 }
 
-pub(crate) struct TestDriver<D: VirtioDevice> {
-    pub dev: VirtioMmio<D>,
+pub(crate) struct TestDriver {
+    pub dev: VirtioMmio,
     pub ram: Arc<GuestRam>,
     pub queues: Vec<DriverQueue>,
     pub next_alloc: u64,
+    /// Times the device asked for the vCPUs' write translations to be
+    /// dropped before it released held requests.
+    pub barriers: u32,
 }
 
-impl<D: VirtioDevice> TestDriver<D> {
-    pub fn new(dev: VirtioMmio<D>) -> Self {
+impl TestDriver {
+    pub fn new(dev: VirtioMmio) -> Self {
         let ram = dev.ram().clone();
         TestDriver {
             dev,
             ram,
             queues: Vec::new(),
             next_alloc: DRIVER_AREA,
+            barriers: 0,
         }
     }
 
@@ -55,8 +60,32 @@ impl<D: VirtioDevice> TestDriver<D> {
         self.dev.read(off, 4) as u32
     }
 
+    /// A register write, then what the device's event thread does once
+    /// woken (here at once: the test is the only "vCPU").
     pub fn w32(&mut self, off: u64, v: u32) {
         self.dev.write(off, 4, u64::from(v));
+        self.process();
+    }
+
+    /// Runs the device's deferred work as its event thread would: served
+    /// kicks and host-side changes, then the requests held until the vCPUs
+    /// (none here) dropped their write translations.
+    pub fn process(&mut self) {
+        if self.dev.process().free_map_changed {
+            self.barriers += 1;
+            self.dev.release_held();
+        }
+    }
+
+    /// The balloon behind the transport.
+    pub fn balloon(&self) -> &Balloon {
+        self.dev.device_as::<Balloon>().expect("a balloon")
+    }
+
+    /// The balloon behind the transport, for host-side changes (follow
+    /// them with [`process`](Self::process)).
+    pub fn balloon_mut(&mut self) -> &mut Balloon {
+        self.dev.device_as_mut::<Balloon>().expect("a balloon")
     }
 
     pub fn alloc(&mut self, len: u64, align: u64) -> u64 {

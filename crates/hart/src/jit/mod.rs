@@ -294,6 +294,13 @@ impl Hart {
         self.jit.enabled
     }
 
+    /// Drops every translated block (the code of other harts or devices
+    /// may have changed).
+    pub(crate) fn jit_flush(&mut self) {
+        self.jit.seen_code_epoch = self.ram.code_epoch();
+        self.jit.flush();
+    }
+
     /// Whether translated code runs.
     pub fn jit_enabled(&self) -> bool {
         self.jit.enabled

@@ -27,7 +27,7 @@
 //! [`run_dirty_log`].
 
 use anyhow::{bail, Context, Result};
-use godwit_machine::{GuestExit, Vm, VmConfig, VmHandle};
+use godwit_machine::{BoardConfig, DeviceConfig, GuestExit, Machine, Vm, VmConfig, VmHandle};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(3..))]
     seconds: u32,
     /// Guest RAM of both VMMs: a whole number of MiB, e.g. 512M or 1G.
-    #[arg(long, default_value = "512M", value_parser = crate::size::parse_size)]
+    #[arg(long, default_value = "512M", value_parser = godwit_vmm::size::parse_size)]
     mem: u64,
     /// Also write every measurement and the summary to this JSON file.
     #[arg(long)]
@@ -141,8 +141,8 @@ pub fn run(args: Args) -> Result<i32> {
             "mem_bytes": args.mem,
             "qemu_version": setup.qemu_version,
             "qemu_devices": "virtio-balloon-device,free-page-reporting=on",
-            "cmdline_boot": crate::run::cmdline(Some(BOOT_WORKLOAD.0), BOOT_WORKLOAD.1),
-            "cmdline_throughput": crate::run::cmdline(Some("quicksort"), &quicksort_params(args.seconds)),
+            "cmdline_boot": godwit_vmm::guest::cmdline(Some(BOOT_WORKLOAD.0), BOOT_WORKLOAD.1),
+            "cmdline_throughput": godwit_vmm::guest::cmdline(Some("quicksort"), &quicksort_params(args.seconds)),
             "warmup_ms": WARMUP_MS,
             "host": host_start,
             "host_end": host_info(),
@@ -240,7 +240,7 @@ impl Setup {
                     .arg("-initrd")
                     .arg(&self.initrd)
                     .arg("-append")
-                    .arg(crate::run::cmdline(Some(workload), params))
+                    .arg(godwit_vmm::guest::cmdline(Some(workload), params))
                     // Godwit's default board has a balloon too (as in guest/qemu-boot.sh).
                     .args(["-device", "virtio-balloon-device,free-page-reporting=on"]);
                 c
@@ -251,7 +251,7 @@ impl Setup {
 
 /// The default guest image: kernel and initramfs.
 fn guest_image() -> Result<(PathBuf, PathBuf)> {
-    let (kernel, initrd) = crate::guest_image::resolve(None, None)
+    let (kernel, initrd) = godwit_vmm::guest::resolve(None, None)
         .context("the guest image is missing: build it with guest/build.sh")?;
     Ok((kernel, initrd.context("the guest image has no initramfs")?))
 }
@@ -1036,7 +1036,7 @@ struct DirtyWorkload {
 
 impl DirtyWorkload {
     fn cmdline(&self, seconds: u32) -> String {
-        crate::run::cmdline(
+        godwit_vmm::guest::cmdline(
             Some(self.name),
             &format!("{} duration_s={seconds}", self.params),
         )
@@ -1150,13 +1150,16 @@ impl DirtyBench {
     /// The VM for `workload`, its console going to `console`.
     fn config(&self, workload: &DirtyWorkload, console: Box<dyn Write + Send>) -> VmConfig {
         VmConfig {
+            // As `godwit run --cpus 1` boots it.
+            board: BoardConfig {
+                harts: 1,
+                ram_bytes: self.mem_bytes,
+                devices: vec![DeviceConfig::Balloon],
+            },
             kernel: self.kernel.clone(),
             initrd: Some(self.initrd.clone()),
-            mem_bytes: self.mem_bytes,
             cmdline: workload.cmdline(self.seconds),
             console,
-            // As `godwit run` boots it by default.
-            balloon: true,
         }
     }
 }
@@ -1262,7 +1265,7 @@ fn measure_dirty(bench: &DirtyBench, w: usize, logging: Logging, round: u32) -> 
         }
         if let Some(due) = next_take.filter(|&d| Instant::now() >= d) {
             let asked = Instant::now();
-            let words = vm.exec(|vm| vm.take_dirty_log())?;
+            let words = vm.exec(|m| m.take_dirty_log())?;
             takes.push(Take {
                 at: started.elapsed(),
                 pages: words.iter().map(|w| u64::from(w.count_ones())).sum(),
@@ -1283,19 +1286,18 @@ fn measure_dirty(bench: &DirtyBench, w: usize, logging: Logging, round: u32) -> 
             Ok(VmEvent::Console(line)) => {
                 if ready.is_none() && line.text.contains("GODWIT READY") {
                     let on = logging != Logging::Off;
-                    let insns = vm.exec(move |vm| {
+                    let insns = vm.exec(move |m| {
                         if on {
-                            vm.set_dirty_logging(true);
+                            m.set_dirty_logging(true);
                         }
-                        vm.hart.instret()
+                        m.instret()
                     })?;
                     ready = Some((line.at, Instant::now(), insns));
                     if logging == Logging::Taken {
                         next_take = Some(Instant::now() + TAKE_PERIOD);
                     }
                 } else if ready.is_some() && done.is_none() && line.text.contains("GODWIT DONE ") {
-                    let (insns, dirty) =
-                        vm.exec(|vm| (vm.hart.instret(), vm.ram.dirty_log().count()))?;
+                    let (insns, dirty) = vm.exec(|m| (m.instret(), m.ram().dirty_log().count()))?;
                     done = Some((line.at, Instant::now(), insns));
                     if logging == Logging::On {
                         dirty_at_done = Some(dirty as u64);
@@ -1414,7 +1416,7 @@ impl InProcessVm {
         let thread = std::thread::Builder::new()
             .name("bench-vcpu".into())
             .spawn(move || {
-                let mut vm = match Vm::new(cfg) {
+                let vm = match Vm::boot(cfg) {
                     Ok(vm) => vm,
                     Err(e) => {
                         let _ = handle_tx.send(Err(e));
@@ -1422,9 +1424,9 @@ impl InProcessVm {
                     }
                 };
                 let _ = handle_tx.send(Ok(vm.handle()));
-                // Once `run` returns, jobs (a take racing the power-off)
-                // fail with `VmGone` instead of waiting, so the thread ends.
-                let exit = vm.run();
+                // Once `run` returns, `exec` (a take racing the power-off)
+                // fails with `VmGone` instead of waiting.
+                let exit = vm.run().map(|o| o.exit).unwrap_or(GuestExit::Failure);
                 let _ = tx.send(VmEvent::Ended(exit));
             })
             .context("cannot start the vCPU thread")?;
@@ -1438,8 +1440,8 @@ impl InProcessVm {
         })
     }
 
-    /// Runs `f` on the vCPU thread.
-    fn exec<R: Send + 'static>(&self, f: impl FnOnce(&mut Vm) -> R + Send + 'static) -> Result<R> {
+    /// Runs `f` with the vCPUs stopped.
+    fn exec<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> Result<R> {
         if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
             bail!("the vCPU thread has ended");
         }

@@ -120,7 +120,7 @@ pub struct LinkArgs {
     pub rate: u64,
     /// tbf bucket size in bytes (K/M suffixes allowed); default 1 ms of the
     /// rate, at least 16 KiB.
-    #[arg(long, value_parser = crate::size::parse_size)]
+    #[arg(long, value_parser = godwit_vmm::size::parse_size)]
     pub burst: Option<u64>,
     /// tbf `latency`: longest a packet may wait in the queue, ms (this sets
     /// the queue length: rate × latency + burst).
@@ -957,14 +957,7 @@ fn probe_send(args: &ProbeSendArgs) -> Result<Value> {
     Ok(figures)
 }
 
-/// The `q` quantile of sorted numbers (nearest rank).
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+pub use crate::stats::percentile;
 
 #[cfg(test)]
 mod tests {

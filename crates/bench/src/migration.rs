@@ -39,7 +39,7 @@
 //! migrates the same guest over the same link in the same run: the
 //! `qemu-*` cells (memtouch at the fixed rate, balloon on; pre-copy,
 //! post-copy, and QEMU's post-copy after the first pass as "hybrid"),
-//! driven over QMP by [`crate::bench_qemu`]. Its rows take their VMM figures
+//! driven over QMP by [`crate::qemu`]. Its rows take their VMM figures
 //! from `query-migrate` and their guest figures from the consoles exactly
 //! as Godwit's rows. QEMU runs twice per case: as shipped (`qemu`) and with
 //! the guest's timer re-armed on the destination (`qemu+rearm`; the module
@@ -54,10 +54,11 @@
 //! guard tears the namespaces down, and Ctrl-C turns into an error at the
 //! next wait.
 
-use crate::bench_qemu::{self, Qemu, Qmp, Switch};
-use crate::control::ControlClient;
+use crate::qemu::{self, Qemu, Qmp, Switch};
+use crate::stats::{mean, mean_sd};
 use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
 use anyhow::{bail, Context, Result};
+use godwit_vmm::control::ControlClient;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -124,7 +125,7 @@ pub struct Args {
     #[command(flatten)]
     link: testbed::LinkArgs,
     /// Guest RAM: bytes or with a K/M/G suffix.
-    #[arg(long, default_value = "512M", value_parser = crate::size::parse_size)]
+    #[arg(long, default_value = "512M", value_parser = godwit_vmm::size::parse_size)]
     mem: u64,
     /// Guest heartbeat period, ms: the resolution of the guest-observed
     /// downtime.
@@ -496,7 +497,7 @@ enum Vmm {
     /// QEMU as shipped.
     Qemu,
     /// QEMU with the guest's timer re-armed on the destination as soon as
-    /// it runs (works around a QEMU bug, see [`crate::bench_qemu`]).
+    /// it runs (works around a QEMU bug, see [`crate::qemu`]).
     QemuRearm,
 }
 
@@ -740,7 +741,7 @@ impl Bench {
                 (args.pace_pct > 0).then(|| link.bytes_per_s() * u64::from(args.pace_pct) / 100)
             }
         };
-        let (kernel, initrd) = crate::guest_image::resolve(None, None)
+        let (kernel, initrd) = godwit_vmm::guest::resolve(None, None)
             .context("the guest image is missing: build it with guest/build.sh")?;
         let initrd = initrd.context("the guest image has no initramfs")?;
         let (qemu, qemu_missing) = if need_qemu {
@@ -1112,7 +1113,7 @@ impl CellRun<'_> {
     }
 
     /// The QEMU run of a cell: the same steps as [`CellRun::measure`], with
-    /// QEMU on both sides driven over QMP ([`crate::bench_qemu`]).
+    /// QEMU on both sides driven over QMP ([`crate::qemu`]).
     fn measure_qemu(&mut self) -> Result<(Value, HostFigures)> {
         let b = self.bench;
         let cell = self.cell;
@@ -1123,21 +1124,21 @@ impl CellRun<'_> {
         let dst_qmp = self.dir.join("dst.qmp");
         let gdb = (cell.vmm == Vmm::QemuRearm).then(|| self.dir.join("dst.gdb"));
         let append = format!("{} hb_ms={}", cell.workload.params(), b.hb_ms);
-        let guest = bench_qemu::Guest {
+        let guest = qemu::Guest {
             kernel: &b.kernel,
             initrd: &b.initrd,
             mem_bytes: b.mem,
-            cmdline: crate::run::cmdline(Some(cell.workload.name()), &append),
+            cmdline: godwit_vmm::guest::cmdline(Some(cell.workload.name()), &append),
             balloon: cell.balloon,
         };
         self.epoch = Instant::now();
 
         let mut dst = self.program(Side::Dst, &qemu.exe);
-        bench_qemu::args(&mut dst, &guest, &dst_qmp, true, gdb.as_deref())?;
+        qemu::args(&mut dst, &guest, &dst_qmp, true, gdb.as_deref())?;
         self.consoles
             .push(Console::spawn("destination", dst, self.epoch)?);
         let mut src = self.program(Side::Src, &qemu.exe);
-        bench_qemu::args(&mut src, &guest, &src_qmp, false, None)?;
+        qemu::args(&mut src, &guest, &src_qmp, false, None)?;
         self.consoles
             .push(Console::spawn("source", src, self.epoch)?);
         let mut dst_q = self.qmp(DST, &dst_qmp)?;
@@ -1173,7 +1174,7 @@ impl CellRun<'_> {
             .context("cannot set QEMU's migration parameters")?;
 
         let start_ms = self.ms();
-        let plan = bench_qemu::Plan {
+        let plan = qemu::Plan {
             uri: &uri,
             switch,
             rearm: gdb.as_deref(),
@@ -1181,7 +1182,7 @@ impl CellRun<'_> {
         };
         let epoch = self.epoch;
         let consoles = &mut self.consoles;
-        let outcome = bench_qemu::migrate(
+        let outcome = qemu::migrate(
             &mut src_q,
             &mut dst_q,
             &plan,
@@ -1214,7 +1215,7 @@ impl CellRun<'_> {
             c.drain(Duration::from_secs(2));
         }
 
-        let mut report = bench_qemu::report(&outcome, cell.strategy.mode, switch, cell.vmm.name());
+        let mut report = qemu::report(&outcome, cell.strategy.mode, switch, cell.vmm.name());
         report["qemu_version"] = json!(qemu.version);
         let since_start = |t: Option<f64>| t.map(|t| t - start_ms);
         report["host_switch_ms"] = json!(since_start(outcome.switch_ms));
@@ -1898,21 +1899,6 @@ const PAGE_KINDS: [&str; 6] = [
 // ---------------------------------------------------------------------------
 // The table
 
-/// Mean and sample standard deviation.
-fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    Some((mean, sd))
-}
-
 /// `mean ± sd` (just the value for one run), `-` for none.
 fn show_stat(v: &[f64], decimals: usize) -> String {
     match mean_sd(v) {
@@ -1920,10 +1906,6 @@ fn show_stat(v: &[f64], decimals: usize) -> String {
         Some((m, _)) if v.len() == 1 => format!("{m:.decimals$}"),
         Some((m, sd)) => format!("{m:.decimals$} ± {sd:.decimals$}"),
     }
-}
-
-fn mean(v: &[f64]) -> Option<f64> {
-    mean_sd(v).map(|(m, _)| m)
 }
 
 impl Bench {

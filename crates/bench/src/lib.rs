@@ -1,0 +1,16 @@
+//! Godwit's benchmarks and the testbed they run on, as a library for the
+//! `godwit` command (`godwit bench`, `bench-cpu`, `testbed`).
+//!
+//! - [`migration`]: the migration benchmark (`godwit bench`): every mode
+//!   and pre-paging strategy on the same guest and link, QEMU beside it.
+//! - [`cpu`]: boot time and CPU throughput next to QEMU (`godwit bench-cpu`),
+//!   and the cost of dirty logging.
+//! - [`qemu`]: driving QEMU (TCG) over QMP as the reference VMM.
+//! - [`testbed`]: two "hosts" in network namespaces joined by a shaped link.
+//! - [`stats`]: the statistics every table uses, defined once.
+
+pub mod cpu;
+pub mod migration;
+pub mod qemu;
+pub mod stats;
+pub mod testbed;

@@ -1,0 +1,267 @@
+//! The destination side of a migration (`godwit receive`): wait for a
+//! source, check that its board is the one this host will build, receive
+//! the VM and run it.
+//!
+//! The VM does not exist until its state arrives: guest RAM is mapped at
+//! the handshake (pages arrive into it, or it is registered with
+//! `userfaultfd`), and the state then *constructs* the VM
+//! ([`Vm::restore`]), which starts paused until the engine resumes it.
+
+use crate::console::{self, Heartbeats, Tap};
+use crate::control::{CommandError, ControlServer, ControlTarget, ErrorClass};
+use crate::vm_control::VmControl;
+use anyhow::{anyhow, bail, Context, Result};
+use godwit_machine::layout::RAM_BASE;
+use godwit_machine::{BoardConfig, RunOutcome, Vm, VmHandle, VmState};
+use godwit_memory::GuestRam;
+use godwit_migration::{dest, DestVm, Security};
+use serde_json::{json, Map, Value};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What `godwit receive` was told.
+pub struct ReceiveOptions {
+    /// `HOST:PORT` to accept the migration on.
+    pub listen: String,
+    /// Control socket path.
+    pub control: Option<PathBuf>,
+    /// Refuse a VM whose RAM is not this many bytes.
+    pub mem: Option<u64>,
+    /// Refuse a VM with another number of harts.
+    pub harts: Option<u32>,
+    /// How long to watch the guest after completion before reporting.
+    pub report_after: Duration,
+    pub security: Security,
+    /// Interpret every instruction (no translator).
+    pub interpreter: bool,
+}
+
+/// The thread a received VM runs on.
+type VmThread = JoinHandle<Result<RunOutcome, godwit_machine::VmError>>;
+
+/// The VM being received, for the engine.
+struct VmDest {
+    board: BoardConfig,
+    ram: Arc<GuestRam>,
+    beats: Heartbeats,
+    interpreter: bool,
+    /// The VM once its state arrived.
+    vm: Mutex<Option<VmHandle>>,
+    /// Hands the VM's run thread to the main thread.
+    started: Mutex<Option<mpsc::Sender<VmThread>>>,
+    /// The control socket's target once the VM exists.
+    control: Arc<DestControl>,
+}
+
+impl VmDest {
+    fn handle(&self) -> Result<VmHandle> {
+        self.vm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| anyhow!("the VM state has not arrived yet"))
+    }
+}
+
+impl DestVm for VmDest {
+    fn ram(&self) -> Arc<GuestRam> {
+        self.ram.clone()
+    }
+    fn load_state(&self, state: &[u8]) -> Result<()> {
+        let state = VmState::decode(state)?;
+        let console = Box::new(Tap::new(std::io::stdout(), self.beats.clone()));
+        let vm = Vm::restore(&state, self.ram.clone(), console, Some(&self.board))?;
+        vm.set_paused(true);
+        let handle = vm.handle();
+        crate::runner::choose_cpu(&handle, self.interpreter)?;
+        let thread = std::thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || vm.run())
+            .context("cannot start the VM")?;
+        self.control
+            .set_vm(Arc::new(VmControl::new(handle.clone(), self.beats.clone())));
+        *self.vm.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        if let Some(tx) = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = tx.send(thread);
+        }
+        Ok(())
+    }
+    fn resume(&self) -> Result<()> {
+        self.handle()?.resume().map_err(|e| anyhow!(e))?;
+        self.control.emit("RESUME", json!({}));
+        Ok(())
+    }
+    fn set_dirty_logging(&self, on: bool) -> Result<()> {
+        self.handle()?
+            .exec(|m| m.set_dirty_logging(on))
+            .map_err(|e| anyhow!(e))
+    }
+    fn take_dirty_log(&self) -> Result<Vec<u64>> {
+        self.handle()?
+            .exec(|m| m.take_dirty_log())
+            .map_err(|e| anyhow!(e))
+    }
+}
+
+/// The destination's control target: before the VM exists it answers
+/// `query-status` (`inmigrate`, as QEMU); then the VM's commands.
+#[derive(Default)]
+pub struct DestControl {
+    vm: Mutex<Option<Arc<VmControl>>>,
+    events: Mutex<Option<crate::control::EventSender>>,
+}
+
+impl DestControl {
+    fn set_vm(&self, vm: Arc<VmControl>) {
+        if let Some(e) = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            vm.set_events(e);
+        }
+        *self.vm.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm);
+    }
+
+    fn emit(&self, name: &str, data: Value) {
+        if let Some(e) = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            e.emit(name, data);
+        }
+    }
+}
+
+impl ControlTarget for DestControl {
+    fn execute(&self, name: &str, args: &Map<String, Value>) -> Result<Value, CommandError> {
+        let vm = self.vm.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(vm) = vm {
+            return vm.execute(name, args);
+        }
+        let cmd = crate::commands::Command::parse(name, args)?;
+        match cmd {
+            crate::commands::Command::QueryStatus => {
+                Ok(json!({ "status": "inmigrate", "running": false, "singlestep": false }))
+            }
+            _ => Err(CommandError::new(
+                ErrorClass::DeviceNotActive,
+                "the incoming VM has not arrived yet",
+            )),
+        }
+    }
+}
+
+/// Waits for a migration, receives it, runs the VM; returns the guest's
+/// exit status.
+pub fn receive(opts: ReceiveOptions) -> Result<i32> {
+    let listener = TcpListener::bind(&opts.listen)
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    eprintln!(
+        "godwit: waiting for a migration on {} ({})",
+        listener.local_addr()?,
+        opts.security.name()
+    );
+    let control = Arc::new(DestControl::default());
+    let server = match &opts.control {
+        Some(p) => {
+            let s = ControlServer::start(p, control.clone())
+                .with_context(|| format!("cannot open the control socket {}", p.display()))?;
+            *control.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.events());
+            eprintln!("godwit: control socket {}", s.path().display());
+            Some(s)
+        }
+        None => None,
+    };
+    let (want_mem, want_harts) = (opts.mem, opts.harts);
+    let incoming = dest::accept(&listener, &opts.security, |h| {
+        let board = BoardConfig::from_json(&h.board).map_err(|e| e.to_string())?;
+        if board.ram_bytes != h.ram_bytes {
+            return Err(format!(
+                "the handshake names {} bytes of RAM and a board of {}",
+                h.ram_bytes, board.ram_bytes
+            ));
+        }
+        let mut diffs = Vec::new();
+        if let Some(m) = want_mem.filter(|&m| m != board.ram_bytes) {
+            diffs.push(format!("{m} bytes of RAM here, {} there", board.ram_bytes));
+        }
+        if let Some(n) = want_harts.filter(|&n| n != board.harts) {
+            diffs.push(format!("{n} harts here, {} there", board.harts));
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            let why = format!("this destination's board differs: {}", diffs.join("; "));
+            eprintln!("godwit: refusing the migration: {why}");
+            Err(why)
+        }
+    })?;
+    drop(listener);
+    let board = BoardConfig::from_json(&incoming.hello.board)?;
+    eprintln!(
+        "godwit: receiving a {} migration ({board})",
+        incoming.hello.mode
+    );
+    let ram = Arc::new(GuestRam::new(RAM_BASE, board.ram_bytes as usize)?);
+    let beats = Heartbeats::default();
+    let (tx, rx) = mpsc::channel();
+    let dvm = VmDest {
+        board,
+        ram,
+        beats: beats.clone(),
+        interpreter: opts.interpreter,
+        vm: Mutex::new(None),
+        started: Mutex::new(Some(tx)),
+        control: control.clone(),
+    };
+    let received = incoming.run(&dvm, opts.report_after, &|resumed, completed| {
+        console::dest_view(&beats, resumed, completed)
+    });
+    let handle = dvm.vm.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let thread = rx.try_recv().ok();
+    match received {
+        Ok(r) => eprintln!("godwit: migration received: {}", r.report),
+        Err(e) => {
+            if let Some(h) = &handle {
+                let _ = h.quit();
+            }
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+            drop(server);
+            return Err(e.context("the incoming migration failed"));
+        }
+    }
+    let (Some(handle), Some(thread)) = (handle, thread) else {
+        bail!("the migration completed without a VM state");
+    };
+    crate::runner::console_input(handle)?;
+    let outcome = thread
+        .join()
+        .map_err(|_| anyhow!("the VM thread panicked"))??;
+    control.emit(
+        "SHUTDOWN",
+        json!({ "guest": outcome.exit != godwit_machine::GuestExit::Quit }),
+    );
+    drop(server);
+    eprintln!(
+        "godwit: guest ended: {:?}; {} instructions in {:.2} s",
+        outcome.exit,
+        outcome.instructions,
+        outcome.elapsed.as_secs_f64()
+    );
+    Ok(outcome.exit.status())
+}

@@ -1,0 +1,139 @@
+//! Running a VM in this process (`godwit run`): boot or restore it, forward
+//! the console, serve the control socket, and wait for it to end.
+
+use crate::console::{Heartbeats, Tap};
+use crate::control::ControlServer;
+use crate::vm_control::VmControl;
+use anyhow::{anyhow, Context, Result};
+use godwit_machine::layout::RAM_BASE;
+use godwit_machine::{snapshot, BoardConfig, Vm, VmConfig, VmHandle};
+use godwit_memory::GuestRam;
+use serde_json::json;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What to run.
+pub enum Boot {
+    /// A kernel (and initrd) on a board.
+    Kernel {
+        board: BoardConfig,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// A snapshot; `board`, when given, is what the user asked for, and a
+    /// snapshot of another board is refused.
+    Snapshot {
+        path: PathBuf,
+        board: Option<BoardConfig>,
+    },
+}
+
+/// What `godwit run` was told.
+pub struct RunOptions {
+    pub boot: Boot,
+    /// Control socket path.
+    pub control: Option<PathBuf>,
+    /// Interpret every instruction (no translator).
+    pub interpreter: bool,
+}
+
+/// Turns the translator off when asked; says so when it cannot be on.
+pub fn choose_cpu(vm: &VmHandle, interpreter: bool) -> Result<()> {
+    let on = vm.set_jit(!interpreter).map_err(|e| anyhow!(e))?;
+    if !on && !interpreter {
+        eprintln!(
+            "godwit: no executable memory for translated code: every instruction is interpreted"
+        );
+    }
+    Ok(())
+}
+
+/// Forwards our stdin to the guest's console.
+pub fn console_input(handle: VmHandle) -> Result<()> {
+    std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 || handle.is_gone() {
+                    break;
+                }
+                handle.push_input(&buf[..n]);
+            }
+        })
+        .context("cannot start the console input thread")?;
+    Ok(())
+}
+
+fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
+    let console = Box::new(Tap::new(std::io::stdout(), beats.clone()));
+    match boot {
+        Boot::Snapshot { path, board } => {
+            let snap = snapshot::load(&path)?;
+            let ram = Arc::new(GuestRam::new(
+                RAM_BASE,
+                snap.state.board.ram_bytes as usize,
+            )?);
+            snap.fill_ram(&ram)?;
+            let vm = Vm::restore(&snap.state, ram, console, board.as_ref())
+                .with_context(|| format!("cannot restore {}", path.display()))?;
+            eprintln!("godwit: restored {} ({})", path.display(), vm.board());
+            Ok(vm)
+        }
+        Boot::Kernel {
+            board,
+            kernel,
+            initrd,
+            cmdline,
+        } => Ok(Vm::boot(VmConfig {
+            board,
+            kernel,
+            initrd,
+            cmdline,
+            console,
+        })?),
+    }
+}
+
+/// Boots (or restores) the VM, serves it until it ends; returns the guest's
+/// exit status.
+pub fn run_vm(opts: RunOptions) -> Result<i32> {
+    let beats = Heartbeats::default();
+    let vm = build(opts.boot, &beats).context("cannot start the VM")?;
+    let handle = vm.handle();
+    choose_cpu(&handle, opts.interpreter)?;
+    console_input(handle.clone())?;
+    let control = Arc::new(VmControl::new(handle.clone(), beats));
+    let server = match &opts.control {
+        Some(p) => {
+            let s = ControlServer::start(p, control.clone())
+                .with_context(|| format!("cannot open the control socket {}", p.display()))?;
+            control.set_events(s.events());
+            eprintln!("godwit: control socket {}", s.path().display());
+            Some(s)
+        }
+        None => None,
+    };
+    let jit = if opts.interpreter {
+        "interpreted"
+    } else {
+        "translated"
+    };
+    let outcome = vm.run()?;
+    control.emit(
+        "SHUTDOWN",
+        json!({ "guest": outcome.exit != godwit_machine::GuestExit::Quit }),
+    );
+    drop(server);
+    let secs = outcome.elapsed.as_secs_f64();
+    eprintln!(
+        "godwit: guest ended: {:?}; {} instructions in {secs:.2} s ({:.1} MIPS, {jit})",
+        outcome.exit,
+        outcome.instructions,
+        outcome.instructions as f64 / secs.max(1e-9) / 1e6,
+    );
+    Ok(outcome.exit.status())
+}

@@ -1,0 +1,234 @@
+//! The commands of a running VM (`godwit run --control`, and `godwit
+//! receive --control` once its VM runs): the control socket's
+//! [`ControlTarget`] for a [`VmHandle`].
+
+use crate::commands::{Command, COMMAND_NAMES};
+use crate::console::Heartbeats;
+use crate::control::{CommandError, ControlTarget, ErrorClass, EventSender};
+use crate::outgoing::OutgoingMigration;
+use godwit_machine::{snapshot, VmGone, VmHandle};
+use godwit_memory::PAGE_SIZE;
+use godwit_migration::{Mode, Params, Status};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The control target of one VM.
+pub struct VmControl {
+    vm: VmHandle,
+    beats: Heartbeats,
+    params: Mutex<Params>,
+    job: Mutex<Option<Arc<OutgoingMigration>>>,
+    events: Mutex<EventSender>,
+}
+
+fn gone(_: VmGone) -> CommandError {
+    CommandError::new(
+        ErrorClass::DeviceNotActive,
+        "the VM is not running any more",
+    )
+}
+
+fn no_balloon() -> CommandError {
+    CommandError::new(
+        ErrorClass::DeviceNotFound,
+        "this VM has no balloon (it was started with --no-balloon)",
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VmControl {
+    /// Commands for `vm`, whose console heartbeats are in `beats`.
+    pub fn new(vm: VmHandle, beats: Heartbeats) -> Self {
+        VmControl {
+            vm,
+            beats,
+            params: Mutex::new(Params::default()),
+            job: Mutex::new(None),
+            events: Mutex::new(EventSender::none()),
+        }
+    }
+
+    /// Where events go (the server this target is served by).
+    pub fn set_events(&self, events: EventSender) {
+        *lock(&self.events) = events;
+    }
+
+    /// Sends an event to the control socket's clients.
+    pub fn emit(&self, name: &str, data: Value) {
+        lock(&self.events).emit(name, data);
+    }
+
+    fn current_job(&self) -> Option<Arc<OutgoingMigration>> {
+        lock(&self.job).clone()
+    }
+
+    /// Runs one command.
+    pub fn run(&self, cmd: Command) -> Result<Value, CommandError> {
+        match cmd {
+            Command::QueryStatus => {
+                if self.vm.is_gone() {
+                    return Err(gone(VmGone));
+                }
+                let running = !self.vm.is_paused();
+                Ok(json!({
+                    "status": if running { "running" } else { "paused" },
+                    "running": running,
+                    "singlestep": false,
+                }))
+            }
+            Command::QueryVersion => {
+                let v: Vec<u64> = env!("CARGO_PKG_VERSION")
+                    .split('.')
+                    .map(|n| n.parse().unwrap_or(0))
+                    .collect();
+                Ok(json!({
+                    "qemu": { "major": v.first(), "minor": v.get(1), "micro": v.get(2) },
+                    "package": concat!("godwit ", env!("CARGO_PKG_VERSION")),
+                }))
+            }
+            Command::QueryCommands => Ok(Value::Array(
+                COMMAND_NAMES.iter().map(|n| json!({ "name": n })).collect(),
+            )),
+            Command::Stop => {
+                let took = self.vm.pause().map_err(gone)?;
+                self.emit("STOP", json!({}));
+                Ok(json!({ "pause_latency_us": took.as_micros() as u64 }))
+            }
+            Command::Cont => {
+                self.vm.resume().map_err(gone)?;
+                self.emit("RESUME", json!({}));
+                Ok(json!({}))
+            }
+            Command::Snapshot(a) => {
+                let t = Instant::now();
+                let was_paused = self.vm.is_paused();
+                self.vm.pause().map_err(gone)?;
+                let report = self.vm.exec(|m| snapshot::save(m, &a.path)).map_err(gone);
+                if !was_paused {
+                    let _ = self.vm.resume();
+                }
+                let report = report?.map_err(|e| CommandError::generic(e.to_string()))?;
+                let mut v = serde_json::to_value(report).unwrap_or(json!({}));
+                v["total_ms"] = json!(t.elapsed().as_secs_f64() * 1e3);
+                Ok(v)
+            }
+            Command::Balloon(a) => {
+                let ram = self.vm.ram().size() as u64;
+                if a.value > ram || a.value < 16 << 20 {
+                    return Err(CommandError::generic(format!(
+                        "balloon value {} must be between 16 MiB and the RAM size ({ram})",
+                        a.value
+                    )));
+                }
+                let target = (ram - a.value) / PAGE_SIZE as u64;
+                self.vm
+                    .with_balloon(|b| b.set_target_pages(target as u32))
+                    .ok_or_else(no_balloon)?;
+                Ok(json!({ "target_pages": target }))
+            }
+            Command::QueryBalloon => {
+                let ram = self.vm.ram();
+                let free_pages = ram.free_map().count() as u64;
+                let size = ram.size() as u64;
+                self.vm
+                    .with_balloon(|d| {
+                        d.request_stats();
+                        let reporting = d.reporting_status();
+                        json!({
+                            "actual": size - d.actual_pages() as u64 * PAGE_SIZE as u64,
+                            "target_pages": d.target_pages(),
+                            "inflated_pages": d.inflated_pages(),
+                            "free_pages": free_pages,
+                            "free_bytes": free_pages * PAGE_SIZE as u64,
+                            "reported_pages_total": reporting.pages_total,
+                            "stats": d.stats(),
+                        })
+                    })
+                    .ok_or_else(no_balloon)
+            }
+            Command::Migrate(a) if a.resume => match self.current_job() {
+                Some(j) if j.progress.status() == Status::PostcopyPaused => {
+                    *lock(&j.progress.resume_to) = Some(a.address().to_string());
+                    j.progress.set_status(Status::PostcopyRecover);
+                    Ok(json!({}))
+                }
+                _ => Err(CommandError::generic(
+                    "no paused post-copy to resume (query-migrate shows postcopy-paused when its link broke)",
+                )),
+            },
+            Command::Migrate(a) => {
+                let mut params = lock(&self.params).clone();
+                a.params.apply(&mut params)?;
+                let mut slot = lock(&self.job);
+                if let Some(j) = slot.as_ref() {
+                    if !j.progress.status().is_final() {
+                        return Err(CommandError::new(
+                            ErrorClass::MigrationActive,
+                            "a migration is already running",
+                        ));
+                    }
+                    if j.progress.status() == Status::Completed {
+                        return Err(CommandError::generic("this VM has already migrated away"));
+                    }
+                }
+                let events = lock(&self.events).clone();
+                let job = OutgoingMigration::start(
+                    &self.vm,
+                    &self.beats,
+                    events,
+                    a.address().to_string(),
+                    params,
+                )
+                .map_err(|e| CommandError::generic(format!("{e:#}")))?;
+                *slot = Some(job);
+                Ok(json!({}))
+            }
+            Command::MigrateSetParameters(p) => {
+                let mut params = lock(&self.params);
+                p.apply(&mut params)?;
+                Ok(serde_json::to_value(&*params).unwrap_or(json!({})))
+            }
+            Command::QueryMigrateParameters => {
+                Ok(serde_json::to_value(&*lock(&self.params)).unwrap_or(json!({})))
+            }
+            Command::QueryMigrate => Ok(match self.current_job() {
+                None => json!({ "status": "none" }),
+                Some(j) => j.query(),
+            }),
+            Command::MigrateCancel => {
+                if let Some(j) = self.current_job() {
+                    j.progress.cancel.store(true, Ordering::SeqCst);
+                }
+                Ok(json!({}))
+            }
+            Command::MigrateStartPostcopy => match self.current_job() {
+                Some(j) if !j.progress.status().is_final() => {
+                    if !matches!(j.mode, Mode::Precopy | Mode::Hybrid) {
+                        return Err(CommandError::generic(format!(
+                            "a {} migration has no pre-copy phase to switch from",
+                            j.mode
+                        )));
+                    }
+                    j.progress.start_postcopy.store(true, Ordering::SeqCst);
+                    Ok(json!({}))
+                }
+                _ => Err(CommandError::generic("no migration is running")),
+            },
+            Command::Quit => {
+                self.vm.quit().map_err(gone)?;
+                Ok(json!({}))
+            }
+        }
+    }
+}
+
+impl ControlTarget for VmControl {
+    fn execute(&self, name: &str, args: &Map<String, Value>) -> Result<Value, CommandError> {
+        self.run(Command::parse(name, args)?)
+    }
+}

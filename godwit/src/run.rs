@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use godwit_machine::{BoardConfig, DeviceConfig, MAX_HARTS};
-use godwit_vmm::runner::{self, Boot, RunOptions};
+use godwit_vmm::runner::{self, Boot, Expect, RunOptions};
 use godwit_vmm::{guest, size};
 use std::path::PathBuf;
 
@@ -15,10 +15,12 @@ pub struct RunArgs {
     /// Initramfs (default: the built guest image).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Guest RAM size: bytes, or with a K/M/G suffix (512M, 1G).
-    #[arg(long, default_value = "512M", value_parser = size::parse_size)]
-    mem: u64,
+    /// Guest RAM size: bytes, or with a K/M/G suffix (512M, 1G); default
+    /// 512M. With --restore: the size the snapshot must have.
+    #[arg(long, value_parser = size::parse_size)]
+    mem: Option<u64>,
     /// Number of vCPUs (harts), 1 to 8; each runs on its own host thread.
+    /// With --restore: the count the snapshot must have.
     #[arg(long)]
     cpus: Option<u32>,
     /// Guest workload (adds `godwit.workload=NAME` to the kernel command line).
@@ -27,7 +29,8 @@ pub struct RunArgs {
     /// Extra kernel command line words, e.g. "wws_mb=64 pages_per_s=0".
     #[arg(long, default_value = "")]
     append: String,
-    /// Board without the virtio-balloon (no free page reporting).
+    /// Board without the virtio-balloon (no free page reporting). With
+    /// --restore: the snapshot must have no balloon.
     #[arg(long)]
     no_balloon: bool,
     /// Open a QMP-style control socket at this path.
@@ -53,18 +56,30 @@ pub fn check_cpus(n: u32) -> Result<u32> {
     Ok(n)
 }
 
+/// The default RAM size.
+const DEFAULT_MEM: u64 = 512 << 20;
+
 pub fn run(args: RunArgs) -> Result<i32> {
+    let cpus = args.cpus.map(check_cpus).transpose()?;
+    let devices = if args.no_balloon {
+        vec![]
+    } else {
+        vec![DeviceConfig::Balloon]
+    };
     let boot = match args.restore {
-        Some(path) => Boot::Snapshot { path, board: None },
+        Some(path) => Boot::Snapshot {
+            path,
+            expect: Expect {
+                harts: cpus,
+                ram_bytes: args.mem,
+                devices: args.no_balloon.then_some(devices),
+            },
+        },
         None => {
             let board = BoardConfig {
-                harts: check_cpus(args.cpus.unwrap_or(DEFAULT_CPUS))?,
-                ram_bytes: args.mem,
-                devices: if args.no_balloon {
-                    vec![]
-                } else {
-                    vec![DeviceConfig::Balloon]
-                },
+                harts: cpus.unwrap_or(DEFAULT_CPUS),
+                ram_bytes: args.mem.unwrap_or(DEFAULT_MEM),
+                devices,
             };
             board.validate()?;
             let (kernel, initrd) = guest::resolve(args.kernel, args.initrd)?;

@@ -104,21 +104,32 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `godwit` with `args`, stdout piped.
+    /// Starts `godwit` with `args`. Its console (stdout) and its messages
+    /// (stderr, also copied to ours) both arrive as lines.
     pub fn start(args: &[&str]) -> Running {
         use std::io::BufRead;
         let mut child = godwit()
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn godwit");
         let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if tx2.send(line).is_err() {
                     break;
                 }
             }

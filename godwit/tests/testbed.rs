@@ -92,9 +92,10 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn testbed_shapes_the_link_and_cleans_up() {
+    // The test command runs as root (CI does); elsewhere this fails with
+    // the reason rather than passing without testing anything.
     if let Some(reason) = cannot_run() {
-        eprintln!("testbed test skipped: {reason}");
-        return;
+        panic!("the testbed cannot be built here: {reason} (run as root, or skip this test with `--skip testbed`)");
     }
     let _teardown = Teardown;
 

@@ -211,3 +211,70 @@ fn free_page_reporting_returns_memory_to_the_host() {
     let _ = vm.wait_exit(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `godwit run` output: exit status and stderr.
+fn run_output(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run godwit");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A snapshot restored on a board that differs (vCPUs, RAM, devices) is
+/// refused with the difference named, and so is a snapshot of an older
+/// state version; nothing boots.
+#[test]
+fn snapshot_of_another_board_or_version_is_refused() {
+    guest_image();
+    let dir = temp_dir("board");
+    let sock = dir.join("ctl.sock");
+    let snap = dir.join("vm.snap");
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "128M",
+        "--control",
+        sock.to_str().unwrap(),
+        "--workload",
+        "idle",
+    ]);
+    vm.wait_for("GODWIT READY", Duration::from_secs(60));
+    let reply = qmp(&sock, "snapshot", json!({ "path": snap.to_str().unwrap() }));
+    assert!(reply.get("return").is_some(), "{reply}");
+    assert_eq!(qmp(&sock, "quit", json!({}))["return"], json!({}));
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+    let s = snap.to_str().unwrap();
+
+    let (code, err) = run_output(&["run", "--restore", s, "--cpus", "2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("2 harts here, 1 there"), "{err}");
+    let (code, err) = run_output(&["run", "--restore", s, "--mem", "256M"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("268435456 bytes of RAM here, 134217728 there"),
+        "{err}"
+    );
+    let (code, err) = run_output(&["run", "--restore", s, "--no-balloon"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("virtio slot 0: nothing here, virtio-balloon there"),
+        "{err}"
+    );
+
+    // The same file with the state's version word set to 1 (the layout of
+    // the file itself is unchanged: magic, header line, state length).
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let header_end = bytes.iter().skip(16).position(|&b| b == b'\n').unwrap() + 17;
+    bytes[header_end + 8..header_end + 12].copy_from_slice(&1u32.to_le_bytes());
+    let old = dir.join("old.snap");
+    std::fs::write(&old, &bytes).unwrap();
+    let (code, err) = run_output(&["run", "--restore", old.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("version 1, from an older Godwit"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,7 +29,6 @@ use serde_json::{json, Value};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -599,8 +598,7 @@ impl TestbedLock {
         let deadline = Instant::now() + LOCK_WAIT;
         let mut said = false;
         loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if file.try_lock().is_ok() {
                 break;
             }
             let holder = std::fs::read_to_string(path).unwrap_or_default();

@@ -22,12 +22,31 @@ pub enum Boot {
         initrd: Option<PathBuf>,
         cmdline: String,
     },
-    /// A snapshot; `board`, when given, is what the user asked for, and a
-    /// snapshot of another board is refused.
-    Snapshot {
-        path: PathBuf,
-        board: Option<BoardConfig>,
-    },
+    /// A snapshot; a snapshot whose board differs from what `expect` asks
+    /// for is refused, naming the difference.
+    Snapshot { path: PathBuf, expect: Expect },
+}
+
+/// What the user said the restored board must be (unset: anything).
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    pub harts: Option<u32>,
+    pub ram_bytes: Option<u64>,
+    pub devices: Option<Vec<godwit_machine::DeviceConfig>>,
+}
+
+impl Expect {
+    /// The board `saved` with what the user asked for put in its place.
+    fn board(&self, saved: &BoardConfig) -> BoardConfig {
+        BoardConfig {
+            harts: self.harts.unwrap_or(saved.harts),
+            ram_bytes: self.ram_bytes.unwrap_or(saved.ram_bytes),
+            devices: self
+                .devices
+                .clone()
+                .unwrap_or_else(|| saved.devices.clone()),
+        }
+    }
 }
 
 /// What `godwit run` was told.
@@ -71,14 +90,19 @@ pub fn console_input(handle: VmHandle) -> Result<()> {
 fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
     let console = Box::new(Tap::new(std::io::stdout(), beats.clone()));
     match boot {
-        Boot::Snapshot { path, board } => {
+        Boot::Snapshot { path, expect } => {
             let snap = snapshot::load(&path)?;
+            let board = expect.board(&snap.state.board);
+            // Refused before any RAM is mapped or filled.
+            board
+                .compare(&snap.state.board)
+                .with_context(|| format!("cannot restore {}", path.display()))?;
             let ram = Arc::new(GuestRam::new(
                 RAM_BASE,
                 snap.state.board.ram_bytes as usize,
             )?);
             snap.fill_ram(&ram)?;
-            let vm = Vm::restore(&snap.state, ram, console, board.as_ref())
+            let vm = Vm::restore(&snap.state, ram, console, Some(&board))
                 .with_context(|| format!("cannot restore {}", path.display()))?;
             eprintln!("godwit: restored {} ({})", path.display(), vm.board());
             Ok(vm)

@@ -6,7 +6,8 @@
 //! QMP so that people who know QEMU or libvirt feel at home:
 //!
 //! - on connect the server sends one greeting line;
-//! - then each line from the client is one request,
+//! - then each JSON object from the client is one request (a newline after
+//!   it is optional, as QEMU's parser takes a stream of JSON values),
 //!   `{"execute": NAME, "arguments": {...}, "id": ANY}` (`arguments` and `id`
 //!   optional), and the server answers each with exactly one line, in order:
 //!   `{"return": VALUE}` or `{"error": {"class": CLASS, "desc": TEXT}}`, with
@@ -42,11 +43,11 @@
 //! S: {"id":"a","return":{}}
 //! C: {"execute": "query-balon"}
 //! S: {"error":{"class":"CommandNotFound","desc":"The command query-balon has not been found"}}
-//! C: {"execute": "stop"
-//! S: {"error":{"class":"GenericError","desc":"invalid JSON: EOF while parsing an object at line 1 column 18"}}
+//! C: {"execute": "stop",}
+//! S: {"error":{"class":"GenericError","desc":"invalid JSON: trailing comma at line 1 column 20"}}
 //! ```
 //!
-//! Limits: a request line may be at most [`MAX_LINE_BYTES`] long (a longer
+//! Limits: a request may be at most [`MAX_LINE_BYTES`] long (a longer
 //! one gets an error reply and the connection is closed), and at most
 //! [`MAX_CONNECTIONS`] clients may be connected at once (an extra one gets an
 //! error line instead of the greeting and is closed). Each connection has its
@@ -214,6 +215,92 @@ pub(crate) enum Line {
     Unterminated(Vec<u8>),
     /// More than the limit without a `\n` (the rest is left unread).
     TooLong,
+}
+
+/// Reads one request: a JSON value as a stream of bytes, as QEMU's QMP
+/// parser takes it, with or without a newline after it (QEMU's own client
+/// library sends none). An object or array ends at the bracket that closes
+/// it, a top-level scalar at the next whitespace, and an incomplete value
+/// goes on across lines; whitespace between values is skipped. At most
+/// `max` bytes.
+pub(crate) fn read_request<R: BufRead>(reader: &mut R, max: usize) -> io::Result<Line> {
+    let mut buf = Vec::new();
+    let (mut depth, mut in_str, mut esc, mut scalar) = (0u32, false, false, false);
+    loop {
+        let avail = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Unterminated(buf)
+            });
+        }
+        let mut used = 0;
+        let mut done = false;
+        for &b in avail {
+            used += 1;
+            if in_str {
+                buf.push(b);
+                if esc {
+                    esc = false;
+                } else if b == b'\\' {
+                    esc = true;
+                } else if b == b'"' {
+                    in_str = false;
+                    if depth == 0 {
+                        done = true;
+                        break;
+                    }
+                }
+            } else {
+                match b {
+                    b'{' | b'[' => {
+                        depth += 1;
+                        buf.push(b);
+                    }
+                    b'}' | b']' => {
+                        buf.push(b);
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            done = true;
+                            break;
+                        }
+                    }
+                    b'"' => {
+                        in_str = true;
+                        buf.push(b);
+                    }
+                    b' ' | b'\t' | b'\r' | b'\n' => {
+                        if depth == 0 && scalar {
+                            done = true;
+                            break;
+                        }
+                        if depth > 0 {
+                            buf.push(b);
+                        }
+                    }
+                    _ => {
+                        scalar |= depth == 0;
+                        buf.push(b);
+                    }
+                }
+            }
+            if buf.len() > max {
+                break;
+            }
+        }
+        reader.consume(used);
+        if buf.len() > max {
+            return Ok(Line::TooLong);
+        }
+        if done {
+            return Ok(Line::Complete(buf));
+        }
+    }
 }
 
 /// Reads one `\n`-terminated line of at most `max` bytes (plus the `\n`).

@@ -496,7 +496,7 @@ fn serve_connection(stream: &UnixStream, conn: &Conn, target: &dyn ControlTarget
     }
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
-        let line = match read_line_bounded(&mut reader, MAX_LINE_BYTES) {
+        let line = match read_request(&mut reader, MAX_LINE_BYTES) {
             Ok(line) => line,
             Err(_) => return,
         };
@@ -506,9 +506,8 @@ fn serve_connection(stream: &UnixStream, conn: &Conn, target: &dyn ControlTarget
         let (bytes, last) = match line {
             Line::Eof => return,
             Line::TooLong => {
-                let desc = format!(
-                    "request line longer than {MAX_LINE_BYTES} bytes; closing the connection"
-                );
+                let desc =
+                    format!("request longer than {MAX_LINE_BYTES} bytes; closing the connection");
                 let _ = conn.send(&make_reply(Err(CommandError::generic(desc)), None));
                 return;
             }

@@ -294,10 +294,10 @@ fn invalid_json_gets_an_error_and_the_connection_survives() {
     let (_server, fake) = start(&dir);
     let mut raw = Raw::connect(&dir.sock());
     for bad in [
-        r#"{"execute": "stop""#,
+        r#"{"execute": "stop"]"#,
         "nonsense",
         r#"{"execute": "stop",}"#,
-        "{",
+        "}",
     ] {
         let reply = raw.call(bad);
         let (class, desc) = error_of(&reply);
@@ -729,6 +729,53 @@ fn read_line_bounded_edges() {
     assert_eq!(read(b"abcde\n", 4), Line::TooLong);
     assert_eq!(read(b"abc", 4), Line::Unterminated(b"abc".to_vec()));
     assert_eq!(read(b"abcd", 4), Line::Unterminated(b"abcd".to_vec()));
+}
+
+#[test]
+fn requests_are_a_json_stream() {
+    let read = |input: &[u8]| {
+        let mut c = io::Cursor::new(input.to_vec());
+        let mut out = Vec::new();
+        loop {
+            match read_request(&mut c, 64).expect("read") {
+                Line::Eof => return out,
+                l => out.push(l),
+            }
+        }
+    };
+    let c = |s: &str| Line::Complete(s.as_bytes().to_vec());
+    // No newlines (QEMU's client library), several per line, split objects.
+    assert_eq!(
+        read(br#"{"a":1}{"b":"}{"}  {"c":[1,{"d":2}]}"#),
+        vec![
+            c(r#"{"a":1}"#),
+            c(r#"{"b":"}{"}"#),
+            c(r#"{"c":[1,{"d":2}]}"#)
+        ]
+    );
+    assert_eq!(
+        read(b"{\"a\":\n 1}\n42\nnonsense \"s\\\"q\""),
+        vec![c("{\"a\":\n 1}"), c("42"), c("nonsense"), c("\"s\\\"q\"")]
+    );
+    assert_eq!(
+        read(b"{\"open\": "),
+        vec![Line::Unterminated(b"{\"open\": ".to_vec())]
+    );
+    // (The server closes the connection after a request that is too long.)
+    assert_eq!(read(&[b'['; 100])[0], Line::TooLong);
+    assert_eq!(read(b"  \n\n"), vec![]);
+}
+
+#[test]
+fn an_incomplete_request_gets_an_error_at_end_of_stream() {
+    let dir = TempDir::new("incomplete");
+    let (_server, _fake) = start(&dir);
+    let mut raw = Raw::connect(&dir.sock());
+    raw.send(r#"{"execute": "stop""#);
+    raw.stream.shutdown(Shutdown::Write).expect("half close");
+    let (class, desc) = error_of(&raw.recv());
+    assert_eq!(class, "GenericError");
+    assert!(desc.starts_with("invalid JSON: EOF"), "{desc}");
 }
 
 #[test]

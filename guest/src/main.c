@@ -36,6 +36,9 @@ static const struct workload {
     {"memtouch", memtouch_run},
     {"quicksort", quicksort_run},
     {"alloc-free", allocfree_run},
+    {"smp", smp_run},
+    {"netserve", netserve_run},
+    {"diskcheck", diskcheck_run},
 };
 
 static bool is_init;
@@ -174,7 +177,7 @@ int main(int argc, char **argv)
         if (strcmp(workloads[i].name, name) == 0)
             w = &workloads[i];
     if (!w)
-        fatal("unknown workload \"%s\" (known: idle, memtouch, quicksort, alloc-free)", name);
+        fatal("unknown workload \"%s\" (known: idle, memtouch, quicksort, alloc-free, smp, netserve, diskcheck)", name);
 
     struct heartbeat hb;
     uint64_t hb_ms = param_u64("hb_ms", 100, 1, 60000);

@@ -198,11 +198,19 @@ void heartbeat_init(struct heartbeat *hb, uint64_t period_ms, uint64_t duration_
 
 uint64_t heartbeat_ready(struct heartbeat *hb, const char *workload)
 {
+    return heartbeat_ready_with(hb, workload, NULL, NULL);
+}
+
+uint64_t heartbeat_ready_with(struct heartbeat *hb, const char *workload,
+                              void (*add)(struct json *j, void *arg), void *arg)
+{
     struct json j;
     json_open(&j);
     json_str(&j, "workload", workload);
     json_raw(&j, "params", params_used_json());
     json_u64(&j, "mem_total_kb", meminfo_kb("MemTotal"));
+    if (add)
+        add(&j, arg);
     json_close(&j);
 
     uint64_t now = now_ns();

@@ -101,6 +101,10 @@ void heartbeat_init(struct heartbeat *hb, uint64_t period_ms, uint64_t duration_
 /* Prints GODWIT READY (workload, parameters read so far, mem_total_kb) and
  * starts the clock. Returns the READY time. */
 uint64_t heartbeat_ready(struct heartbeat *hb, const char *workload);
+/* heartbeat_ready() for a workload whose READY line carries more than the
+ * common members: add(j, arg) appends its own after mem_total_kb. */
+uint64_t heartbeat_ready_with(struct heartbeat *hb, const char *workload,
+                              void (*add)(struct json *j, void *arg), void *arg);
 /* What is due at `now`: nothing, a heartbeat, or the final DONE line. */
 enum beat heartbeat_poll(const struct heartbeat *hb, uint64_t now);
 /* Makes the next poll return BEAT_DONE (a workload that ran its course). */

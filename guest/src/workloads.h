@@ -12,6 +12,9 @@ void idle_run(struct heartbeat *hb);
 void memtouch_run(struct heartbeat *hb);
 void quicksort_run(struct heartbeat *hb);
 void allocfree_run(struct heartbeat *hb);
+void smp_run(struct heartbeat *hb);
+void netserve_run(struct heartbeat *hb);
+void diskcheck_run(struct heartbeat *hb);
 
 /* Memory a workload may take, in MiB: MemAvailable minus a margin for the
  * kernel, so a too-large parameter is an ERROR instead of the OOM killer. */

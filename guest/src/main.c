@@ -10,10 +10,12 @@
  * Not PID 1 (a test run on some host): no mounts, the command line is taken
  * from argv, and power_off() just exits.
  */
+#define _GNU_SOURCE /* REG_PC / REG_RIP in ucontext_t */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "init.h"
@@ -64,17 +67,53 @@ noreturn void fatal(const char *fmt, ...)
     power_off();
 }
 
-/* A crash of init would panic the kernel; say what happened and power off.
- * Only async-signal-safe calls here. */
-static void on_crash(int sig)
+/* Writes v as 16 hex digits at out (async-signal-safe). */
+static void hex16(char *out, uint64_t v)
 {
-    char line[] = "GODWIT ERROR {\"error\":\"init crashed with signal 00\"}\n";
-    char *digits = strstr(line, "00");
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = "0123456789abcdef"[v & 15];
+}
+
+/* A crash of init would panic the kernel; say what happened (signal, the
+ * faulting address and the pc) and power off. Only async-signal-safe calls
+ * here. */
+static void on_crash(int sig, siginfo_t *info, void *uctx)
+{
+    char line[] = "GODWIT ERROR {\"error\":\"init crashed with signal 00 at 0x0000000000000000 pc 0x0000000000000000\"}\n";
+    char *digits = strstr(line, "00 at");
     digits[0] = (char)('0' + sig / 10 % 10);
     digits[1] = (char)('0' + sig % 10);
+    hex16(strstr(line, "at 0x") + 5, (uint64_t)(uintptr_t)info->si_addr);
+    uint64_t pc = 0;
+#if defined(__riscv)
+    pc = ((ucontext_t *)uctx)->uc_mcontext.__gregs[REG_PC];
+#elif defined(__x86_64__)
+    pc = (uint64_t)((ucontext_t *)uctx)->uc_mcontext.gregs[REG_RIP];
+#else
+    (void)uctx;
+#endif
+    hex16(strstr(line, "pc 0x") + 5, pc);
     if (write(STDOUT_FILENO, line, sizeof line - 1) < 0) {
         /* nothing else to try */
     }
+    /* The mappings, to place the pc (open/read/write are async-signal-safe). */
+    int fd = open("/proc/self/maps", O_RDONLY);
+    if (fd >= 0) {
+        char buf[4096];
+        ssize_t n;
+        while ((n = read(fd, buf, sizeof buf)) > 0)
+            if (write(STDOUT_FILENO, buf, (size_t)n) < 0)
+                break;
+        close(fd);
+    }
+#if defined(__riscv)
+    char regs[] = "ra 0x0000000000000000 sp 0x0000000000000000\n";
+    hex16(regs + 5, ((ucontext_t *)uctx)->uc_mcontext.__gregs[1]);
+    hex16(regs + 27, ((ucontext_t *)uctx)->uc_mcontext.__gregs[2]);
+    if (write(STDOUT_FILENO, regs, sizeof regs - 1) < 0) {
+        /* nothing else to try */
+    }
+#endif
     if (is_init)
         reboot(RB_POWER_OFF);
     _exit(128 + sig);
@@ -82,12 +121,16 @@ static void on_crash(int sig)
 
 static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
 
-static void set_crash_handlers(void (*handler)(int))
+static void set_crash_handlers(void (*handler)(int, siginfo_t *, void *))
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = handler;
-    sa.sa_flags = SA_RESETHAND;
+    if (handler) {
+        sa.sa_sigaction = handler;
+        sa.sa_flags = SA_RESETHAND | SA_SIGINFO;
+    } else {
+        sa.sa_handler = SIG_DFL;
+    }
     sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < sizeof crash_signals / sizeof crash_signals[0]; i++)
         sigaction(crash_signals[i], &sa, NULL);
@@ -95,7 +138,7 @@ static void set_crash_handlers(void (*handler)(int))
 
 void init_child_signals(void)
 {
-    set_crash_handlers(SIG_DFL);
+    set_crash_handlers(NULL);
 }
 
 /* The kernel opens /dev/console as fd 0-2 for init; if it could not, try again. */

@@ -229,11 +229,22 @@ impl Hart {
                 self.x[rd] = v as i32 as i64 as u64;
             }
             0x0f => match f3 {
-                // FENCE: one hart, memory is coherent with itself.
-                0 => {}
-                // FENCE.I: the hart's own stores already dropped the code
-                // they overwrote; pick up changes made from outside it.
-                1 => self.jit_sync(),
+                // FENCE. The host (x86-64, TSO) keeps every order RVWMO
+                // asks for but one: a store may pass a later load. So only
+                // a fence that orders earlier stores (PW, bit 24) before
+                // later loads (SR, bit 21) needs a host barrier; FENCE.TSO
+                // (fm = 8) never asks for that order.
+                0 => {
+                    if i >> 28 != 8 && i & (1 << 24) != 0 && i & (1 << 21) != 0 {
+                        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                // FENCE.I: drop every translated block, so code other harts
+                // (or devices) wrote is fetched afresh.
+                1 => {
+                    self.jit.stats.fence_i += 1;
+                    self.jit_flush();
+                }
                 _ => return Err(Trap::illegal(self.insn)),
             },
             0x73 => {
@@ -374,7 +385,18 @@ impl Hart {
         Ok(())
     }
 
-    /// LR/SC and the AMOs.
+    /// LR/SC and the AMOs, atomic with respect to every other hart.
+    ///
+    /// AMOs are host atomic read-modify-writes (`lock`-prefixed on x86-64,
+    /// so also full barriers, which covers `.aq`/`.rl`). LR records the
+    /// physical location (its host address: guest RAM is one mapping) and
+    /// the value it read; SC stores only if the location is the reserved
+    /// one and still holds that value, as one compare-and-swap. So a store
+    /// by another hart that changed the reserved word makes the SC fail. (A
+    /// store of the very same value does not: RVWMO cannot tell the two
+    /// apart from the outside, and an SC may always fail spuriously; QEMU's
+    /// TCG makes the same choice.) A trap or an interrupt drops the
+    /// reservation.
     fn amo(
         &mut self,
         i: u32,
@@ -382,7 +404,7 @@ impl Hart {
         rs1: usize,
         rs2: usize,
         f3: u32,
-        bus: &mut dyn Bus,
+        _bus: &mut dyn Bus,
     ) -> Result<(), Trap> {
         let size: u8 = match f3 {
             2 => 4,
@@ -397,54 +419,137 @@ impl Hart {
                 if rs2 != 0 {
                     return Err(Trap::illegal(self.insn));
                 }
-                if va & (size as u64 - 1) != 0 {
-                    return Err(Trap::new(4, va));
-                }
-                let v = self.load(va, size, bus)?;
-                self.reservation = Some(va);
+                let p = self.read_ptr(va, size)?;
+                // SAFETY: `read_ptr` returns an aligned pointer to `size`
+                // bytes of guest RAM, which lives as long as the hart.
+                let v = unsafe { atomic_load(p, size) };
+                self.reservation = Some(Reservation {
+                    host: p as usize,
+                    size,
+                    value: v,
+                });
                 self.x[rd] = sx(v);
             }
             0x03 => {
                 if va & (size as u64 - 1) != 0 {
                     return Err(Trap::new(6, va));
                 }
-                if self.reservation.take() == Some(va) {
-                    let p = self.rmw_ptr(va, size)?;
-                    // SAFETY: `rmw_ptr` returns a pointer to `size` bytes of guest RAM.
-                    unsafe { write_host(p, size, self.x[rs2]) };
-                    self.x[rd] = 0;
-                } else {
+                let Some(r) = self.reservation.take() else {
                     self.x[rd] = 1;
-                }
+                    return Ok(());
+                };
+                let p = self.rmw_ptr(va, size)?;
+                let ok = r.host == p as usize
+                    && r.size == size
+                    // SAFETY: `rmw_ptr` returns an aligned pointer to
+                    // `size` bytes of guest RAM.
+                    && unsafe { atomic_cas(p, size, r.value, self.x[rs2]) };
+                self.x[rd] = u64::from(!ok);
             }
             _ => {
+                if !matches!(
+                    funct5,
+                    0x00 | 0x01 | 0x04 | 0x08 | 0x0c | 0x10 | 0x14 | 0x18 | 0x1c
+                ) {
+                    return Err(Trap::illegal(self.insn));
+                }
                 let p = self.rmw_ptr(va, size)?;
-                // SAFETY: `rmw_ptr` returns a pointer to `size` bytes of guest RAM.
-                let old = unsafe { read_host(p, size) };
-                let b = self.x[rs2];
-                let (so, sb) = (sx(old) as i64, sx(b) as i64);
-                let (uo, ub) = if size == 4 {
-                    (old as u32 as u64, b as u32 as u64)
-                } else {
-                    (old, b)
-                };
-                let new = match funct5 {
-                    0x01 => b,
-                    0x00 => old.wrapping_add(b),
-                    0x04 => old ^ b,
-                    0x0c => old & b,
-                    0x08 => old | b,
-                    0x10 => so.min(sb) as u64,
-                    0x14 => so.max(sb) as u64,
-                    0x18 => uo.min(ub),
-                    0x1c => uo.max(ub),
-                    _ => return Err(Trap::illegal(self.insn)),
-                };
-                // SAFETY: as above.
-                unsafe { write_host(p, size, new) };
+                // SAFETY: `rmw_ptr` returns an aligned pointer to `size`
+                // bytes of guest RAM.
+                let old = unsafe { atomic_rmw(p, size, funct5, self.x[rs2]) };
                 self.x[rd] = sx(old);
             }
         }
         Ok(())
+    }
+}
+
+/// What an LR reserved: the host address of the location (one per
+/// physical location), the access size and the value it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reservation {
+    pub host: usize,
+    pub size: u8,
+    pub value: u64,
+}
+
+/// An atomic load of `size` (4 or 8) bytes at `p`.
+///
+/// # Safety
+/// `p` is aligned to `size` and points into guest RAM.
+unsafe fn atomic_load(p: *const u8, size: u8) -> u64 {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+    // SAFETY: guaranteed by the caller; guest RAM is only ever accessed
+    // through raw pointers and atomics, never through Rust references.
+    unsafe {
+        if size == 4 {
+            u64::from(AtomicU32::from_ptr(p as *mut u32).load(SeqCst))
+        } else {
+            AtomicU64::from_ptr(p as *mut u64).load(SeqCst)
+        }
+    }
+}
+
+/// Compare-and-swap of `size` bytes at `p`: stores `new` if it holds
+/// `expect` (the low 32 bits for a word); true if it did.
+///
+/// # Safety
+/// As [`atomic_load`].
+unsafe fn atomic_cas(p: *mut u8, size: u8, expect: u64, new: u64) -> bool {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if size == 4 {
+            AtomicU32::from_ptr(p as *mut u32)
+                .compare_exchange(expect as u32, new as u32, SeqCst, SeqCst)
+                .is_ok()
+        } else {
+            AtomicU64::from_ptr(p as *mut u64)
+                .compare_exchange(expect, new, SeqCst, SeqCst)
+                .is_ok()
+        }
+    }
+}
+
+/// The AMO `funct5` on `size` bytes at `p` with operand `b`; returns the
+/// old value (zero-extended for a word).
+///
+/// # Safety
+/// As [`atomic_load`]; `funct5` is one of the AMO codes.
+unsafe fn atomic_rmw(p: *mut u8, size: u8, funct5: u32, b: u64) -> u64 {
+    use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::SeqCst};
+    // SAFETY: guaranteed by the caller; signed and unsigned views of the
+    // same aligned word are the same memory.
+    unsafe {
+        if size == 4 {
+            let u = AtomicU32::from_ptr(p as *mut u32);
+            let s = AtomicI32::from_ptr(p as *mut i32);
+            let b32 = b as u32;
+            u64::from(match funct5 {
+                0x01 => u.swap(b32, SeqCst),
+                0x00 => u.fetch_add(b32, SeqCst),
+                0x04 => u.fetch_xor(b32, SeqCst),
+                0x0c => u.fetch_and(b32, SeqCst),
+                0x08 => u.fetch_or(b32, SeqCst),
+                0x10 => s.fetch_min(b32 as i32, SeqCst) as u32,
+                0x14 => s.fetch_max(b32 as i32, SeqCst) as u32,
+                0x18 => u.fetch_min(b32, SeqCst),
+                _ => u.fetch_max(b32, SeqCst),
+            })
+        } else {
+            let u = AtomicU64::from_ptr(p as *mut u64);
+            let s = AtomicI64::from_ptr(p as *mut i64);
+            match funct5 {
+                0x01 => u.swap(b, SeqCst),
+                0x00 => u.fetch_add(b, SeqCst),
+                0x04 => u.fetch_xor(b, SeqCst),
+                0x0c => u.fetch_and(b, SeqCst),
+                0x08 => u.fetch_or(b, SeqCst),
+                0x10 => s.fetch_min(b as i64, SeqCst) as u64,
+                0x14 => s.fetch_max(b as i64, SeqCst) as u64,
+                0x18 => u.fetch_min(b, SeqCst),
+                _ => u.fetch_max(b, SeqCst),
+            }
+        }
     }
 }

@@ -119,8 +119,8 @@ pub struct Hart {
     pub(crate) stimecmp: u64,
     pub(crate) instret: u64,
     pub(crate) clock: GuestClock,
-    /// LR/SC reservation (physical-independent: the virtual address).
-    pub(crate) reservation: Option<u64>,
+    /// LR/SC reservation: the reserved location and the value LR read.
+    pub(crate) reservation: Option<crate::exec::Reservation>,
 
     /// The instruction being executed (raw bits, for `tval`).
     pub(crate) insn: u32,
@@ -178,7 +178,7 @@ impl Hart {
             reservation: None,
             insn: 0,
             irq_check_pending: true,
-            jit: Jit::new(ram.clone()),
+            jit: Jit::new(ram.clone(), hartid as usize),
             ram_base: ram.base(),
             ram_host: ram.host_ptr(),
             seen_discard_epoch: ram.discard_epoch(),

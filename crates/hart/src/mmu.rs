@@ -150,13 +150,26 @@ impl Hart {
 
     /// Translates `va` for `access` at the data or fetch privilege.
     pub(crate) fn translate(&mut self, va: u64, access: Access) -> Result<Translation, Trap> {
+        // Another hart may change a PTE between our read and our A/D
+        // update; the update is a compare-and-swap, and a lost race walks
+        // again from the root.
+        loop {
+            if let Some(t) = self.walk(va, access)? {
+                return Ok(t);
+            }
+        }
+    }
+
+    /// One page walk; `None` when another hart changed a PTE it was about
+    /// to set A/D in.
+    fn walk(&mut self, va: u64, access: Access) -> Result<Option<Translation>, Trap> {
         let prv = if access == Access::Exec {
             self.prv
         } else {
             self.data_priv()
         };
         if prv == Priv::M || self.satp >> 60 == 0 {
-            return Ok(Translation { pa: va, allow: 7 });
+            return Ok(Some(Translation { pa: va, allow: 7 }));
         }
         // Sv39: bits 63..39 must equal bit 38.
         if ((va as i64) << 25 >> 25) as u64 != va {
@@ -207,9 +220,10 @@ impl Hart {
             }
             let want = PTE_A | if access == Access::Write { PTE_D } else { 0 };
             if pte & want != want {
-                pte |= want;
-                if !self.phys_write_u64(pte_addr, pte) {
-                    return Err(Trap::new(access.access_fault(), va));
+                match self.phys_cas_u64(pte_addr, pte, pte | want) {
+                    None => return Err(Trap::new(access.access_fault(), va)),
+                    Some(false) => return Ok(None),
+                    Some(true) => pte |= want,
                 }
             }
             let offset_mask = (1u64 << (PAGE_SHIFT + 9 * level)) - 1;
@@ -224,7 +238,7 @@ impl Hart {
             if pte & PTE_X != 0 && (prv == Priv::U || !user) {
                 allow |= 4;
             }
-            return Ok(Translation { pa, allow });
+            return Ok(Some(Translation { pa, allow }));
         }
     }
 
@@ -239,15 +253,29 @@ impl Hart {
         }))
     }
 
-    fn phys_write_u64(&mut self, pa: u64, v: u64) -> bool {
+    /// Stores `new` in the PTE at `pa` if it still holds `old`: `None`
+    /// when `pa` is not in RAM, `Some(false)` when another hart changed it.
+    fn phys_cas_u64(&mut self, pa: u64, old: u64, new: u64) -> Option<bool> {
         if pa & 7 != 0 || !self.ram.contains(pa, 8) {
-            return false;
+            return None;
         }
         let off = (pa - self.ram_base) as usize;
-        // SAFETY: `contains` checked the 8 bytes lie inside guest RAM.
-        unsafe { std::ptr::write_unaligned(self.ram_host.add(off) as *mut u64, v.to_le()) };
-        self.note_ram_write(off >> PAGE_SHIFT);
-        true
+        // SAFETY: `contains` checked the 8 bytes lie inside guest RAM, and
+        // `pa` is 8-aligned (RAM's base is page-aligned).
+        let ok = unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(self.ram_host.add(off) as *mut u64)
+                .compare_exchange(
+                    old.to_le(),
+                    new.to_le(),
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .is_ok()
+        };
+        if ok {
+            self.note_ram_write(off >> PAGE_SHIFT);
+        }
+        Some(ok)
     }
 
     /// Host pointer for guest-physical `pa` when it is in RAM.
@@ -343,6 +371,27 @@ impl Hart {
             self.tlb_flush_writes();
         }
         Ok(())
+    }
+
+    /// Host pointer for an aligned load of `size` bytes at `va` in RAM
+    /// (LR: the reservation is on the physical location, which the host
+    /// address names).
+    pub(crate) fn read_ptr(&mut self, va: u64, size: u8) -> Result<*const u8, Trap> {
+        if va & (size as u64 - 1) != 0 {
+            return Err(Trap::new(4, va));
+        }
+        let vpn = va >> PAGE_SHIFT;
+        let e = self.tlbs[self.tlb_data & 3][vpn as usize & TLB_MASK];
+        if e.read == vpn {
+            return Ok(e.addend.wrapping_add(va as usize) as *const u8);
+        }
+        let t = self.translate(va, Access::Read)?;
+        let Some(p) = self.ram_ptr(t.pa, size as usize) else {
+            return Err(Trap::new(Access::Read.access_fault(), va));
+        };
+        let ctx = self.tlb_data;
+        self.tlb_fill(va, &t, ctx);
+        Ok(p)
     }
 
     /// Host pointer for an aligned read-modify-write (AMO, SC) of `size` bytes at `va`.

@@ -36,7 +36,6 @@ pub struct HartState {
     pub satp: u64,
     pub stimecmp: u64,
     pub instret: u64,
-    pub reservation: Option<u64>,
 }
 
 impl Hart {
@@ -71,7 +70,6 @@ impl Hart {
             satp: self.satp,
             stimecmp: self.stimecmp,
             instret: self.instret,
-            reservation: self.reservation,
         }
     }
 
@@ -108,7 +106,9 @@ impl Hart {
         self.satp = s.satp;
         self.stimecmp = s.stimecmp;
         self.instret = s.instret;
-        self.reservation = s.reservation;
+        // A reservation does not survive a save (it names a host address):
+        // the next SC fails, as an SC may, and the guest retries.
+        self.reservation = None;
         self.tlb_flush();
         self.jit.flush();
         self.select_tlb();

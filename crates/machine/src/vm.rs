@@ -149,6 +149,8 @@ pub struct RunOutcome {
     /// Instructions all harts retired while running.
     pub instructions: u64,
     pub elapsed: Duration,
+    /// The translators' counters, summed over the harts.
+    pub jit: godwit_hart::JitStats,
 }
 
 fn new_device(d: &DeviceConfig, ram: &GuestRam) -> Box<dyn VirtioDevice> {
@@ -360,10 +362,19 @@ impl Vm {
             let _ = t.join();
         }
         shared.devices.flush_console();
+        let mut jit = godwit_hart::JitStats::default();
+        for h in &shared.harts {
+            let s = lock(h).jit_stats();
+            jit.blocks += s.blocks;
+            jit.invalidations += s.invalidations;
+            jit.flushes += s.flushes;
+            jit.fence_i += s.fence_i;
+        }
         Ok(RunOutcome {
             exit,
             instructions: instret(&shared).wrapping_sub(first),
             elapsed: started.elapsed(),
+            jit,
         })
     }
 }

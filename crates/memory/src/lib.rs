@@ -16,4 +16,4 @@ mod bitmap;
 mod ram;
 
 pub use bitmap::AtomicBitmap;
-pub use ram::{is_zero_page, GuestRam, MemoryError, PAGE_SHIFT, PAGE_SIZE};
+pub use ram::{is_zero_page, GuestRam, MemoryError, MAX_CODE_HARTS, PAGE_SHIFT, PAGE_SIZE};

@@ -1,7 +1,11 @@
 //! One guest RAM region backed by an anonymous host mapping.
 
 use crate::AtomicBitmap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+/// Most harts whose translated code guest RAM keeps track of.
+pub const MAX_CODE_HARTS: usize = 8;
 
 /// log2 of the guest page size tracked by the dirty log and the free map.
 pub const PAGE_SHIFT: u32 = 12;
@@ -34,8 +38,13 @@ pub struct GuestRam {
     free: AtomicBitmap,
     logging: AtomicBool,
     discard_epoch: AtomicU64,
-    code: AtomicBitmap,
+    /// Per page: which harts hold translated code from it (bit per hart).
+    code: Box<[AtomicU8]>,
     code_epoch: AtomicU64,
+    /// Per hart: pages another hart stored to whose blocks it must drop.
+    code_stale: [Mutex<Vec<usize>>; MAX_CODE_HARTS],
+    /// Bit per hart: its `code_stale` list is not empty.
+    code_stale_any: AtomicU8,
 }
 
 // SAFETY: the mapping lives as long as the struct and is only reached through
@@ -78,8 +87,10 @@ impl GuestRam {
             free: AtomicBitmap::new(pages),
             logging: AtomicBool::new(false),
             discard_epoch: AtomicU64::new(0),
-            code: AtomicBitmap::new(pages),
+            code: (0..pages).map(|_| AtomicU8::new(0)).collect(),
             code_epoch: AtomicU64::new(0),
+            code_stale: Default::default(),
+            code_stale_any: AtomicU8::new(0),
         })
     }
 
@@ -241,34 +252,73 @@ impl GuestRam {
         self.discard_epoch.load(Ordering::Acquire)
     }
 
-    /// Marks `page` as holding code a vCPU translated. Until the mark is
-    /// cleared, the vCPU caches no direct write translation for the page, and
-    /// a change from outside the vCPU ([`write`](Self::write),
-    /// [`discard`](Self::discard)) clears the mark and advances
-    /// [`code_epoch`](Self::code_epoch).
-    pub fn mark_code(&self, page: usize) {
-        self.code.set(page);
+    /// Marks `page` as holding code hart `hart` translated. While any
+    /// hart's mark is on, no hart caches a direct write translation for the
+    /// page, so a store to it is seen ([`note_hart_store`](Self::note_hart_store));
+    /// a change from outside the harts ([`write`](Self::write),
+    /// [`discard`](Self::discard)) clears the marks and advances
+    /// [`code_epoch`](Self::code_epoch). Returns the marks before.
+    pub fn mark_code(&self, page: usize, hart: usize) -> u8 {
+        self.code[page].fetch_or(1 << (hart % MAX_CODE_HARTS), Ordering::AcqRel)
     }
 
-    /// Clears `page`'s code mark (its translations are being dropped).
-    pub fn clear_code(&self, page: usize) {
-        self.code.clear(page);
+    /// Clears hart `hart`'s mark on `page` (it dropped its translations).
+    pub fn clear_code(&self, page: usize, hart: usize) {
+        self.code[page].fetch_and(!(1 << (hart % MAX_CODE_HARTS)), Ordering::AcqRel);
     }
 
-    /// True when a vCPU holds translated code from `page`.
+    /// True when some hart holds translated code from `page`.
     #[inline]
     pub fn is_code(&self, page: usize) -> bool {
-        self.code.get(page)
+        self.code[page].load(Ordering::Relaxed) != 0
+    }
+
+    /// Hart `hart` stored to `page`, which holds translated code: clears
+    /// every hart's mark and queues the page for every *other* hart that
+    /// had one, to drop its blocks at its next synchronization
+    /// ([`take_stale_code`](Self::take_stale_code)). Returns whether `hart`
+    /// itself had a mark (it drops its own blocks at once).
+    pub fn note_hart_store(&self, page: usize, hart: usize) -> bool {
+        let me = 1u8 << (hart % MAX_CODE_HARTS);
+        let marks = self.code[page].swap(0, Ordering::AcqRel);
+        let others = marks & !me;
+        if others != 0 {
+            for h in 0..MAX_CODE_HARTS {
+                if others & (1 << h) != 0 {
+                    self.code_stale[h]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(page);
+                }
+            }
+            self.code_stale_any.fetch_or(others, Ordering::AcqRel);
+        }
+        marks & me != 0
+    }
+
+    /// The pages other harts stored to since hart `hart` last asked, whose
+    /// blocks it must drop (empty, cheaply, most of the time).
+    pub fn take_stale_code(&self, hart: usize) -> Vec<usize> {
+        let me = 1u8 << (hart % MAX_CODE_HARTS);
+        if self.code_stale_any.load(Ordering::Acquire) & me == 0 {
+            return Vec::new();
+        }
+        self.code_stale_any.fetch_and(!me, Ordering::AcqRel);
+        std::mem::take(
+            &mut *self.code_stale[hart % MAX_CODE_HARTS]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Changes every time a page with translated code is changed from
-    /// outside the vCPU; the vCPU then drops its translations.
+    /// outside the harts; each hart then drops its translations.
     pub fn code_epoch(&self) -> u64 {
         self.code_epoch.load(Ordering::Acquire)
     }
 
     fn note_code_change(&self, page: usize) {
-        if self.code.clear(page) {
+        if self.code[page].swap(0, Ordering::AcqRel) != 0 {
             self.code_epoch.fetch_add(1, Ordering::AcqRel);
         }
     }

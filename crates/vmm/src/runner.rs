@@ -153,11 +153,16 @@ pub fn run_vm(opts: RunOptions) -> Result<i32> {
     );
     drop(server);
     let secs = outcome.elapsed.as_secs_f64();
+    let j = outcome.jit;
     eprintln!(
-        "godwit: guest ended: {:?}; {} instructions in {secs:.2} s ({:.1} MIPS, {jit})",
+        "godwit: guest ended: {:?}; {} instructions in {secs:.2} s ({:.1} MIPS, {jit}; {} blocks translated, {} page invalidations, {} flushes, {} fence.i)",
         outcome.exit,
         outcome.instructions,
         outcome.instructions as f64 / secs.max(1e-9) / 1e6,
+        j.blocks,
+        j.invalidations,
+        j.flushes,
+        j.fence_i,
     );
     Ok(outcome.exit.status())
 }

@@ -210,6 +210,8 @@ pub struct JitStats {
     pub invalidations: u64,
     /// Times every block was dropped (code memory full, RAM discarded, restore).
     pub flushes: u64,
+    /// `fence.i` instructions executed.
+    pub fence_i: u64,
 }
 
 /// The translated-code cache of one hart.
@@ -225,12 +227,14 @@ pub(crate) struct Jit {
     /// (they exit to the run loop until it is): where to patch.
     pending: HashMap<(u64, usize), Vec<usize>>,
     ram: Arc<GuestRam>,
+    /// The hart id, for the code marks in guest RAM.
+    hart: usize,
     seen_code_epoch: u64,
     pub stats: JitStats,
 }
 
 impl Jit {
-    pub fn new(ram: Arc<GuestRam>) -> Jit {
+    pub fn new(ram: Arc<GuestRam>, hart: usize) -> Jit {
         let mem = ExecMem::new(CODE_BYTES);
         Jit {
             enabled: mem.is_some(),
@@ -241,6 +245,7 @@ impl Jit {
             pending: HashMap::new(),
             seen_code_epoch: ram.code_epoch(),
             ram,
+            hart,
             stats: JitStats::default(),
         }
     }
@@ -250,7 +255,7 @@ impl Jit {
         self.fast.fill(NO_ENTRY);
         self.blocks.clear();
         for &page in self.page_blocks.keys() {
-            self.ram.clear_code(page);
+            self.ram.clear_code(page, self.hart);
         }
         self.page_blocks.clear();
         self.pending.clear();
@@ -262,7 +267,7 @@ impl Jit {
 
     /// Drops the blocks translated from RAM page `page` (the guest wrote to it).
     pub fn invalidate_page(&mut self, page: usize) {
-        self.ram.clear_code(page);
+        self.ram.clear_code(page, self.hart);
         for key in self.page_blocks.remove(&page).unwrap_or_default() {
             self.blocks.remove(&key);
             let f = &mut self.fast[fast_index(key.0)];
@@ -316,20 +321,29 @@ impl Hart {
     #[inline]
     pub(crate) fn note_ram_write(&mut self, page: usize) {
         self.ram.note_write(page);
-        if self.ram.is_code(page) {
+        if self.ram.is_code(page) && self.ram.note_hart_store(page, self.jit.hart) {
             self.jit.invalidate_page(page);
         }
     }
 
-    /// At the start of a run and at `fence.i`: drop every block if a page
-    /// with translated code was changed from outside the hart (device DMA,
-    /// a host-side load, a balloon discard). Like hardware, the hart sees
-    /// such a change once it synchronizes, not mid-block.
+    /// At the start of every run slice: drop every block if a page with
+    /// translated code was changed from outside the harts (device DMA, a
+    /// host-side load, a balloon discard), and the blocks of pages other
+    /// harts stored to. Like hardware, the hart sees such a change once it
+    /// synchronizes, not mid-block; `fence.i` drops everything
+    /// ([`jit_flush`](Self::jit_flush)), which covers a store by another
+    /// hart through a write translation it cached before this hart
+    /// translated the page.
     pub(crate) fn jit_sync(&mut self) {
         let epoch = self.ram.code_epoch();
         if epoch != self.jit.seen_code_epoch {
             self.jit.seen_code_epoch = epoch;
             self.jit.flush();
+            let _ = self.ram.take_stale_code(self.jit.hart);
+            return;
+        }
+        for page in self.ram.take_stale_code(self.jit.hart) {
+            self.jit.invalidate_page(page);
         }
     }
 
@@ -404,8 +418,7 @@ impl Hart {
         };
         // Mark the page before reading it, so a change from outside the
         // hart during translation is seen at the next `jit_sync`.
-        if !self.ram.is_code(page) {
-            self.ram.mark_code(page);
+        if self.ram.mark_code(page, self.jit.hart) & (1 << (self.jit.hart % 8)) == 0 {
             self.drop_write_translations(page_host);
         }
         let mut t = Translator::new(pc);

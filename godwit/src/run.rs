@@ -19,7 +19,8 @@ pub struct RunArgs {
     /// 512M. With --restore: the size the snapshot must have.
     #[arg(long, value_parser = size::parse_size)]
     mem: Option<u64>,
-    /// Number of vCPUs (harts), 1 to 8; each runs on its own host thread.
+    /// Number of vCPUs (harts), 1 to 8, default 2; each runs on its own
+    /// host thread.
     /// With --restore: the count the snapshot must have.
     #[arg(long)]
     cpus: Option<u32>,
@@ -46,7 +47,7 @@ pub struct RunArgs {
 }
 
 /// Default vCPU count.
-pub const DEFAULT_CPUS: u32 = 1;
+pub const DEFAULT_CPUS: u32 = 2;
 
 /// Checks a `--cpus` value.
 pub fn check_cpus(n: u32) -> Result<u32> {

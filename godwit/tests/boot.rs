@@ -66,3 +66,52 @@ fn unknown_workload_is_reported_by_the_guest() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(status_lines(&stdout, "ERROR").len(), 1, "{stdout}");
 }
+
+/// The guest boots with 1, 2 and 4 vCPUs and sees that many CPUs; with
+/// several, threads on different CPUs hammer AMO counters, LR/SC CAS loops
+/// and a futex mutex, and two processes on two CPUs talk through a pipe,
+/// every count exact.
+fn smp_runs_clean(cpus: u32) {
+    guest_image();
+    let n = cpus.to_string();
+    let out = run_workload_with(&["--cpus", &n], "smp", "duration_s=5 hb_ms=500", 120);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ready = status_lines(&stdout, "READY");
+    assert_eq!(ready.len(), 1, "{stdout}");
+    assert_eq!(
+        ready[0]["cpus_online"], cpus,
+        "the guest sees {cpus} CPUs: {}",
+        ready[0]
+    );
+    let done = assert_clean_run(&out);
+    assert!(done["rounds"].as_u64().unwrap_or(0) > 10, "{done}");
+    assert!(done["pipe_msgs"].as_u64().unwrap_or(0) > 1000, "{done}");
+}
+
+#[test]
+fn smp_one_vcpu() {
+    smp_runs_clean(1);
+}
+
+#[test]
+fn smp_two_vcpus() {
+    smp_runs_clean(2);
+}
+
+#[test]
+fn smp_four_vcpus() {
+    smp_runs_clean(4);
+}
+
+#[test]
+fn quicksort_on_four_vcpus_runs_clean() {
+    guest_image();
+    let out = run_workload_with(
+        &["--cpus", "4"],
+        "quicksort",
+        "procs=4 array_mb=1 duration_s=6",
+        120,
+    );
+    let done = assert_clean_run(&out);
+    assert!(done["sorts"].as_u64().unwrap_or(0) >= 4, "{done}");
+}

@@ -25,22 +25,20 @@ pub fn godwit() -> Command {
 
 /// Runs `godwit run` with a workload and parameters, bounded by `timeout_s`.
 pub fn run_workload(workload: &str, append: &str, timeout_s: u32) -> Output {
-    let out = Command::new("timeout")
+    run_workload_with(&[], workload, append, timeout_s)
+}
+
+/// [`run_workload`] with extra `godwit run` arguments (`--cpus 4`).
+pub fn run_workload_with(extra: &[&str], workload: &str, append: &str, timeout_s: u32) -> Output {
+    Command::new("timeout")
         .arg(timeout_s.to_string())
         .arg(env!("CARGO_BIN_EXE_godwit"))
-        .args([
-            "run",
-            "--mem",
-            "256M",
-            "--workload",
-            workload,
-            "--append",
-            append,
-        ])
+        .args(["run", "--mem", "256M"])
+        .args(extra)
+        .args(["--workload", workload, "--append", append])
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("spawn godwit");
-    out
+        .expect("spawn godwit")
 }
 
 /// The JSON of every console line starting with `GODWIT <kind> `.
@@ -223,7 +221,9 @@ pub fn qmp_raw(sock: &std::path::Path, line: &str) -> serde_json::Value {
     let mut caps = String::new();
     r.read_line(&mut caps).unwrap();
     assert!(caps.contains("\"return\""), "negotiation failed: {caps}");
-    writeln!(w, "{line}").unwrap();
+    // One write: the server takes a request as soon as its JSON is complete
+    // (a `quit` may end the process before a separate newline arrives).
+    w.write_all(format!("{line}\n").as_bytes()).unwrap();
     // Skip asynchronous events: the reply is the first line without "event".
     loop {
         let mut reply = String::new();

@@ -343,13 +343,13 @@ fn other_board_is_refused_naming_the_difference() {
         "board",
         "memtouch",
         "wws_mb=8 pages_per_s=2000",
-        &["--cpus", "2"],
+        &["--cpus", "1"],
     );
     let out = migrate_cmd(&p, "precopy", "none", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("refused") && err.contains("2 harts here, 1 there"),
+        err.contains("refused") && err.contains("1 hart here, 2 harts there"),
         "{err}"
     );
     assert_eq!(p.dst.wait_exit(Duration::from_secs(30)), Some(1));
@@ -357,7 +357,7 @@ fn other_board_is_refused_naming_the_difference() {
         p.dst
             .seen
             .iter()
-            .any(|l| l.contains("2 harts here, 1 there")),
+            .any(|l| l.contains("1 hart here, 2 harts there")),
         "the destination says why too: {:?}",
         p.dst.seen
     );

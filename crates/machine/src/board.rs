@@ -84,7 +84,11 @@ impl BoardConfig {
     pub fn compare(&self, other: &BoardConfig) -> Result<(), BoardMismatch> {
         let mut diffs = Vec::new();
         if self.harts != other.harts {
-            diffs.push(format!("{} harts here, {} there", self.harts, other.harts));
+            diffs.push(format!(
+                "{} here, {} there",
+                harts(self.harts),
+                harts(other.harts)
+            ));
         }
         if self.ram_bytes != other.ram_bytes {
             diffs.push(format!(
@@ -136,6 +140,15 @@ impl fmt::Display for BoardConfig {
             write!(f, ", {d}")?;
         }
         Ok(())
+    }
+}
+
+/// "1 hart", "2 harts".
+pub fn harts(n: u32) -> String {
+    if n == 1 {
+        "1 hart".into()
+    } else {
+        format!("{n} harts")
     }
 }
 
@@ -195,7 +208,7 @@ mod tests {
             devices: vec![],
         };
         let e = a.compare(&b).unwrap_err().to_string();
-        assert!(e.contains("2 harts here, 4 there"), "{e}");
+        assert!(e.contains("2 harts here, 4 harts there"), "{e}");
         assert!(
             e.contains("536870912 bytes of RAM here, 1073741824 there"),
             "{e}"

@@ -199,7 +199,11 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
             diffs.push(format!("{m} bytes of RAM here, {} there", board.ram_bytes));
         }
         if let Some(n) = want_harts.filter(|&n| n != board.harts) {
-            diffs.push(format!("{n} harts here, {} there", board.harts));
+            diffs.push(format!(
+                "{} here, {} there",
+                godwit_machine::board::harts(n),
+                godwit_machine::board::harts(board.harts)
+            ));
         }
         if diffs.is_empty() {
             Ok(())

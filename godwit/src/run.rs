@@ -24,6 +24,11 @@ pub struct RunArgs {
     /// With --restore: the count the snapshot must have.
     #[arg(long)]
     cpus: Option<u32>,
+    /// M-mode firmware to boot through, e.g. OpenSBI's `fw_dynamic.bin`
+    /// (loaded at the start of RAM; the kernel is its next stage). Without
+    /// it the VMM's own SBI serves the kernel.
+    #[arg(long, conflicts_with = "restore")]
+    bios: Option<PathBuf>,
     /// Guest workload (adds `godwit.workload=NAME` to the kernel command line).
     #[arg(long)]
     workload: Option<String>,
@@ -88,6 +93,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 board,
                 kernel,
                 initrd,
+                bios: args.bios,
                 cmdline: guest::cmdline(args.workload.as_deref(), &args.append),
             }
         }

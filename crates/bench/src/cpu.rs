@@ -1158,6 +1158,7 @@ impl DirtyBench {
             },
             kernel: self.kernel.clone(),
             initrd: Some(self.initrd.clone()),
+            bios: None,
             cmdline: workload.cmdline(self.seconds),
             console,
         }

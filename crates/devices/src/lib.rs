@@ -1,5 +1,6 @@
-//! Godwit's emulated devices: ns16550a UART, PLIC, CLINT, virtio-mmio
-//! transport (split virtqueues) and virtio-balloon.
+//! Godwit's emulated devices: ns16550a UART, PLIC, CLINT, the `sifive,test0`
+//! power-off register, the virtio-mmio transport (split virtqueues) and the
+//! virtio devices behind it.
 //!
 //! Every device is a plain struct whose registers the vCPU threads drive
 //! through [`MmioDevice`] (the machine keeps each behind a lock); a device
@@ -31,11 +32,13 @@
 #![deny(missing_docs)]
 
 pub mod clint;
+pub mod finisher;
 pub mod plic;
 pub mod uart;
 pub mod virtio;
 
 pub use clint::{Clint, ClintState, CLINT_MMIO_SIZE};
+pub use finisher::{Finisher, FinisherRequest, FINISHER_MMIO_SIZE};
 pub use plic::{Plic, PlicState};
 pub use uart::{Uart16550, UartState, UART_MMIO_SIZE};
 pub use virtio::balloon::{

@@ -294,8 +294,9 @@ impl Hart {
         let tw = self.mstatus & mstatus::TW != 0;
         match i {
             0x0000_0073 => {
-                // An ecall from S-mode is the SBI, which lives in the VMM.
-                if self.prv == Priv::S && self.medeleg & (1 << 9) == 0 {
+                // An ecall from S-mode is the SBI, which lives in the VMM
+                // (unless M-mode firmware runs in the guest).
+                if self.prv == Priv::S && self.medeleg & (1 << 9) == 0 && self.builtin_sbi {
                     return Err(Trap::sbi());
                 }
                 Err(Trap::new(ecall_cause(self.prv), 0))

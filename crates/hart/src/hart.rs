@@ -122,6 +122,10 @@ pub struct Hart {
     /// LR/SC reservation: the reserved location and the value LR read.
     pub(crate) reservation: Option<crate::exec::Reservation>,
 
+    /// S-mode `ecall`s go to the SBI inside the VMM ([`Exit::Sbi`]); off
+    /// when M-mode firmware (OpenSBI) runs in the guest and takes them.
+    pub(crate) builtin_sbi: bool,
+
     /// The instruction being executed (raw bits, for `tval`).
     pub(crate) insn: u32,
     pub(crate) irq_check_pending: bool,
@@ -164,7 +168,9 @@ impl Hart {
             mcause: 0,
             mtval: 0,
             mcounteren: 7,
-            menvcfg: 0,
+            // Sstc on: the built-in SBI plays the M-mode firmware that
+            // enables it, so Linux programs `stimecmp` without an ecall.
+            menvcfg: 1 << 63,
             stvec: 0,
             sscratch: 0,
             sepc: 0,
@@ -176,6 +182,7 @@ impl Hart {
             instret: 0,
             clock: GuestClock::starting_now(),
             reservation: None,
+            builtin_sbi: true,
             insn: 0,
             irq_check_pending: true,
             jit: Jit::new(ram.clone(), hartid as usize),
@@ -228,6 +235,40 @@ impl Hart {
     /// Replaces the guest clock (restore, migration).
     pub fn set_clock(&mut self, clock: GuestClock) {
         self.clock = clock;
+    }
+
+    /// The hart as a RISC-V reset leaves it for M-mode firmware, with the
+    /// arguments OpenSBI's `fw_dynamic` expects: M-mode at `entry`, `a0` =
+    /// hart id, `a1` = device tree, `a2` = the dynamic info structure;
+    /// delegation, counters and translation off; S-mode `ecall`s go to the
+    /// firmware, not to the VMM.
+    pub fn reset_for_firmware(&mut self, entry: u64, dtb: u64, info: u64) {
+        self.prv = Priv::M;
+        self.pc = entry;
+        self.x = [0; 32];
+        self.x[10] = self.hartid;
+        self.x[11] = dtb;
+        self.x[12] = info;
+        self.mstatus = 0;
+        self.medeleg = 0;
+        self.mideleg = 0;
+        self.mie = 0;
+        self.mip_sw = 0;
+        self.mcounteren = 0;
+        self.scounteren = 0;
+        self.menvcfg = 0;
+        self.stimecmp = u64::MAX;
+        self.satp = 0;
+        self.builtin_sbi = false;
+        self.reservation = None;
+        self.tlb_flush();
+        self.select_tlb();
+        self.irq_check_pending = true;
+    }
+
+    /// Whether S-mode `ecall`s go to the VMM's SBI (see [`reset_for_firmware`](Self::reset_for_firmware)).
+    pub fn builtin_sbi(&self) -> bool {
+        self.builtin_sbi
     }
 
     /// SBI HSM `hart_start`: the hart begins at `pc` in S-mode with
@@ -299,14 +340,29 @@ impl Hart {
         }
     }
 
-    /// Recomputes STIP from the deadline and the clock.
+    /// Recomputes STIP from the deadline and the clock. `stimecmp` drives
+    /// STIP when the built-in SBI's timer uses it, or when M-mode firmware
+    /// turned Sstc on (`menvcfg.STCE`); otherwise STIP is the firmware's to
+    /// set in `mip`.
     pub fn update_timer(&mut self) {
-        let fired = self.stimecmp != u64::MAX && self.clock.ticks() >= self.stimecmp;
+        let fired = self.sstc() && self.stimecmp != u64::MAX && self.clock.ticks() >= self.stimecmp;
         self.set_irq(STIP, fired);
     }
 
+    /// `mip`. With Sstc on, STIP is `stimecmp`'s alone: a software write
+    /// to `mip.STIP` (firmware's timer path) is ignored, as the spec says.
     pub(crate) fn mip(&self) -> u64 {
-        self.mip_sw | self.mip_ext
+        if self.sstc() {
+            (self.mip_sw & !STIP) | self.mip_ext
+        } else {
+            self.mip_sw | self.mip_ext
+        }
+    }
+
+    /// Whether `stimecmp` drives STIP (see [`update_timer`](Self::update_timer)).
+    #[inline]
+    fn sstc(&self) -> bool {
+        self.builtin_sbi || self.menvcfg >> 63 != 0
     }
 
     /// True when an enabled interrupt is pending (what wakes a `wfi`).

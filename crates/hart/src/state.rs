@@ -36,6 +36,8 @@ pub struct HartState {
     pub satp: u64,
     pub stimecmp: u64,
     pub instret: u64,
+    /// S-mode ecalls go to the VMM's SBI (not to M-mode firmware).
+    pub builtin_sbi: bool,
 }
 
 impl Hart {
@@ -70,6 +72,7 @@ impl Hart {
             satp: self.satp,
             stimecmp: self.stimecmp,
             instret: self.instret,
+            builtin_sbi: self.builtin_sbi,
         }
     }
 
@@ -106,6 +109,7 @@ impl Hart {
         self.satp = s.satp;
         self.stimecmp = s.stimecmp;
         self.instret = s.instret;
+        self.builtin_sbi = s.builtin_sbi;
         // A reservation does not survive a save (it names a host address):
         // the next SC fails, as an SC may, and the guest retries.
         self.reservation = None;

@@ -10,7 +10,7 @@
 use crate::layout::*;
 use crate::sbi::SbiHost;
 use crate::vcpu::HartSignal;
-use godwit_devices::{Clint, MmioDevice, Plic, Uart16550, VirtioMmio};
+use godwit_devices::{Clint, Finisher, FinisherRequest, MmioDevice, Plic, Uart16550, VirtioMmio};
 use godwit_hart::{irq, Bus};
 use std::sync::{Mutex, MutexGuard};
 
@@ -33,6 +33,7 @@ pub(crate) struct Devices {
     pub uart: Mutex<Uart16550>,
     pub plic: Mutex<Plic>,
     pub clint: Mutex<Clint>,
+    pub finisher: Mutex<Finisher>,
     pub slots: Vec<Slot>,
 }
 
@@ -95,10 +96,16 @@ impl Devices {
     pub fn flush_console(&self) {
         lock(&self.uart).flush();
     }
+
+    /// A power-off or reset the guest asked the `sifive,test0` register for.
+    pub fn take_finisher_request(&self) -> Option<FinisherRequest> {
+        lock(&self.finisher).take_request()
+    }
 }
 
 /// Which device an address falls in.
 enum Target {
+    Finisher(u64),
     Uart(u64),
     Plic(u64),
     Clint(u64),
@@ -107,7 +114,9 @@ enum Target {
 
 fn route(devices: &Devices, addr: u64) -> Option<Target> {
     let in_range = |base: u64, size: u64| addr >= base && addr - base < size;
-    if in_range(UART_BASE, UART_SIZE) {
+    if in_range(FINISHER_BASE, FINISHER_SIZE) {
+        Some(Target::Finisher(addr - FINISHER_BASE))
+    } else if in_range(UART_BASE, UART_SIZE) {
         Some(Target::Uart(addr - UART_BASE))
     } else if in_range(PLIC_BASE, PLIC_SIZE) {
         Some(Target::Plic(addr - PLIC_BASE))
@@ -137,6 +146,7 @@ impl HartBus<'_> {
     ) -> Option<u64> {
         let d = self.devices;
         match route(d, addr)? {
+            Target::Finisher(off) => Some(f(&mut *lock(&d.finisher), off)),
             Target::Uart(off) => {
                 let v = f(&mut *lock(&d.uart), off);
                 d.sync_uart(self.harts);

@@ -15,6 +15,17 @@ pub struct FdtConfig<'a> {
 }
 
 const PLIC_PHANDLE: u32 = 1;
+const FINISHER_PHANDLE: u32 = 2;
+
+/// The ISA every hart implements, in the old single-string form (Linux 6.1
+/// and older read this) ...
+pub const ISA_STRING: &str = "rv64imafdc_zicsr_zifencei_zicntr_sstc";
+/// ... and as the base plus the list of extensions newer kernels and
+/// OpenSBI prefer. Sstc: `stimecmp`, with `menvcfg.STCE` set by the
+/// built-in SBI or by the firmware.
+pub const ISA_EXTENSIONS: &[&str] = &[
+    "i", "m", "a", "f", "d", "c", "zicsr", "zifencei", "zicntr", "sstc",
+];
 fn cpu_intc_phandle(hart: u32) -> u32 {
     16 + hart
 }
@@ -52,7 +63,12 @@ pub fn build(c: &FdtConfig) -> FdtWriterResult<Vec<u8>> {
         f.property_u32("reg", h)?;
         f.property_string("status", "okay")?;
         f.property_string("compatible", "riscv")?;
-        f.property_string("riscv,isa", "rv64imafdc")?;
+        f.property_string("riscv,isa", ISA_STRING)?;
+        f.property_string("riscv,isa-base", "rv64i")?;
+        f.property_string_list(
+            "riscv,isa-extensions",
+            ISA_EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        )?;
         f.property_string("mmu-type", "riscv,sv39")?;
         let intc = f.begin_node("interrupt-controller")?;
         f.property_u32("#interrupt-cells", 1)?;
@@ -99,6 +115,32 @@ pub fn build(c: &FdtConfig) -> FdtWriterResult<Vec<u8>> {
     f.property_array_u32("interrupts-extended", &plic_irqs)?;
     f.property_u32("phandle", PLIC_PHANDLE)?;
     f.end_node(plic)?;
+
+    // The power-off / reset register, as QEMU's virt: firmware and Linux
+    // find it through the syscon nodes.
+    let test = f.begin_node(&format!("test@{FINISHER_BASE:x}"))?;
+    f.property_string_list(
+        "compatible",
+        vec![
+            "sifive,test1".into(),
+            "sifive,test0".into(),
+            "syscon".into(),
+        ],
+    )?;
+    f.property_array_u64("reg", &[FINISHER_BASE, FINISHER_SIZE])?;
+    f.property_u32("phandle", FINISHER_PHANDLE)?;
+    f.end_node(test)?;
+    for (name, compatible, value) in [
+        ("poweroff", "syscon-poweroff", 0x5555u32),
+        ("reboot", "syscon-reboot", 0x7777),
+    ] {
+        let n = f.begin_node(name)?;
+        f.property_string("compatible", compatible)?;
+        f.property_u32("regmap", FINISHER_PHANDLE)?;
+        f.property_u32("offset", 0)?;
+        f.property_u32("value", value)?;
+        f.end_node(n)?;
+    }
 
     let uart = f.begin_node(&format!("serial@{UART_BASE:x}"))?;
     f.property_string("compatible", "ns16550a")?;

@@ -21,6 +21,8 @@ pub enum LoadError {
         size: u64,
         ram: u64,
     },
+    #[error("{path}: not M-mode firmware: {why}")]
+    NotFirmware { path: String, why: String },
     #[error("{path}: more than {limit} bytes, the guest's RAM: it cannot be loaded (is it the right file?)")]
     FileTooBig { path: String, limit: u64 },
     #[error("cannot read {path}: {err}")]
@@ -64,6 +66,8 @@ pub struct Placement {
     pub kernel_end: u64,
     pub initrd: Option<(u64, u64)>,
     pub dtb: u64,
+    /// The last page of RAM: the firmware's dynamic info, if any.
+    pub fw_info: u64,
 }
 
 /// Parsed `Image` header fields.
@@ -88,8 +92,77 @@ pub fn parse_image(path: &str, bytes: &[u8]) -> Result<ImageHeader, LoadError> {
     })
 }
 
-/// Space kept free at the top of RAM for the device tree.
+/// Space kept free at the top of RAM for the device tree (and, in its last
+/// page, the firmware's dynamic info).
 pub const DTB_RESERVE: u64 = 64 << 10;
+/// Most bytes of device tree (the rest of the reserve is the info page).
+pub const DTB_MAX: u64 = DTB_RESERVE - 4096;
+
+/// OpenSBI's `struct fw_dynamic_info` magic ("OSBI") and the version laid
+/// out by [`FirmwareInfo::bytes`].
+const FW_DYNAMIC_MAGIC: u64 = 0x4942_534f;
+const FW_DYNAMIC_VERSION: u64 = 2;
+
+/// What `fw_dynamic` firmware is told: where the next stage (the kernel)
+/// starts and in which mode.
+pub struct FirmwareInfo {
+    /// The kernel's entry.
+    pub next_addr: u64,
+}
+
+impl FirmwareInfo {
+    /// The structure as firmware reads it: six little-endian `unsigned
+    /// long`s: magic, version, next_addr, next_mode (1 = S-mode), options
+    /// (0), boot_hart (-1: whichever hart wins the firmware's lottery).
+    pub fn bytes(&self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        for (i, v) in [
+            FW_DYNAMIC_MAGIC,
+            FW_DYNAMIC_VERSION,
+            self.next_addr,
+            1,
+            0,
+            u64::MAX,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+}
+
+/// Checks that `bytes` can be M-mode firmware loaded at the start of RAM
+/// (a raw binary such as OpenSBI's `fw_dynamic.bin`): not empty, small
+/// enough to end before the kernel, and not obviously something else.
+pub fn check_firmware(path: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    let bad = |why: &str| {
+        Err(LoadError::NotFirmware {
+            path: path.to_string(),
+            why: why.to_string(),
+        })
+    };
+    if bytes.len() < 256 {
+        return bad("it is empty or too short for firmware");
+    }
+    if bytes.len() as u64 > crate::layout::MAX_FIRMWARE {
+        return bad("it is larger than 2 MiB, where the kernel starts");
+    }
+    if bytes.starts_with(b"\x7fELF") {
+        return bad("it is an ELF file; give the raw binary (fw_dynamic.bin, not fw_dynamic.elf)");
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return bad("it is gzip-compressed");
+    }
+    if bytes.len() >= 64 && &bytes[56..60] == b"RSC\x05" {
+        return bad("it is a Linux kernel Image (give it with --kernel)");
+    }
+    if bytes[..256].iter().all(|&b| b == 0) {
+        return bad("it starts with zeros, not code");
+    }
+    Ok(())
+}
 
 /// Copies the kernel (at RAM base + text_offset) and the initrd (high in
 /// RAM, below the device tree) and returns their placement.
@@ -148,6 +221,7 @@ pub fn load(
         kernel_end,
         initrd,
         dtb,
+        fw_info: ram_end - 4096,
     })
 }
 
@@ -174,6 +248,24 @@ mod tests {
             parse_image("x", &[0u8; 4096]),
             Err(LoadError::NotRiscvImage { .. })
         ));
+    }
+
+    #[test]
+    fn firmware_checks() {
+        let mut fw = vec![0x13u8; 4096];
+        assert!(check_firmware("f", &fw).is_ok());
+        assert!(check_firmware("f", &fw[..100]).is_err());
+        assert!(check_firmware("f", &vec![1u8; 3 << 20]).is_err());
+        assert!(check_firmware("f", &image(8192)).is_err());
+        assert!(check_firmware("f", &[0u8; 4096]).is_err());
+        fw[..4].copy_from_slice(b"\x7fELF");
+        assert!(check_firmware("f", &fw).is_err());
+        let info = FirmwareInfo {
+            next_addr: 0x8020_0000,
+        }
+        .bytes();
+        assert_eq!(&info[0..8], &0x4942_534fu64.to_le_bytes());
+        assert_eq!(&info[16..24], &0x8020_0000u64.to_le_bytes());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::sbi::{self, RemoteFence, ResetRequest, SbiHarts};
 use crate::state::HartRun;
 use crate::vm::Shared;
 use crate::GuestExit;
+use godwit_devices::FinisherRequest;
 use godwit_hart::{irq, Exit, GuestClock, Hart};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -328,7 +329,17 @@ fn run_hart(shared: &Shared, hart: &mut Hart, id: usize) -> Out {
         }
         hart.set_irq_lines(sig.lines());
         hart.update_timer();
-        match hart.run(&mut bus, SLICE) {
+        let exit = hart.run(&mut bus, SLICE);
+        if let Some(r) = shared.devices.take_finisher_request() {
+            shared.devices.flush_console();
+            shared.set_exit(match r {
+                FinisherRequest::PowerOff => GuestExit::PowerOff,
+                FinisherRequest::Fail(_) => GuestExit::Failure,
+                FinisherRequest::Reset => GuestExit::Reboot,
+            });
+            return Out::Exit;
+        }
+        match exit {
             Exit::Budget => {}
             Exit::Sbi => {
                 let mut harts = VcpuHarts { shared, id };

@@ -60,6 +60,9 @@ pub struct VmConfig {
     pub board: BoardConfig,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// M-mode firmware (OpenSBI `fw_dynamic.bin`) to boot through, loaded
+    /// at the start of RAM; without it the built-in SBI serves the kernel.
+    pub bios: Option<PathBuf>,
     pub cmdline: String,
     /// Where the guest console goes.
     pub console: Box<dyn Write + Send>,
@@ -170,6 +173,15 @@ impl Vm {
             .as_ref()
             .map(|p| loader::read_bounded(p, limit))
             .transpose()?;
+        let bios = cfg
+            .bios
+            .as_ref()
+            .map(|p| {
+                let b = loader::read_bounded(p, limit)?;
+                loader::check_firmware(&p.display().to_string(), &b)?;
+                Ok::<_, VmError>(b)
+            })
+            .transpose()?;
         let ram = Arc::new(GuestRam::new(RAM_BASE, cfg.board.ram_bytes as usize)?);
         let place = loader::load(
             &ram,
@@ -177,6 +189,13 @@ impl Vm {
             &kernel,
             initrd.as_deref(),
         )?;
+        if let Some(fw) = &bios {
+            ram.write(RAM_BASE, fw)?;
+            let info = loader::FirmwareInfo {
+                next_addr: place.kernel_entry,
+            };
+            ram.write(place.fw_info, &info.bytes())?;
+        }
         let blob = fdt::build(&fdt::FdtConfig {
             ram_base: RAM_BASE,
             ram_size: cfg.board.ram_bytes,
@@ -186,7 +205,7 @@ impl Vm {
             virtio_slots: cfg.board.devices.len() as u32,
         })
         .map_err(|e| VmError::Fdt(e.to_string()))?;
-        if blob.len() as u64 > loader::DTB_RESERVE {
+        if blob.len() as u64 > loader::DTB_MAX {
             return Err(VmError::Fdt(format!(
                 "device tree is {} bytes, more than the space kept for it",
                 blob.len()
@@ -196,7 +215,15 @@ impl Vm {
         let clock = GuestClock::starting_now();
         let harts = (0..cfg.board.harts)
             .map(|h| {
-                let hart = Hart::new(u64::from(h), ram.clone(), place.kernel_entry, place.dtb);
+                let mut hart = Hart::new(u64::from(h), ram.clone(), place.kernel_entry, place.dtb);
+                if bios.is_some() {
+                    // Every hart enters the firmware, which picks the one
+                    // that boots the kernel and parks the others itself.
+                    hart.reset_for_firmware(RAM_BASE, place.dtb, place.fw_info);
+                    return (hart, HartRun::Started);
+                }
+                // The built-in SBI starts hart 0; the kernel starts the
+                // others through SBI HSM.
                 let run = if h == 0 {
                     HartRun::Started
                 } else {
@@ -407,6 +434,7 @@ impl Shared {
             uart: Mutex::new(Uart16550::new(console)),
             plic: Mutex::new(Plic::new(PLIC_SOURCES, 2 * n)),
             clint: Mutex::new(Clint::new(n, Box::new(move || time.ticks()))),
+            finisher: Mutex::new(godwit_devices::Finisher::default()),
             slots: board
                 .devices
                 .iter()

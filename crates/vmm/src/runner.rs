@@ -20,6 +20,8 @@ pub enum Boot {
         board: BoardConfig,
         kernel: PathBuf,
         initrd: Option<PathBuf>,
+        /// M-mode firmware to boot through (`--bios`).
+        bios: Option<PathBuf>,
         cmdline: String,
     },
     /// A snapshot; a snapshot whose board differs from what `expect` asks
@@ -111,11 +113,13 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
             board,
             kernel,
             initrd,
+            bios,
             cmdline,
         } => Ok(Vm::boot(VmConfig {
             board,
             kernel,
             initrd,
+            bios,
             cmdline,
             console,
         })?),

@@ -398,7 +398,12 @@ impl Handle {
     /// Waits until the duration is over (or Ctrl-C / SIGTERM, once
     /// [`testbed::catch_interrupts`] is on), then [`Handle::stop`]s.
     pub fn wait(self) -> Report {
-        while !self.is_done() && !testbed::interrupted() {
+        // Sleeps of 10 ms but the last: at most this many.
+        let naps = self.config.run_limit().as_millis() / 10 + 2;
+        for _ in 0..naps {
+            if self.is_done() || testbed::interrupted() {
+                break;
+            }
             let left = self.limit.saturating_duration_since(Instant::now());
             std::thread::sleep(left.min(Duration::from_millis(10)));
         }
@@ -916,20 +921,20 @@ impl Ping {
         let pid = self.process.child.id() as libc::pid_t;
         // SAFETY: signals our own child; SIGINT makes ping print its summary.
         unsafe { libc::kill(pid, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(3);
         let mut r = PingReport::default();
-        loop {
+        let mut exited = false;
+        for _ in 0..300 {
             match self.process.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
                 _ => {
-                    self.process.kill();
-                    r.error = Some("ping did not exit within 3 s of SIGINT".into());
+                    exited = true;
                     break;
                 }
             }
+        }
+        if !exited {
+            self.process.kill();
+            r.error = Some("ping did not exit within 3 s of SIGINT".into());
         }
         let out = self.stdout.join().unwrap_or_default();
         let err = self.stderr.join().unwrap_or_default();

@@ -9,6 +9,7 @@ pkgs=(
     bc flex bison cpio libelf-dev libssl-dev make gcc               # kernel build
     qemu-system-misc qemu-system-data                               # the reference VMM
     iproute2                                                        # test hosts and tc
+    iputils-ping iputils-arping                                     # netload's ping, moving a guest
     python3 python3-venv                                            # the QMP client test
 )
 missing=()

@@ -6,7 +6,7 @@ mod receive;
 mod run;
 mod tlsgen;
 
-use godwit_bench::{cpu as cpubench, migration as bench, testbed};
+use godwit_bench::{cpu as cpubench, migration as bench, netload, testbed};
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +41,8 @@ enum Command {
     Testbed(testbed::Args),
     /// Migrate the same guest with every mode and strategy; table, JSON, plots.
     Bench(bench::Args),
+    /// Load a guest's netserve (requests, a stream, ping); what its users felt.
+    Netload(netload::Args),
 }
 
 fn main() {
@@ -54,6 +56,7 @@ fn main() {
         Command::Migrate(args) => migrate::run(args),
         Command::Testbed(args) => testbed::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Netload(args) => netload::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

@@ -6,11 +6,14 @@
 //! - [`cpu`]: boot time and CPU throughput next to QEMU (`godwit bench-cpu`),
 //!   and the cost of dirty logging.
 //! - [`qemu`]: driving QEMU (TCG) over QMP as the reference VMM.
+//! - [`netload`]: load on a guest's netserve and what its users felt
+//!   (answers lost or wrong, response times, client-observed downtime).
 //! - [`testbed`]: two "hosts" in network namespaces joined by a shaped link.
 //! - [`stats`]: the statistics every table uses, defined once.
 
 pub mod cpu;
 pub mod migration;
+pub mod netload;
 pub mod qemu;
 pub mod stats;
 pub mod testbed;

@@ -15,9 +15,40 @@
 //! ([`Testbed::command`]). Delay and loss would need `netem`, which this
 //! machine's kernel does not have; asking for them is an error.
 //!
+//! **The VM network**, like a datacenter's: the guest's NIC is a TAP on a
+//! bridge in its host, the hosts hang off one switch, and the guest's users
+//! sit elsewhere on that switch.
+//!
+//! ```text
+//!   netns godwit-src                 netns godwit-sw            netns godwit-dst
+//!   ┌──────────────────┐          ┌───────────────────┐      ┌──────────────────┐
+//!   │ gwtap0 ─┐        │  veth    │   bridge brsw     │ veth │        ┌─ gwtap0 │
+//!   │ brvm ───┴─ gw-vm ├──────────┤ sw-src     sw-dst ├──────┤ gw-vm ─┴─── brvm │
+//!   └──────────────────┘          │     sw-client     │      └──────────────────┘
+//!                                 └─────────┬─────────┘
+//!                       netns godwit-client │ veth
+//!                       gw-client 10.77.1.100/24
+//! ```
+//!
+//! - `gwtap0` is a persistent TAP (`ip tuntap add ... mode tap user U`, U
+//!   the user who ran sudo, else ours) on `brvm`: a VMM in that namespace
+//!   opens it by name with `TUNSETIFF` (`IFF_TAP | IFF_NO_PI`); it has no
+//!   carrier until then.
+//! - The guest is 10.77.1.10/24 on whichever host runs it, with the same
+//!   MAC: after a migration something on the new host must announce it (a
+//!   gratuitous ARP, as `arping -U`, or QEMU's RARP announce) so `brsw`
+//!   learns its new port; until then frames for it still go to the old one.
+//! - Both ends of every switch port (`gw-vm`/`sw-src`, `gw-vm`/`sw-dst`,
+//!   `gw-client`/`sw-client`) are shaped with the link's tbf.
+//! - `--shared-link`: no `gw-src`/`gw-dst` pair; each host's migration
+//!   address (10.77.0.1, 10.77.0.2) sits on its `brvm`, so a migration
+//!   crosses `gw-vm` → `brsw` → `gw-vm` and shares each host's one shaped
+//!   port with the guest's traffic, as on hosts with a single NIC.
+//!
 //! [`Testbed`] is a guard: [`Testbed::up`] first removes whatever an earlier
 //! run left behind, and dropping the guard (also on an error, a panic or
-//! Ctrl-C, see [`catch_interrupts`]) removes the namespaces again. An
+//! Ctrl-C, see [`catch_interrupts`]) removes the namespaces again (and with
+//! them every veth, bridge and TAP: nothing is created outside them). An
 //! advisory lock file keeps two users (a bench and a test, say) from
 //! reshaping the testbed under each other.
 //!
@@ -44,6 +75,25 @@ const DST_IF: &str = "gw-dst";
 pub const SRC_ADDR: &str = "10.77.0.1";
 pub const DST_ADDR: &str = "10.77.0.2";
 const PREFIX_LEN: u32 = 24;
+
+/// The VM network's switch, and its bridge.
+pub const SW_NS: &str = "godwit-sw";
+const SW_BRIDGE: &str = "brsw";
+/// The client host on the VM network, its interface and address.
+pub const CLIENT_NS: &str = "godwit-client";
+const CLIENT_IF: &str = "gw-client";
+const CLIENT_PORT: &str = "sw-client";
+pub const CLIENT_ADDR: &str = "10.77.1.100";
+/// The guest's address on the VM network, the same on both hosts.
+pub const GUEST_ADDR: &str = "10.77.1.10";
+pub const VM_PREFIX_LEN: u32 = 24;
+/// In each host: the bridge the VM's TAP hangs on, the TAP, and the host's
+/// port to the switch (a veth whose other end is `sw-src` / `sw-dst`).
+pub const VM_BRIDGE: &str = "brvm";
+pub const TAP: &str = "gwtap0";
+const UPLINK: &str = "gw-vm";
+/// Every namespace of the testbed.
+const NAMESPACES: [&str; 4] = [SRC_NS, DST_NS, SW_NS, CLIENT_NS];
 
 /// Held (flock) by whoever sets the testbed up or tears it down.
 const LOCK_PATH: &str = "/run/godwit-testbed.lock";
@@ -84,6 +134,14 @@ impl Side {
             Side::Dst => DST_IF,
         }
     }
+
+    /// The switch's end of this host's port on the VM network.
+    fn switch_port(self) -> &'static str {
+        match self {
+            Side::Src => "sw-src",
+            Side::Dst => "sw-dst",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -97,11 +155,12 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum TestbedCommand {
-    /// Create the two namespaces and the shaped link (removes leftovers first).
+    /// Create the two hosts, the shaped link and the VM network (removes
+    /// leftovers first).
     Up(LinkArgs),
     /// Remove the namespaces and everything in them.
     Down,
-    /// Show whether the testbed is up, its addresses and qdisc counters.
+    /// Show whether the testbed is up: addresses, bridge ports, TAPs, qdiscs.
     Status,
     /// Up, measure the link (bulk rate, 4 KiB request/response latency), down.
     Measure(MeasureArgs),
@@ -131,6 +190,12 @@ pub struct LinkArgs {
     /// Not available: needs netem, which this kernel lacks.
     #[arg(long)]
     pub loss: Option<String>,
+    /// One port per host for everything, as a host with one NIC: no direct
+    /// link between the hosts; each host's migration address sits on its
+    /// `brvm`, so the migration and the VM's traffic share the host's one
+    /// shaped port to the switch.
+    #[arg(long)]
+    pub shared_link: bool,
 }
 
 impl LinkArgs {
@@ -142,7 +207,9 @@ impl LinkArgs {
                  (only tbf and htb). Delay or loss must come from a user-space relay (see DESIGN.md, Testbed)"
             );
         }
-        LinkConfig::new(self.rate, self.burst, self.latency_ms)
+        let mut link = LinkConfig::new(self.rate, self.burst, self.latency_ms)?;
+        link.shared_link = self.shared_link;
+        Ok(link)
     }
 }
 
@@ -192,7 +259,12 @@ pub fn run(args: Args) -> Result<i32> {
             catch_interrupts();
             Testbed::up(&link)?.leave_up();
             eprintln!(
-                "testbed: up: {SRC_NS} {SRC_ADDR}/{PREFIX_LEN} <-> {DST_NS} {DST_ADDR}/{PREFIX_LEN}, {link}"
+                "testbed: up: {SRC_NS} {SRC_ADDR}/{PREFIX_LEN} <-> {DST_NS} {DST_ADDR}/{PREFIX_LEN}{}, {link}",
+                if link.shared_link { " (through the switch)" } else { "" }
+            );
+            eprintln!(
+                "testbed: VM network: {TAP} on {VM_BRIDGE} in both hosts, switch {SW_NS}, client {CLIENT_NS} \
+                 {CLIENT_ADDR}/{VM_PREFIX_LEN}; the guest is {GUEST_ADDR}/{VM_PREFIX_LEN}"
             );
             eprintln!("testbed: run things with `ip netns exec {SRC_NS} ...`; remove it with `godwit testbed down`");
             Ok(0)
@@ -288,6 +360,8 @@ pub struct LinkConfig {
     pub rate_bits_per_s: u64,
     pub burst_bytes: u64,
     pub latency_ms: u32,
+    /// Migration and VM traffic share each host's port (`--shared-link`).
+    pub shared_link: bool,
 }
 
 impl LinkConfig {
@@ -303,6 +377,7 @@ impl LinkConfig {
             rate_bits_per_s,
             burst_bytes,
             latency_ms,
+            shared_link: false,
         })
     }
 
@@ -317,6 +392,7 @@ impl LinkConfig {
             "rate_bits_per_s": self.rate_bits_per_s,
             "burst_bytes": self.burst_bytes,
             "latency_ms": self.latency_ms,
+            "shared_link": self.shared_link,
         })
     }
 }
@@ -325,10 +401,15 @@ impl std::fmt::Display for LinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "tbf rate {} burst {} B latency {} ms, each direction",
+            "tbf rate {} burst {} B latency {} ms, each direction{}",
             show_rate(self.rate_bits_per_s),
             self.burst_bytes,
-            self.latency_ms
+            self.latency_ms,
+            if self.shared_link {
+                ", one port per host shared by migration and VM traffic"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -391,105 +472,186 @@ pub fn in_netns(side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 fn create(link: &LinkConfig) -> Result<()> {
-    ip(&["netns", "add", SRC_NS])?;
-    ip(&["netns", "add", DST_NS])?;
-    // Both ends are born inside their namespaces: nothing appears on the host.
-    ip(&[
-        "link", "add", SRC_IF, "netns", SRC_NS, "type", "veth", "peer", "name", DST_IF, "netns",
-        DST_NS,
-    ])?;
-    for side in [Side::Src, Side::Dst] {
-        let ns = side.netns();
-        let cidr = format!("{}/{PREFIX_LEN}", side.addr());
-        ip(&["-n", ns, "addr", "add", &cidr, "dev", side.ifname()])?;
-        ip(&["-n", ns, "link", "set", side.ifname(), "up"])?;
+    for ns in NAMESPACES {
+        ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        let (rate, burst, latency) = (
-            format!("{}bit", link.rate_bits_per_s),
-            link.burst_bytes.to_string(),
-            format!("{}ms", link.latency_ms),
-        );
-        tool(
-            "tc",
-            &[
-                "-n",
-                ns,
-                "qdisc",
-                "replace",
-                "dev",
-                side.ifname(),
-                "root",
-                "tbf",
-                "rate",
-                &rate,
-                "burst",
-                &burst,
-                "latency",
-                &latency,
-            ],
-        )?;
-        let shown = tool("tc", &["-n", ns, "qdisc", "show", "dev", side.ifname()])?;
-        if !shown.contains("tbf") {
-            bail!(
-                "tc did not install tbf on {} in {ns}: {shown}",
-                side.ifname()
-            );
+    }
+    if !link.shared_link {
+        // Both ends are born inside their namespaces: nothing appears on the host.
+        veth((SRC_NS, SRC_IF), (DST_NS, DST_IF))?;
+        for side in [Side::Src, Side::Dst] {
+            let (ns, dev) = (side.netns(), side.ifname());
+            let cidr = format!("{}/{PREFIX_LEN}", side.addr());
+            ip(&["-n", ns, "addr", "add", &cidr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            shape(ns, dev, link)?;
         }
     }
-    wait_link_up()
+    create_vm_network(link)?;
+    wait_links_up(&links_to_wait_for(link))
 }
 
-/// Waits (at most 5 s) until both veth ends report operational state UP,
-/// so the first connection does not race the carrier.
-fn wait_link_up() -> Result<()> {
+/// The VM network: the switch, each host's bridge with its TAP and its
+/// shaped port to the switch, and the client.
+fn create_vm_network(link: &LinkConfig) -> Result<()> {
+    bridge(SW_NS, SW_BRIDGE)?;
+    let owner = tap_owner().to_string();
+    for side in [Side::Src, Side::Dst] {
+        let ns = side.netns();
+        bridge(ns, VM_BRIDGE)?;
+        veth((ns, UPLINK), (SW_NS, side.switch_port()))?;
+        attach(ns, UPLINK, VM_BRIDGE)?;
+        attach(SW_NS, side.switch_port(), SW_BRIDGE)?;
+        shape(ns, UPLINK, link)?;
+        shape(SW_NS, side.switch_port(), link)?;
+        // Persistent, so it outlives the VMM that opens it; owned by the
+        // user who runs the testbed, so that user's VMM may open it.
+        ip(&[
+            "-n", ns, "tuntap", "add", "dev", TAP, "mode", "tap", "user", &owner,
+        ])?;
+        attach(ns, TAP, VM_BRIDGE)?;
+        if link.shared_link {
+            // The host itself on its bridge: migrations take the same port.
+            let cidr = format!("{}/{PREFIX_LEN}", side.addr());
+            ip(&["-n", ns, "addr", "add", &cidr, "dev", VM_BRIDGE])?;
+        }
+    }
+    veth((CLIENT_NS, CLIENT_IF), (SW_NS, CLIENT_PORT))?;
+    attach(SW_NS, CLIENT_PORT, SW_BRIDGE)?;
+    shape(SW_NS, CLIENT_PORT, link)?;
+    shape(CLIENT_NS, CLIENT_IF, link)?;
+    let cidr = format!("{CLIENT_ADDR}/{VM_PREFIX_LEN}");
+    ip(&["-n", CLIENT_NS, "addr", "add", &cidr, "dev", CLIENT_IF])?;
+    ip(&["-n", CLIENT_NS, "link", "set", CLIENT_IF, "up"])?;
+    Ok(())
+}
+
+/// The user the TAPs belong to: whoever ran sudo, else this process's.
+fn tap_owner() -> u32 {
+    std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|u| u.parse().ok())
+        // SAFETY: geteuid has no preconditions.
+        .unwrap_or_else(|| unsafe { libc::geteuid() })
+}
+
+/// A veth pair with each end born in its namespace.
+fn veth(a: (&str, &str), b: (&str, &str)) -> Result<()> {
+    ip(&[
+        "link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0,
+    ])?;
+    Ok(())
+}
+
+/// A bridge (no STP: ports forward at once), up.
+fn bridge(ns: &str, name: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "add", name, "type", "bridge"])?;
+    ip(&["-n", ns, "link", "set", name, "up"])?;
+    Ok(())
+}
+
+/// Puts `dev` on `bridge` and brings it up.
+fn attach(ns: &str, dev: &str, bridge: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "set", dev, "master", bridge, "up"])?;
+    Ok(())
+}
+
+/// Shapes `dev`'s egress with tbf as `link` says, and checks it took.
+fn shape(ns: &str, dev: &str, link: &LinkConfig) -> Result<()> {
+    let (rate, burst, latency) = (
+        format!("{}bit", link.rate_bits_per_s),
+        link.burst_bytes.to_string(),
+        format!("{}ms", link.latency_ms),
+    );
+    tool(
+        "tc",
+        &[
+            "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst",
+            &burst, "latency", &latency,
+        ],
+    )?;
+    let shown = tool("tc", &["-n", ns, "qdisc", "show", "dev", dev])?;
+    if !shown.contains("tbf") {
+        bail!("tc did not install tbf on {dev} in {ns}: {shown}");
+    }
+    Ok(())
+}
+
+/// Every interface that must be UP before the testbed is: the links and
+/// the bridges (the TAPs have no carrier until a VMM opens them).
+fn links_to_wait_for(link: &LinkConfig) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if !link.shared_link {
+        v.extend([(SRC_NS, SRC_IF), (DST_NS, DST_IF)]);
+    }
+    for side in [Side::Src, Side::Dst] {
+        v.extend([(side.netns(), UPLINK), (side.netns(), VM_BRIDGE)]);
+        v.push((SW_NS, side.switch_port()));
+    }
+    v.extend([
+        (SW_NS, CLIENT_PORT),
+        (SW_NS, SW_BRIDGE),
+        (CLIENT_NS, CLIENT_IF),
+    ]);
+    v
+}
+
+/// Waits (at most 5 s) until every interface of `links` reports
+/// operational state UP, so the first connection does not race the carrier.
+fn wait_links_up(links: &[(&str, &str)]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut states = Vec::new();
-        for side in [Side::Src, Side::Dst] {
-            let out = ip(&[
-                "-n",
-                side.netns(),
-                "-br",
-                "link",
-                "show",
-                "dev",
-                side.ifname(),
-            ])?;
-            states.push(out.split_whitespace().nth(1).unwrap_or("?").to_string());
+        let mut down = Vec::new();
+        for (ns, dev) in links {
+            let out = ip(&["-n", ns, "-br", "link", "show", "dev", dev])?;
+            let state = out.split_whitespace().nth(1).unwrap_or("?");
+            if state != "UP" {
+                down.push(format!("{dev} in {ns}: {state}"));
+            }
         }
-        if states.iter().all(|s| s == "UP") {
+        if down.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!(
-                "the veth link did not come up within 5 s (states: {})",
-                states.join(", ")
-            );
+            bail!("links did not come up within 5 s: {}", down.join(", "));
         }
         check_interrupted()?;
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// The godwit namespaces that exist now.
+/// The testbed's namespaces that exist now.
 pub fn namespaces() -> Result<Vec<String>> {
     let list = ip(&["netns", "list"])?;
     Ok(list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| *n == SRC_NS || *n == DST_NS)
+        .filter(|n| NAMESPACES.contains(n))
         .map(String::from)
         .collect())
 }
 
-/// Removes both namespaces (which removes the veth pair and its qdiscs).
-/// Removing what is not there is not an error.
+/// Removes every namespace (which removes the veths, bridges, TAPs and
+/// qdiscs in them). Removing what is not there is not an error.
 pub fn teardown() -> Result<()> {
     for ns in namespaces()? {
+        // Explicitly, though the namespace takes them along: a TAP must not
+        // outlive it in a namespace kept alive by a straggling process.
+        if matches!(ns.as_str(), SRC_NS | DST_NS) && ip(&["-n", &ns, "link", "show", TAP]).is_ok() {
+            ip(&["-n", &ns, "tuntap", "del", "dev", TAP, "mode", "tap"])?;
+        }
         ip(&["netns", "del", &ns])?;
     }
-    // A pair left in the host namespace by a half-finished setup.
-    for ifname in [SRC_IF, DST_IF] {
+    // A veth left in the host namespace by a half-finished setup.
+    for ifname in [
+        SRC_IF,
+        DST_IF,
+        UPLINK,
+        CLIENT_IF,
+        CLIENT_PORT,
+        Side::Src.switch_port(),
+        Side::Dst.switch_port(),
+    ] {
         if ip(&["link", "show", ifname]).is_ok() {
             ip(&["link", "del", ifname])?;
         }
@@ -507,10 +669,10 @@ pub fn teardown() -> Result<()> {
 fn status() -> Result<i32> {
     let present = namespaces()?;
     if present.is_empty() {
-        println!("testbed: down (no {SRC_NS} / {DST_NS} namespaces)");
+        println!("testbed: down (no {} namespaces)", NAMESPACES.join(" / "));
         return Ok(0);
     }
-    let complete = present.len() == 2;
+    let complete = present.len() == NAMESPACES.len();
     println!(
         "testbed: {} ({})",
         if complete {
@@ -520,8 +682,7 @@ fn status() -> Result<i32> {
         },
         present.join(", ")
     );
-    for side in [Side::Src, Side::Dst] {
-        let ns = side.netns();
+    for ns in NAMESPACES {
         if !present.iter().any(|p| p == ns) {
             continue;
         }
@@ -529,12 +690,35 @@ fn status() -> Result<i32> {
         for line in ip(&["-n", ns, "-br", "addr", "show"])?.lines() {
             println!("  {line}");
         }
-        match tool(
-            "tc",
-            &["-n", ns, "-s", "qdisc", "show", "dev", side.ifname()],
-        ) {
-            Ok(q) => q.lines().for_each(|l| println!("  {l}")),
-            Err(e) => println!("  no qdisc on {}: {e:#}", side.ifname()),
+        let bridge = match ns {
+            SW_NS => Some(SW_BRIDGE),
+            SRC_NS | DST_NS => Some(VM_BRIDGE),
+            _ => None,
+        };
+        if let Some(br) = bridge {
+            match ip(&["-n", ns, "-br", "link", "show", "master", br]) {
+                Ok(ports) => ports.lines().for_each(|l| println!("  {br} port: {l}")),
+                Err(e) => println!("  no bridge {br}: {e:#}"),
+            }
+        }
+        if matches!(ns, SRC_NS | DST_NS) {
+            match ip(&["-n", ns, "-d", "link", "show", TAP]) {
+                Ok(d) => {
+                    let tun = d.lines().find(|l| l.trim_start().starts_with("tun "));
+                    println!("  {TAP}: {}", tun.map_or("?", str::trim));
+                }
+                Err(_) => println!("  {TAP}: MISSING"),
+            }
+        }
+        // Every shaped interface of the namespace.
+        let devs = ip(&["-n", ns, "-br", "link", "show"])?;
+        for dev in devs.lines().filter_map(|l| l.split_whitespace().next()) {
+            let dev = dev.split('@').next().unwrap_or(dev);
+            if let Ok(q) = tool("tc", &["-n", ns, "-s", "qdisc", "show", "dev", dev]) {
+                if q.contains("tbf") {
+                    q.lines().for_each(|l| println!("  {dev}: {l}"));
+                }
+            }
         }
     }
     Ok(0)
@@ -990,6 +1174,7 @@ mod tests {
             latency_ms: 5,
             delay: Some("10ms".into()),
             loss: None,
+            shared_link: false,
         };
         let e = args.config().unwrap_err().to_string();
         assert!(e.contains("netem"), "{e}");

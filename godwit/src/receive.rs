@@ -1,9 +1,10 @@
 //! `godwit receive`: wait for an incoming migration, build the VM it
 //! describes, receive it, and run it.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use godwit_migration::Security;
 use godwit_vmm::incoming::{self, ReceiveOptions};
+use godwit_vmm::netdev::{self, NetSpec};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,10 +36,21 @@ pub struct Args {
     /// Run every instruction in the interpreter (no translation to host code).
     #[arg(long)]
     interpreter: bool,
+    /// The TAP for the VM's next NIC (its MAC comes from the source):
+    /// `tap=NAME`; one per NIC, in order.
+    #[arg(long = "net", value_name = "tap=NAME")]
+    net: Vec<NetSpec>,
 }
 
 pub fn run(args: Args) -> Result<i32> {
     let harts = args.cpus.map(crate::run::check_cpus).transpose()?;
+    if let Some(s) = args.net.iter().find(|s| s.mac.is_some() || !s.offloads) {
+        bail!(
+            "--net tap={}: on the destination only tap= is given; the NIC's MAC and offloads come from the source",
+            s.tap
+        );
+    }
+    let taps = netdev::open_taps(&args.net)?;
     incoming::receive(ReceiveOptions {
         security: Security::from_dir(args.tls_dir.as_deref())?,
         listen: args.listen,
@@ -47,5 +59,6 @@ pub fn run(args: Args) -> Result<i32> {
         harts,
         report_after: Duration::from_millis(args.report_after_ms.min(60_000)),
         interpreter: args.interpreter,
+        taps,
     })
 }

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use godwit_machine::{BoardConfig, DeviceConfig, MAX_HARTS};
+use godwit_vmm::netdev::{self, NetSpec};
 use godwit_vmm::runner::{self, Boot, Expect, RunOptions};
 use godwit_vmm::{guest, size};
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ pub struct RunArgs {
     /// --restore: the snapshot must have no balloon.
     #[arg(long)]
     no_balloon: bool,
+    /// A NIC (virtio-net) on an existing TAP device:
+    /// `tap=NAME[,mac=52:54:00:12:34:56][,offload=on|off]`; repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,offload=on|off]")]
+    net: Vec<NetSpec>,
     /// Open a QMP-style control socket at this path.
     #[arg(long)]
     control: Option<PathBuf>,
@@ -67,19 +72,24 @@ const DEFAULT_MEM: u64 = 512 << 20;
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let cpus = args.cpus.map(check_cpus).transpose()?;
-    let devices = if args.no_balloon {
+    let taps = netdev::open_taps(&args.net)?;
+    let mut devices = if args.no_balloon {
         vec![]
     } else {
         vec![DeviceConfig::Balloon]
     };
+    devices.extend(netdev::nic_devices(&args.net));
     let boot = match args.restore {
         Some(path) => Boot::Snapshot {
             path,
             expect: Expect {
                 harts: cpus,
                 ram_bytes: args.mem,
-                devices: args.no_balloon.then_some(devices),
+                // Only NICs' TAPs are needed to restore NICs: their MACs
+                // come from the snapshot.
+                devices: (args.no_balloon && args.net.is_empty()).then_some(devices),
             },
+            taps,
         },
         None => {
             let board = BoardConfig {
@@ -94,6 +104,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 kernel,
                 initrd,
                 bios: args.bios,
+                taps,
                 cmdline: guest::cmdline(args.workload.as_deref(), &args.append),
             }
         }

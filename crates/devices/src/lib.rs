@@ -45,6 +45,7 @@ pub use virtio::balloon::{
     Balloon, BalloonFeatures, BalloonState, BalloonStats, HintPhase, HintStatus, ReportingStatus,
 };
 pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
+pub use virtio::net::{rarp_frame, Net, NetBackend, NetConfig, NetCounters, NetState};
 pub use virtio::queue::{Descriptor, DescriptorChain, QueueState, SplitQueue};
 pub use virtio::{DeviceEvents, DeviceState, VirtioDevice};
 

@@ -23,6 +23,9 @@ pub enum DeviceConfig {
     /// virtio-balloon with statistics, free page hinting and free page
     /// reporting (self-ballooning).
     Balloon,
+    /// virtio-net with this MAC; `offloads`: checksum and TSO offered. Its
+    /// host side is a TAP device, named on each host's command line.
+    Net { mac: [u8; 6], offloads: bool },
 }
 
 impl DeviceConfig {
@@ -30,13 +33,55 @@ impl DeviceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             DeviceConfig::Balloon => "virtio-balloon",
+            DeviceConfig::Net { .. } => "virtio-net",
         }
     }
 }
 
+/// `52:54:00:12:34:56`.
+pub fn show_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `52:54:00:12:34:56`: a unicast address.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("'{s}' is not a MAC address (six hex bytes: 52:54:00:12:34:56)");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut m = [0u8; 6];
+    for (d, p) in m.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *d = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if m[0] & 1 != 0 {
+        return Err(format!(
+            "{s} is a multicast address; a NIC needs a unicast one"
+        ));
+    }
+    if m == [0; 6] {
+        return Err(format!("{s} is not a usable MAC address"));
+    }
+    Ok(m)
+}
+
 impl fmt::Display for DeviceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.kind())
+        match self {
+            DeviceConfig::Net { mac, offloads } => write!(
+                f,
+                "virtio-net {}{}",
+                show_mac(mac),
+                if *offloads { "" } else { " (no offloads)" }
+            ),
+            d => f.write_str(d.kind()),
+        }
     }
 }
 
@@ -64,6 +109,19 @@ impl BoardConfig {
         }
         if self.devices.len() > VIRTIO_SLOTS as usize {
             return Err(ConfigError::TooManyDevices(self.devices.len()));
+        }
+        let macs: Vec<&[u8; 6]> = self
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                DeviceConfig::Net { mac, .. } => Some(mac),
+                _ => None,
+            })
+            .collect();
+        for (i, m) in macs.iter().enumerate() {
+            if macs[..i].contains(m) {
+                return Err(ConfigError::DuplicateMac(show_mac(m)));
+            }
         }
         Ok(())
     }
@@ -217,6 +275,38 @@ mod tests {
             e.contains("slot 0: virtio-balloon here, nothing there"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Ok([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:5g",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "525400123456",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        let nic = |m| DeviceConfig::Net {
+            mac: m,
+            offloads: true,
+        };
+        let twice = BoardConfig {
+            devices: vec![nic([2, 0, 0, 0, 0, 1]), nic([2, 0, 0, 0, 0, 1])],
+            ..board()
+        };
+        assert_eq!(
+            twice.validate(),
+            Err(ConfigError::DuplicateMac("02:00:00:00:00:01".into()))
+        );
+        assert!(nic([2, 0, 0, 0, 0, 1])
+            .to_string()
+            .contains("02:00:00:00:00:01"));
     }
 
     #[test]

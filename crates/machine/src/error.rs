@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// More devices than virtio slots.
     #[error("{0} virtio devices: the board has {max} slots", max = crate::layout::VIRTIO_SLOTS)]
     TooManyDevices(usize),
+    /// Two NICs with one MAC.
+    #[error("two NICs have the MAC {0}; each needs its own")]
+    DuplicateMac(String),
     /// A board description that does not parse.
     #[error("the board description does not parse: {0}")]
     Describe(String),
@@ -46,6 +49,16 @@ pub enum VmError {
     /// The device tree could not be built.
     #[error("cannot build the device tree: {0}")]
     Fdt(String),
+    /// A device has no host backend, or the wrong kind.
+    #[error("virtio slot {slot} ({device}) needs {needs} on this host")]
+    Backend {
+        /// The slot.
+        slot: usize,
+        /// The device, as the board names it.
+        device: String,
+        /// What it needs ("a TAP device: --net tap=NAME").
+        needs: &'static str,
+    },
     /// A VM thread could not be started.
     #[error("cannot start a VM thread: {0}")]
     Thread(std::io::Error),

@@ -9,6 +9,7 @@
 //! - [`sbi`]: the SBI (base, TIME, IPI, RFENCE, HSM, SRST, legacy console).
 //! - `bus`: the shared devices, routing of physical accesses to them and
 //!   their interrupt wiring.
+//! - [`tap`]: a TAP device as a NIC's host side.
 //! - `vcpu`: one thread per hart; stopping them; requests between harts.
 //! - `worker`: one event thread per virtio device.
 //! - [`vm`]: building a VM (boot or restore), running it, the handle to
@@ -24,6 +25,7 @@ pub mod loader;
 pub mod sbi;
 pub mod snapshot;
 pub mod state;
+pub mod tap;
 mod vcpu;
 pub mod vm;
 mod worker;
@@ -31,4 +33,4 @@ mod worker;
 pub use board::{BoardConfig, BoardMismatch, DeviceConfig, MAX_HARTS};
 pub use error::{ConfigError, RestoreError, VmError};
 pub use state::VmState;
-pub use vm::{GuestExit, Machine, RunOutcome, Vm, VmConfig, VmGone, VmHandle};
+pub use vm::{GuestExit, HostDevice, Machine, RunOutcome, Vm, VmConfig, VmGone, VmHandle};

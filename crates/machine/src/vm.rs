@@ -20,7 +20,9 @@ use crate::state::{HartRun, SavedHart, VmState};
 use crate::vcpu::{stop_harts, vcpu_main, HartSignal, Stopped};
 use crate::worker::{worker_main, WorkerSignal, Workers};
 use crate::{fdt, loader};
-use godwit_devices::{Balloon, BalloonFeatures, Clint, Plic, Uart16550, VirtioDevice, VirtioMmio};
+use godwit_devices::{
+    Balloon, BalloonFeatures, Clint, Net, NetConfig, Plic, Uart16550, VirtioDevice, VirtioMmio,
+};
 use godwit_hart::{GuestClock, Hart};
 use godwit_memory::GuestRam;
 use std::collections::VecDeque;
@@ -66,6 +68,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Where the guest console goes.
     pub console: Box<dyn Write + Send>,
+    /// The host side of each device of the board, in order.
+    pub host: Vec<HostDevice>,
 }
 
 /// Pause, stop and exit, shared by every thread.
@@ -156,10 +160,46 @@ pub struct RunOutcome {
     pub jit: godwit_hart::JitStats,
 }
 
-fn new_device(d: &DeviceConfig, ram: &GuestRam) -> Box<dyn VirtioDevice> {
-    match d {
-        DeviceConfig::Balloon => Box::new(Balloon::new(BalloonFeatures::default(), ram)),
+/// What a device of the board is connected to on this host (in the
+/// board's device order): nothing (the balloon), or a TAP for a NIC.
+pub enum HostDevice {
+    /// The device needs nothing from the host.
+    None,
+    /// A NIC's TAP device.
+    Tap(crate::tap::Tap),
+}
+
+impl HostDevice {
+    /// The host side each device of `board` needs, none given yet (what a
+    /// board without NICs takes as is).
+    pub fn none_for(board: &BoardConfig) -> Vec<HostDevice> {
+        board.devices.iter().map(|_| HostDevice::None).collect()
     }
+}
+
+fn new_device(
+    slot: usize,
+    d: &DeviceConfig,
+    host: HostDevice,
+    ram: &GuestRam,
+) -> Result<Box<dyn VirtioDevice>, VmError> {
+    Ok(match (d, host) {
+        (DeviceConfig::Balloon, _) => Box::new(Balloon::new(BalloonFeatures::default(), ram)),
+        (DeviceConfig::Net { mac, offloads }, HostDevice::Tap(tap)) => Box::new(Net::new(
+            NetConfig {
+                mac: *mac,
+                offloads: *offloads,
+            },
+            Box::new(tap),
+        )),
+        (DeviceConfig::Net { .. }, HostDevice::None) => {
+            return Err(VmError::Backend {
+                slot,
+                device: d.to_string(),
+                needs: "a TAP device (--net tap=NAME)",
+            })
+        }
+    })
 }
 
 impl Vm {
@@ -239,6 +279,7 @@ impl Vm {
             cfg.cmdline,
             cfg.console,
             harts,
+            cfg.host,
             |_, _| Ok::<(), VmError>(()),
         )?;
         Ok(Vm { shared })
@@ -253,6 +294,7 @@ impl Vm {
         ram: Arc<GuestRam>,
         console: Box<dyn Write + Send>,
         board: Option<&BoardConfig>,
+        host: Vec<HostDevice>,
     ) -> Result<Vm, RestoreError> {
         state.board.validate().map_err(VmError::from)?;
         if let Some(b) = board {
@@ -293,6 +335,7 @@ impl Vm {
             state.cmdline.clone(),
             console,
             harts,
+            host,
             |devices, _| {
                 lock(&devices.plic).restore(&state.plic)?;
                 lock(&devices.clint).restore(&state.clint)?;
@@ -423,28 +466,30 @@ impl Shared {
         cmdline: String,
         console: Box<dyn Write + Send>,
         harts: Vec<(Hart, HartRun)>,
+        host: Vec<HostDevice>,
         restore: impl FnOnce(&Devices, ()) -> Result<(), E>,
     ) -> Result<Arc<Shared>, E>
     where
         E: From<VmError>,
     {
         let n = board.harts;
+        let mut host = host.into_iter();
+        let mut slots = Vec::new();
+        for (i, d) in board.devices.iter().enumerate() {
+            let dev = new_device(i, d, host.next().unwrap_or(HostDevice::None), &ram)?;
+            slots.push(Slot {
+                transport: Mutex::new(VirtioMmio::new(dev, ram.clone())),
+                irq: VIRTIO_IRQ + i as u32,
+                base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
+            });
+        }
         let time = clock;
         let devices = Devices {
             uart: Mutex::new(Uart16550::new(console)),
             plic: Mutex::new(Plic::new(PLIC_SOURCES, 2 * n)),
             clint: Mutex::new(Clint::new(n, Box::new(move || time.ticks()))),
             finisher: Mutex::new(godwit_devices::Finisher::default()),
-            slots: board
-                .devices
-                .iter()
-                .enumerate()
-                .map(|(i, d)| Slot {
-                    transport: Mutex::new(VirtioMmio::new(new_device(d, &ram), ram.clone())),
-                    irq: VIRTIO_IRQ + i as u32,
-                    base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
-                })
-                .collect(),
+            slots,
         };
         let workers = (0..devices.slots.len())
             .map(|_| WorkerSignal::new().map_err(VmError::Thread))

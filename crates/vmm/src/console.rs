@@ -46,15 +46,15 @@ impl Heartbeats {
 }
 
 /// A console writer that tees heartbeats into [`Heartbeats`].
-pub struct Tap<W: Write> {
+pub struct ConsoleTee<W: Write> {
     out: W,
     line: Vec<u8>,
     beats: Heartbeats,
 }
 
-impl<W: Write> Tap<W> {
+impl<W: Write> ConsoleTee<W> {
     pub fn new(out: W, beats: Heartbeats) -> Self {
-        Tap {
+        ConsoleTee {
             out,
             line: Vec::new(),
             beats,
@@ -76,7 +76,7 @@ impl<W: Write> Tap<W> {
     }
 }
 
-impl<W: Write> Write for Tap<W> {
+impl<W: Write> Write for ConsoleTee<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         for &b in buf {
             if b == b'\n' {
@@ -170,7 +170,7 @@ mod tests {
         let beats = Heartbeats::default();
         let mut out = Vec::new();
         {
-            let mut t = Tap::new(&mut out, beats.clone());
+            let mut t = ConsoleTee::new(&mut out, beats.clone());
             t.write_all(b"boot\nGODWIT HB {\"bad\":0,\"pages_per_s\":5}\r\nGODWIT HB {bro")
                 .unwrap();
             t.write_all(b"ken\nGODWIT HB {\"bad\":1,\"pages_per_s\":7}\n")

@@ -7,12 +7,15 @@
 //! `userfaultfd`), and the state then *constructs* the VM
 //! ([`Vm::restore`]), which starts paused until the engine resumes it.
 
-use crate::console::{self, Heartbeats, Tap};
+use crate::console::{self, ConsoleTee, Heartbeats};
 use crate::control::{CommandError, ControlServer, ControlTarget, ErrorClass};
+use crate::netdev::host_devices;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, bail, Context, Result};
+use godwit_devices::{rarp_frame, Net, NetBackend};
 use godwit_machine::layout::RAM_BASE;
-use godwit_machine::{BoardConfig, RunOutcome, Vm, VmHandle, VmState};
+use godwit_machine::tap::Tap;
+use godwit_machine::{BoardConfig, DeviceConfig, RunOutcome, Vm, VmHandle, VmState};
 use godwit_memory::GuestRam;
 use godwit_migration::{dest, DestVm, Security};
 use serde_json::{json, Map, Value};
@@ -38,6 +41,8 @@ pub struct ReceiveOptions {
     pub security: Security,
     /// Interpret every instruction (no translator).
     pub interpreter: bool,
+    /// TAPs for the VM's NICs, in order (opened before waiting).
+    pub taps: Vec<Tap>,
 }
 
 /// The thread a received VM runs on.
@@ -49,6 +54,10 @@ struct VmDest {
     ram: Arc<GuestRam>,
     beats: Heartbeats,
     interpreter: bool,
+    /// The TAPs for the VM's NICs, until the VM takes them.
+    taps: Mutex<Vec<Tap>>,
+    /// Second handles on them, for announcing the VM.
+    announce: Vec<Tap>,
     /// The VM once its state arrived.
     vm: Mutex<Option<VmHandle>>,
     /// Hands the VM's run thread to the main thread.
@@ -73,8 +82,10 @@ impl DestVm for VmDest {
     }
     fn load_state(&self, state: &[u8]) -> Result<()> {
         let state = VmState::decode(state)?;
-        let console = Box::new(Tap::new(std::io::stdout(), self.beats.clone()));
-        let vm = Vm::restore(&state, self.ram.clone(), console, Some(&self.board))?;
+        let console = Box::new(ConsoleTee::new(std::io::stdout(), self.beats.clone()));
+        let taps = std::mem::take(&mut *self.taps.lock().unwrap_or_else(|e| e.into_inner()));
+        let host = host_devices(&self.board, taps)?;
+        let vm = Vm::restore(&state, self.ram.clone(), console, Some(&self.board), host)?;
         vm.set_paused(true);
         let handle = vm.handle();
         crate::runner::choose_cpu(&handle, self.interpreter)?;
@@ -96,8 +107,10 @@ impl DestVm for VmDest {
         Ok(())
     }
     fn resume(&self) -> Result<()> {
-        self.handle()?.resume().map_err(|e| anyhow!(e))?;
+        let vm = self.handle()?;
+        vm.resume().map_err(|e| anyhow!(e))?;
         self.control.emit("RESUME", json!({}));
+        announce(&vm, &self.announce);
         Ok(())
     }
     fn set_dirty_logging(&self, on: bool) -> Result<()> {
@@ -110,6 +123,50 @@ impl DestVm for VmDest {
             .exec(|m| m.take_dirty_log())
             .map_err(|e| anyhow!(e))
     }
+}
+
+/// After the VM resumed here: the network must learn where its MACs are
+/// now. Each NIC asks the guest to announce itself (GUEST_ANNOUNCE: its
+/// gratuitous ARPs), and the VMM sends RARP frames for each MAC on the
+/// NIC's TAP, as QEMU's announce-self does: at once, then 50, 150, 300
+/// and 500 ms later (a frame lost to a busy queue is sent again).
+fn announce(vm: &VmHandle, taps: &[Tap]) {
+    let mut macs = Vec::new();
+    for (slot, d) in vm.board().devices.iter().enumerate() {
+        if let DeviceConfig::Net { .. } = d {
+            if let Some(mac) = vm.with_device::<Net, _>(slot, |n| {
+                n.announce();
+                n.mac()
+            }) {
+                macs.push(mac);
+            }
+        }
+    }
+    let Ok(mut taps) = taps
+        .iter()
+        .map(Tap::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()
+    else {
+        eprintln!("godwit: cannot announce the VM's MACs: no second TAP handle");
+        return;
+    };
+    if macs.is_empty() {
+        return;
+    }
+    let send = move |taps: &mut Vec<Tap>| {
+        for (tap, mac) in taps.iter_mut().zip(&macs) {
+            let _ = tap.send(&rarp_frame(*mac));
+        }
+    };
+    send(&mut taps);
+    let _ = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            for ms in [50u64, 100, 150, 200] {
+                std::thread::sleep(Duration::from_millis(ms));
+                send(&mut taps);
+            }
+        });
 }
 
 /// The destination's control target: before the VM exists it answers
@@ -186,6 +243,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
         None => None,
     };
     let (want_mem, want_harts) = (opts.mem, opts.harts);
+    let tap_names: Vec<String> = opts.taps.iter().map(|t| t.name().to_string()).collect();
     let incoming = dest::accept(&listener, &opts.security, |h| {
         let board = BoardConfig::from_json(&h.board).map_err(|e| e.to_string())?;
         if board.ram_bytes != h.ram_bytes {
@@ -197,6 +255,18 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
         let mut diffs = Vec::new();
         if let Some(m) = want_mem.filter(|&m| m != board.ram_bytes) {
             diffs.push(format!("{m} bytes of RAM here, {} there", board.ram_bytes));
+        }
+        let nics = board
+            .devices
+            .iter()
+            .filter(|d| matches!(d, DeviceConfig::Net { .. }))
+            .count();
+        if nics != tap_names.len() {
+            diffs.push(format!(
+                "{} TAP(s) here ({}), {nics} NIC(s) there",
+                tap_names.len(),
+                tap_names.join(", ")
+            ));
         }
         if let Some(n) = want_harts.filter(|&n| n != board.harts) {
             diffs.push(format!(
@@ -222,11 +292,19 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
     let ram = Arc::new(GuestRam::new(RAM_BASE, board.ram_bytes as usize)?);
     let beats = Heartbeats::default();
     let (tx, rx) = mpsc::channel();
+    let announce_taps = opts
+        .taps
+        .iter()
+        .map(Tap::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot open a second handle on a TAP")?;
     let dvm = VmDest {
         board,
         ram,
         beats: beats.clone(),
         interpreter: opts.interpreter,
+        taps: Mutex::new(opts.taps),
+        announce: announce_taps,
         vm: Mutex::new(None),
         started: Mutex::new(Some(tx)),
         control: control.clone(),

@@ -9,6 +9,7 @@
 //!   glue between a VM and the migration engine.
 //! - [`console`]: the guest console as the VMM sees it (heartbeats with
 //!   host timestamps, for the migration report).
+//! - [`netdev`]: `--net`: NICs and their TAPs.
 //! - [`guest`]: the default guest image and kernel command line;
 //!   [`size`]: parsing `512M`.
 
@@ -17,6 +18,7 @@ pub mod console;
 pub mod control;
 pub mod guest;
 pub mod incoming;
+pub mod netdev;
 pub mod outgoing;
 pub mod runner;
 pub mod size;

@@ -1,11 +1,13 @@
 //! Running a VM in this process (`godwit run`): boot or restore it, forward
 //! the console, serve the control socket, and wait for it to end.
 
-use crate::console::{Heartbeats, Tap};
+use crate::console::{ConsoleTee, Heartbeats};
 use crate::control::ControlServer;
+use crate::netdev::host_devices;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, Context, Result};
 use godwit_machine::layout::RAM_BASE;
+use godwit_machine::tap::Tap;
 use godwit_machine::{snapshot, BoardConfig, Vm, VmConfig, VmHandle};
 use godwit_memory::GuestRam;
 use serde_json::json;
@@ -23,10 +25,17 @@ pub enum Boot {
         /// M-mode firmware to boot through (`--bios`).
         bios: Option<PathBuf>,
         cmdline: String,
+        /// The TAPs of the board's NICs, in order.
+        taps: Vec<Tap>,
     },
     /// A snapshot; a snapshot whose board differs from what `expect` asks
     /// for is refused, naming the difference.
-    Snapshot { path: PathBuf, expect: Expect },
+    Snapshot {
+        path: PathBuf,
+        expect: Expect,
+        /// The TAPs for the snapshot's NICs, in order.
+        taps: Vec<Tap>,
+    },
 }
 
 /// What the user said the restored board must be (unset: anything).
@@ -90,9 +99,9 @@ pub fn console_input(handle: VmHandle) -> Result<()> {
 }
 
 fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
-    let console = Box::new(Tap::new(std::io::stdout(), beats.clone()));
+    let console = Box::new(ConsoleTee::new(std::io::stdout(), beats.clone()));
     match boot {
-        Boot::Snapshot { path, expect } => {
+        Boot::Snapshot { path, expect, taps } => {
             let snap = snapshot::load(&path)?;
             let board = expect.board(&snap.state.board);
             // Refused before any RAM is mapped or filled.
@@ -104,7 +113,8 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
                 snap.state.board.ram_bytes as usize,
             )?);
             snap.fill_ram(&ram)?;
-            let vm = Vm::restore(&snap.state, ram, console, Some(&board))
+            let host = host_devices(&snap.state.board, taps)?;
+            let vm = Vm::restore(&snap.state, ram, console, Some(&board), host)
                 .with_context(|| format!("cannot restore {}", path.display()))?;
             eprintln!("godwit: restored {} ({})", path.display(), vm.board());
             Ok(vm)
@@ -115,14 +125,19 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
             initrd,
             bios,
             cmdline,
-        } => Ok(Vm::boot(VmConfig {
-            board,
-            kernel,
-            initrd,
-            bios,
-            cmdline,
-            console,
-        })?),
+            taps,
+        } => {
+            let host = host_devices(&board, taps)?;
+            Ok(Vm::boot(VmConfig {
+                board,
+                kernel,
+                initrd,
+                bios,
+                cmdline,
+                console,
+                host,
+            })?)
+        }
     }
 }
 

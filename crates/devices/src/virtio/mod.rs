@@ -19,6 +19,7 @@
 
 pub mod balloon;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 #[cfg(test)]
@@ -60,6 +61,8 @@ pub mod features {
 
 /// Virtio device IDs.
 pub mod device_id {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Memory balloon.
     pub const BALLOON: u32 = 5;
 }
@@ -80,6 +83,8 @@ pub struct DeviceEvents {
 pub enum DeviceState {
     /// virtio-balloon.
     Balloon(balloon::BalloonState),
+    /// virtio-net.
+    Net(net::NetState),
 }
 
 impl DeviceState {
@@ -87,6 +92,7 @@ impl DeviceState {
     pub fn kind(&self) -> &'static str {
         match self {
             DeviceState::Balloon(_) => "virtio-balloon",
+            DeviceState::Net(_) => "virtio-net",
         }
     }
 }

@@ -254,6 +254,9 @@ impl SplitQueue {
             self.broken = true;
             return 0;
         }
+        // The ring entries and descriptors the index published are read
+        // after it.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         pending
     }
 
@@ -268,6 +271,13 @@ impl SplitQueue {
         let descriptors = self.walk(ram, head)?;
         self.next_avail = self.next_avail.wrapping_add(1);
         Some(DescriptorChain { head, descriptors })
+    }
+
+    /// Gives back the last `n` chains [`pop`](Self::pop) took, untouched
+    /// (the device found it cannot use them yet): they are taken again by
+    /// the next pops, in the same order.
+    pub fn unpop(&mut self, n: u16) {
+        self.next_avail = self.next_avail.wrapping_sub(n);
     }
 
     /// Collects the chain starting at `head`; at most `size` descriptors.
@@ -311,8 +321,8 @@ impl SplitQueue {
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        // The element must be visible before the index that publishes it;
-        // both are plain stores on the one vCPU thread, in this order.
+        // The element must be visible before the index that publishes it
+        // (the driver reads them on another thread).
         if ram
             .write(self.used_ring.wrapping_add(4 + 8 * slot), &elem)
             .is_err()
@@ -321,6 +331,7 @@ impl SplitQueue {
             return;
         }
         self.next_used = self.next_used.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
         if ram
             .write(
                 self.used_ring.wrapping_add(2),
@@ -342,6 +353,9 @@ impl SplitQueue {
     /// True when the driver set `VIRTQ_AVAIL_F_NO_INTERRUPT` (queues without
     /// a callback in Linux, like the balloon's free-page-hint queue).
     pub fn interrupt_suppressed(&self, ram: &GuestRam) -> bool {
+        // The flags are read after the used index was published (virtio
+        // §2.7.7.2), or a driver that just re-enabled interrupts is missed.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         ram.read_le::<2>(self.avail_ring)
             .is_ok_and(|b| u16::from_le_bytes(b) & VIRTQ_AVAIL_F_NO_INTERRUPT != 0)
     }

@@ -1,0 +1,145 @@
+//! `--net tap=NAME[,mac=MAC][,offload=on|off]`: a NIC on the board and the
+//! TAP it is connected to on this host.
+
+use anyhow::{bail, Context, Result};
+use godwit_machine::board::{parse_mac, show_mac};
+use godwit_machine::tap::Tap;
+use godwit_machine::{BoardConfig, DeviceConfig, HostDevice};
+
+/// One `--net` as given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The TAP device's name.
+    pub tap: String,
+    /// The MAC the guest sees (`None`: the default for its position).
+    pub mac: Option<[u8; 6]>,
+    /// Offer the checksum and TSO offloads.
+    pub offloads: bool,
+}
+
+impl std::str::FromStr for NetSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NetSpec, String> {
+        let mut spec = NetSpec {
+            tap: String::new(),
+            mac: None,
+            offloads: true,
+        };
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!(
+                    "'{part}' in --net {s}: expected key=value (tap=NAME, mac=MAC, offload=on|off)"
+                )
+            })?;
+            match k {
+                "tap" => spec.tap = v.to_string(),
+                "mac" => spec.mac = Some(parse_mac(v)?),
+                "offload" => {
+                    spec.offloads = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("offload={v}: on or off")),
+                    }
+                }
+                _ => return Err(format!("unknown --net option '{k}' (tap, mac, offload)")),
+            }
+        }
+        if spec.tap.is_empty() {
+            return Err(format!("--net {s}: tap=NAME is required"));
+        }
+        Ok(spec)
+    }
+}
+
+/// The MAC of the `n`th NIC when none is given: locally administered
+/// (52:54:00, as QEMU's), the same on every host.
+pub fn default_mac(n: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x12, 0x34, 0x56u8.wrapping_add(n as u8)]
+}
+
+/// The board devices for `specs`, in order.
+pub fn nic_devices(specs: &[NetSpec]) -> Vec<DeviceConfig> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| DeviceConfig::Net {
+            mac: s.mac.unwrap_or_else(|| default_mac(i)),
+            offloads: s.offloads,
+        })
+        .collect()
+}
+
+/// Opens the TAPs of `specs` (before anything boots: a missing or busy
+/// TAP is an error now).
+pub fn open_taps(specs: &[NetSpec]) -> Result<Vec<Tap>> {
+    let mut taps = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|o| o.tap == s.tap) {
+            bail!("TAP {} is given twice", s.tap);
+        }
+        taps.push(Tap::open(&s.tap).with_context(|| format!("--net tap={}", s.tap))?);
+    }
+    Ok(taps)
+}
+
+/// The host side of every device of `board`: the TAPs go to its NICs in
+/// order. As many TAPs as NICs are needed.
+pub fn host_devices(board: &BoardConfig, taps: Vec<Tap>) -> Result<Vec<HostDevice>> {
+    let nics = board
+        .devices
+        .iter()
+        .filter(|d| matches!(d, DeviceConfig::Net { .. }))
+        .count();
+    if nics != taps.len() {
+        bail!(
+            "the VM has {nics} NIC(s) ({}) and {} TAP(s) were given: give one --net tap=NAME per NIC",
+            board
+                .devices
+                .iter()
+                .filter_map(|d| match d {
+                    DeviceConfig::Net { mac, .. } => Some(show_mac(mac)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            taps.len()
+        );
+    }
+    let mut taps = taps.into_iter();
+    Ok(board
+        .devices
+        .iter()
+        .map(|d| match d {
+            DeviceConfig::Net { .. } => taps.next().map_or(HostDevice::None, HostDevice::Tap),
+            _ => HostDevice::None,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        let s: NetSpec = "tap=gwtap0,mac=52:54:00:00:00:01,offload=off"
+            .parse()
+            .unwrap();
+        assert_eq!(s.tap, "gwtap0");
+        assert_eq!(s.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert!(!s.offloads);
+        for bad in [
+            "",
+            "mac=52:54:00:00:00:01",
+            "tap",
+            "tap=x,mac=zz",
+            "tap=x,color=red",
+            "tap=x,offload=maybe",
+            "tap=x,mac=01:00:00:00:00:01",
+        ] {
+            assert!(bad.parse::<NetSpec>().is_err(), "{bad}");
+        }
+        let d = nic_devices(&["tap=a".parse().unwrap(), "tap=b".parse().unwrap()]);
+        assert_ne!(d[0], d[1], "default MACs differ");
+    }
+}

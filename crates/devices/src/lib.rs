@@ -1,5 +1,5 @@
 //! Godwit's emulated devices: ns16550a UART, PLIC, CLINT, virtio-mmio
-//! transport (split virtqueues) and virtio-balloon.
+//! transport (split virtqueues), virtio-balloon and virtio-blk.
 //!
 //! Every device is a plain struct whose registers the vCPU threads drive
 //! through [`MmioDevice`] (the machine keeps each behind a lock); a device
@@ -40,6 +40,9 @@ pub use plic::{Plic, PlicState};
 pub use uart::{Uart16550, UartState, UART_MMIO_SIZE};
 pub use virtio::balloon::{
     Balloon, BalloonFeatures, BalloonState, BalloonStats, HintPhase, HintStatus, ReportingStatus,
+};
+pub use virtio::block::{
+    Block, BlockBackend, BlockCounters, BlockError, BlockState, DiskOpenError, FileDisk,
 };
 pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
 pub use virtio::queue::{Descriptor, DescriptorChain, QueueState, SplitQueue};

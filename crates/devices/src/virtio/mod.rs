@@ -18,6 +18,7 @@
 //! its I/O off the vCPU.
 
 pub mod balloon;
+pub mod block;
 pub mod mmio;
 pub mod queue;
 
@@ -60,6 +61,8 @@ pub mod features {
 
 /// Virtio device IDs.
 pub mod device_id {
+    /// Block device.
+    pub const BLOCK: u32 = 2;
     /// Memory balloon.
     pub const BALLOON: u32 = 5;
 }
@@ -80,6 +83,8 @@ pub struct DeviceEvents {
 pub enum DeviceState {
     /// virtio-balloon.
     Balloon(balloon::BalloonState),
+    /// virtio-blk.
+    Block(block::BlockState),
 }
 
 impl DeviceState {
@@ -87,6 +92,7 @@ impl DeviceState {
     pub fn kind(&self) -> &'static str {
         match self {
             DeviceState::Balloon(_) => "virtio-balloon",
+            DeviceState::Block(_) => "virtio-blk",
         }
     }
 }
@@ -100,7 +106,7 @@ impl DeviceState {
 /// guest-controlled data; queue errors are recorded by [`SplitQueue`]
 /// itself (the transport then sets `DEVICE_NEEDS_RESET`).
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (5 for the balloon).
+    /// The virtio device ID (5 for the balloon, 2 for a disk).
     fn device_type(&self) -> u32;
     /// Feature bits the device offers. The transport adds
     /// [`features::VERSION_1`] itself.

@@ -650,9 +650,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn restore(&mut self, s: &DeviceState) -> Result<(), StateError> {
-        #[allow(irrefutable_let_patterns)] // more device kinds follow
-        let DeviceState::Balloon(s) = s
-        else {
+        let DeviceState::Balloon(s) = s else {
             return Err(StateError::new(
                 "virtio-balloon",
                 format!("a {} state is not a balloon's", s.kind()),

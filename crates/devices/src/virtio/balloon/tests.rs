@@ -548,7 +548,9 @@ fn state_round_trip() {
     let mut other = VirtioMmio::new(Box::new(Balloon::new(no_hint, &ram3)), ram3);
     assert!(other.restore(&saved).is_err());
     let mut bad = saved.clone();
-    let DeviceState::Balloon(b) = &mut bad.device;
+    let DeviceState::Balloon(b) = &mut bad.device else {
+        panic!("a balloon state");
+    };
     b.inflated.push((u64::MAX, 2));
     let ram4 = ram();
     let mut other = VirtioMmio::new(

@@ -15,12 +15,13 @@
 use crate::board::{BoardConfig, DeviceConfig};
 use crate::bus::{lock, Devices, Slot};
 use crate::error::{RestoreError, VmError};
+use crate::host::{self, HostDevice};
 use crate::layout::*;
 use crate::state::{HartRun, SavedHart, VmState};
 use crate::vcpu::{stop_harts, vcpu_main, HartSignal, Stopped};
 use crate::worker::{worker_main, WorkerSignal, Workers};
 use crate::{fdt, loader};
-use godwit_devices::{Balloon, BalloonFeatures, Clint, Plic, Uart16550, VirtioDevice, VirtioMmio};
+use godwit_devices::{Balloon, Clint, Plic, Uart16550, VirtioMmio};
 use godwit_hart::{GuestClock, Hart};
 use godwit_memory::GuestRam;
 use std::collections::VecDeque;
@@ -153,16 +154,19 @@ pub struct RunOutcome {
     pub jit: godwit_hart::JitStats,
 }
 
-fn new_device(d: &DeviceConfig, ram: &GuestRam) -> Box<dyn VirtioDevice> {
-    match d {
-        DeviceConfig::Balloon => Box::new(Balloon::new(BalloonFeatures::default(), ram)),
-    }
-}
-
 impl Vm {
-    /// Builds the board, loads the guest, and leaves it ready to run.
+    /// Builds the board, loads the guest, and leaves it ready to run. For
+    /// boards whose devices need nothing on the host (no disks); see
+    /// [`boot_with`](Self::boot_with).
     pub fn boot(cfg: VmConfig) -> Result<Vm, VmError> {
+        Vm::boot_with(cfg, Vec::new())
+    }
+
+    /// [`boot`](Self::boot) with each device's host side, in slot order
+    /// (see [`crate::host`]): a disk needs its image.
+    pub fn boot_with(cfg: VmConfig, host: Vec<HostDevice>) -> Result<Vm, VmError> {
         cfg.board.validate()?;
+        let host = host::align(host, cfg.board.devices.len())?;
         let limit = cfg.board.ram_bytes;
         let kernel = loader::read_bounded(&cfg.kernel, limit)?;
         let initrd = cfg
@@ -212,6 +216,7 @@ impl Vm {
             cfg.cmdline,
             cfg.console,
             harts,
+            host,
             |_, _| Ok::<(), VmError>(()),
         )?;
         Ok(Vm { shared })
@@ -220,17 +225,32 @@ impl Vm {
     /// Builds a VM from a saved state, with `ram` already holding its
     /// memory. `board`, when given, is the board this host expects: a state
     /// for another one is refused. Everything is checked before anything
-    /// runs: on error nothing is left behind.
+    /// runs: on error nothing is left behind. For boards whose devices
+    /// need nothing on the host; see [`restore_with`](Self::restore_with).
     pub fn restore(
         state: &VmState,
         ram: Arc<GuestRam>,
         console: Box<dyn Write + Send>,
         board: Option<&BoardConfig>,
     ) -> Result<Vm, RestoreError> {
+        Vm::restore_with(state, ram, console, board, Vec::new())
+    }
+
+    /// [`restore`](Self::restore) with each device's host side, in the
+    /// state's slot order (see [`crate::host`]). A disk's image must have
+    /// the size the state's board says.
+    pub fn restore_with(
+        state: &VmState,
+        ram: Arc<GuestRam>,
+        console: Box<dyn Write + Send>,
+        board: Option<&BoardConfig>,
+        host: Vec<HostDevice>,
+    ) -> Result<Vm, RestoreError> {
         state.board.validate().map_err(VmError::from)?;
         if let Some(b) = board {
             b.compare(&state.board)?;
         }
+        let host = host::align(host, state.board.devices.len())?;
         let b = &state.board;
         if ram.size() as u64 != b.ram_bytes {
             return Err(RestoreError::Inconsistent(format!(
@@ -266,6 +286,7 @@ impl Vm {
             state.cmdline.clone(),
             console,
             harts,
+            host,
             |devices, _| {
                 lock(&devices.plic).restore(&state.plic)?;
                 lock(&devices.clint).restore(&state.clint)?;
@@ -396,6 +417,7 @@ impl Shared {
         cmdline: String,
         console: Box<dyn Write + Send>,
         harts: Vec<(Hart, HartRun)>,
+        host: Vec<HostDevice>,
         restore: impl FnOnce(&Devices, ()) -> Result<(), E>,
     ) -> Result<Arc<Shared>, E>
     where
@@ -403,20 +425,27 @@ impl Shared {
     {
         let n = board.harts;
         let time = clock;
+        let slots = board
+            .devices
+            .iter()
+            .zip(host)
+            .enumerate()
+            .map(|(i, (d, h))| {
+                Ok(Slot {
+                    transport: Mutex::new(VirtioMmio::new(
+                        host::new_device(i, d, h, &ram)?,
+                        ram.clone(),
+                    )),
+                    irq: VIRTIO_IRQ + i as u32,
+                    base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
+                })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
         let devices = Devices {
             uart: Mutex::new(Uart16550::new(console)),
             plic: Mutex::new(Plic::new(PLIC_SOURCES, 2 * n)),
             clint: Mutex::new(Clint::new(n, Box::new(move || time.ticks()))),
-            slots: board
-                .devices
-                .iter()
-                .enumerate()
-                .map(|(i, d)| Slot {
-                    transport: Mutex::new(VirtioMmio::new(new_device(d, &ram), ram.clone())),
-                    irq: VIRTIO_IRQ + i as u32,
-                    base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
-                })
-                .collect(),
+            slots,
         };
         let workers = (0..devices.slots.len())
             .map(|_| WorkerSignal::new().map_err(VmError::Thread))
@@ -463,6 +492,10 @@ pub struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
+    pub(crate) fn shared(&self) -> &Shared {
+        self.shared
+    }
+
     /// Every hart, by id.
     pub fn harts(&mut self) -> &mut [MutexGuard<'a, Hart>] {
         &mut self.stopped.harts
@@ -570,6 +603,10 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Guest RAM.
     pub fn ram(&self) -> Arc<GuestRam> {
         self.shared.ram.clone()

@@ -6,7 +6,7 @@ use crate::control::ControlServer;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, Context, Result};
 use godwit_machine::layout::RAM_BASE;
-use godwit_machine::{snapshot, BoardConfig, Vm, VmConfig, VmHandle};
+use godwit_machine::{snapshot, BoardConfig, HostDevice, Vm, VmConfig, VmHandle};
 use godwit_memory::GuestRam;
 use serde_json::json;
 use std::io::Read;
@@ -21,10 +21,17 @@ pub enum Boot {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         cmdline: String,
+        /// Each device's host side, in slot order (disk images).
+        host: Vec<HostDevice>,
     },
     /// A snapshot; a snapshot whose board differs from what `expect` asks
     /// for is refused, naming the difference.
-    Snapshot { path: PathBuf, expect: Expect },
+    Snapshot {
+        path: PathBuf,
+        expect: Expect,
+        /// Each device's host side, in the snapshot's slot order.
+        host: Vec<HostDevice>,
+    },
 }
 
 /// What the user said the restored board must be (unset: anything).
@@ -90,7 +97,7 @@ pub fn console_input(handle: VmHandle) -> Result<()> {
 fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
     let console = Box::new(Tap::new(std::io::stdout(), beats.clone()));
     match boot {
-        Boot::Snapshot { path, expect } => {
+        Boot::Snapshot { path, expect, host } => {
             let snap = snapshot::load(&path)?;
             let board = expect.board(&snap.state.board);
             // Refused before any RAM is mapped or filled.
@@ -102,7 +109,7 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
                 snap.state.board.ram_bytes as usize,
             )?);
             snap.fill_ram(&ram)?;
-            let vm = Vm::restore(&snap.state, ram, console, Some(&board))
+            let vm = Vm::restore_with(&snap.state, ram, console, Some(&board), host)
                 .with_context(|| format!("cannot restore {}", path.display()))?;
             eprintln!("godwit: restored {} ({})", path.display(), vm.board());
             Ok(vm)
@@ -112,13 +119,17 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
             kernel,
             initrd,
             cmdline,
-        } => Ok(Vm::boot(VmConfig {
-            board,
-            kernel,
-            initrd,
-            cmdline,
-            console,
-        })?),
+            host,
+        } => Ok(Vm::boot_with(
+            VmConfig {
+                board,
+                kernel,
+                initrd,
+                cmdline,
+                console,
+            },
+            host,
+        )?),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Disks: the guest's `diskcheck` log on a virtio-blk image survives a
 //! reboot (every record whose fsync returned is found again, from a
-//! read-only second boot), and a bad `--drive` is an error before the VM
-//! starts.
+//! read-only second boot) and a snapshot restored with its disk, and a bad
+//! `--drive` is an error before the VM starts.
 
 mod common;
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 /// A zeroed image of `bytes` in `dir`.
 fn image(dir: &Path, name: &str, bytes: u64) -> String {
@@ -42,6 +43,97 @@ fn diskcheck_records_survive_a_reboot() {
     );
     assert_eq!(verify["records"].as_i64(), Some(last + 1), "{verify}");
     assert_eq!(verify["torn_tail"], 0, "{verify}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_snapshot_resumes_with_its_disk() {
+    guest_image();
+    let dir = temp_dir("disksnap");
+    let img = image(&dir, "log.img", 64 << 20);
+    let drive = format!("file={img}");
+    let (ctl, ctl2) = (dir.join("ctl"), dir.join("ctl2"));
+    let snap = dir.join("snap");
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--drive",
+        &drive,
+        "--workload",
+        "diskcheck",
+        "--append",
+        "hb_ms=200",
+    ]);
+    let mut before = -1;
+    while before < 50 {
+        let hb = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(60)));
+        before = hb["acked_seq"].as_i64().unwrap_or(-1);
+    }
+    assert!(qmp(&ctl, "stop", serde_json::json!({}))["return"].is_object());
+    let r = qmp(&ctl, "snapshot", serde_json::json!({"path": snap}));
+    assert!(r["return"].is_object(), "{r}");
+    qmp(&ctl, "quit", serde_json::json!({}));
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // Without its disk, or with another one, the snapshot is refused.
+    let s = snap.to_str().unwrap();
+    let err = refused(&["run", "--restore", s]);
+    assert!(
+        err.contains("virtio slot 1") && err.contains("no disk image"),
+        "{err}"
+    );
+    let err = refused(&[
+        "run",
+        "--restore",
+        s,
+        "--drive",
+        &format!("{drive},id=other"),
+    ]);
+    assert!(err.contains("the boards differ"), "{err}");
+
+    // With it, the guest goes on appending where it was.
+    let mut vm = Running::start(&[
+        "run",
+        "--restore",
+        s,
+        "--control",
+        ctl2.to_str().unwrap(),
+        "--drive",
+        &drive,
+    ]);
+    let mut after = -1;
+    while after < before + 50 {
+        let hb = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(60)));
+        assert_eq!(hb["bad"], 0, "{hb}");
+        assert_eq!(hb["resumed_from"], 0, "the same run goes on: {hb}");
+        after = hb["acked_seq"].as_i64().unwrap_or(-1);
+        if hb["phase"] == "full" {
+            break;
+        }
+    }
+    assert!(
+        after > before,
+        "records after the restore: {after} > {before}"
+    );
+    qmp(&ctl2, "quit", serde_json::json!({}));
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+
+    let out = run_workload_with(
+        &["--drive", &format!("{drive},readonly")],
+        "diskcheck",
+        "mode=verify",
+        120,
+    );
+    let verify = assert_clean_run(&out);
+    let last = verify["last_seq"].as_i64().unwrap_or(-1);
+    assert!(
+        last >= after,
+        "every acknowledged record is there: {verify}"
+    );
+    assert_eq!(verify["records"].as_i64(), Some(last + 1), "{verify}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -313,14 +313,15 @@ mod tests {
         }
     }
 
-    /// The smallest riscv64 `Image` the loader takes.
-    fn kernel() -> Temp {
+    /// The smallest riscv64 `Image` the loader takes (one file per test:
+    /// tests run in parallel in one process).
+    fn kernel(test: &str) -> Temp {
         let mut v = vec![0u8; 8192];
         v[8..16].copy_from_slice(&(2u64 << 20).to_le_bytes());
         v[16..24].copy_from_slice(&8192u64.to_le_bytes());
         v[48..56].copy_from_slice(b"RISCV\0\0\0");
         v[56..60].copy_from_slice(b"RSC\x05");
-        Temp::new("kernel", &v)
+        Temp::new(&format!("{test}-kernel"), &v)
     }
 
     fn board(bytes: u64) -> BoardConfig {
@@ -357,7 +358,7 @@ mod tests {
 
     #[test]
     fn disks_need_a_fitting_image() {
-        let k = kernel();
+        let k = kernel("fit");
         let img = Temp::zeroed("fit", 1 << 20);
         let small = Temp::zeroed("small", 1 << 19);
         // Each case opens its images when it runs (a second open of the
@@ -406,7 +407,7 @@ mod tests {
 
     #[test]
     fn the_lock_moves_with_the_state() {
-        let k = kernel();
+        let k = kernel("move");
         let img = Temp::zeroed("move", 1 << 20);
         let src = boot(&k, board(1 << 20), vec![HostDevice::None, image(&img)]).unwrap();
         let h = src.handle();

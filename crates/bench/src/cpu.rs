@@ -27,9 +27,7 @@
 //! [`run_dirty_log`].
 
 use anyhow::{bail, Context, Result};
-use godwit_machine::{
-    BoardConfig, DeviceConfig, GuestExit, HostDevice, Machine, Vm, VmConfig, VmHandle,
-};
+use godwit_machine::{BoardConfig, DeviceConfig, GuestExit, Machine, Vm, VmConfig, VmHandle};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -1163,7 +1161,6 @@ impl DirtyBench {
             bios: None,
             cmdline: workload.cmdline(self.seconds),
             console,
-            host: vec![HostDevice::None],
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Godwit's emulated devices: ns16550a UART, PLIC, CLINT, the `sifive,test0`
 //! power-off register, the virtio-mmio transport (split virtqueues) and the
-//! virtio devices behind it.
+//! virtio devices behind it: balloon, net and block.
 //!
 //! Every device is a plain struct whose registers the vCPU threads drive
 //! through [`MmioDevice`] (the machine keeps each behind a lock); a device
@@ -43,6 +43,9 @@ pub use plic::{Plic, PlicState};
 pub use uart::{Uart16550, UartState, UART_MMIO_SIZE};
 pub use virtio::balloon::{
     Balloon, BalloonFeatures, BalloonState, BalloonStats, HintPhase, HintStatus, ReportingStatus,
+};
+pub use virtio::block::{
+    Block, BlockBackend, BlockCounters, BlockError, BlockState, DiskOpenError, FileDisk,
 };
 pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
 pub use virtio::net::{rarp_frame, Net, NetBackend, NetConfig, NetCounters, NetState};

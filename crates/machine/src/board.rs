@@ -26,6 +26,18 @@ pub enum DeviceConfig {
     /// virtio-net with this MAC; `offloads`: checksum and TSO offered. Its
     /// host side is a TAP device, named on each host's command line.
     Net { mac: [u8; 6], offloads: bool },
+    /// virtio-blk: a disk of `bytes` (a non-zero multiple of 512),
+    /// read-only or not, whose device ID (`T_GET_ID`, the guest's
+    /// `serial`) is `id`, at most 20 bytes. The image behind it is host
+    /// state: each VMM opens its own ([`crate::HostDevice`]).
+    Block {
+        /// Capacity in bytes.
+        bytes: u64,
+        /// Offered read-only.
+        readonly: bool,
+        /// Device ID string.
+        id: String,
+    },
 }
 
 impl DeviceConfig {
@@ -34,6 +46,29 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Balloon => "virtio-balloon",
             DeviceConfig::Net { .. } => "virtio-net",
+            DeviceConfig::Block { .. } => "virtio-blk",
+        }
+    }
+
+    /// Checks what the device itself requires of its configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            DeviceConfig::Balloon | DeviceConfig::Net { .. } => Ok(()),
+            DeviceConfig::Block { bytes, id, .. } => {
+                if *bytes == 0 || !bytes.is_multiple_of(512) {
+                    return Err(ConfigError::Disk(format!(
+                        "a disk of {bytes} bytes: the size must be a non-zero multiple of 512"
+                    )));
+                }
+                if id.len() > godwit_devices::virtio::block::ID_BYTES {
+                    return Err(ConfigError::Disk(format!(
+                        "disk id {id:?} is {} bytes: at most {}",
+                        id.len(),
+                        godwit_devices::virtio::block::ID_BYTES
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -80,7 +115,17 @@ impl fmt::Display for DeviceConfig {
                 show_mac(mac),
                 if *offloads { "" } else { " (no offloads)" }
             ),
-            d => f.write_str(d.kind()),
+            DeviceConfig::Balloon => f.write_str(self.kind()),
+            DeviceConfig::Block {
+                bytes,
+                readonly,
+                id,
+            } => write!(
+                f,
+                "{} {id:?} ({bytes} bytes, {})",
+                self.kind(),
+                if *readonly { "read-only" } else { "read-write" }
+            ),
         }
     }
 }
@@ -123,7 +168,7 @@ impl BoardConfig {
                 return Err(ConfigError::DuplicateMac(show_mac(m)));
             }
         }
-        Ok(())
+        self.devices.iter().try_for_each(DeviceConfig::validate)
     }
 
     /// Whether the board has a virtio-balloon.
@@ -275,6 +320,65 @@ mod tests {
             e.contains("slot 0: virtio-balloon here, nothing there"),
             "{e}"
         );
+    }
+
+    fn disk(bytes: u64, readonly: bool, id: &str) -> DeviceConfig {
+        DeviceConfig::Block {
+            bytes,
+            readonly,
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn disks_are_part_of_the_board() {
+        let a = BoardConfig {
+            devices: vec![DeviceConfig::Balloon, disk(16 << 20, false, "root")],
+            ..board()
+        };
+        assert!(a.validate().is_ok());
+        assert!(a.compare(&a.clone()).is_ok());
+        // Another size, identity or mode is another board, named as such.
+        for (other, want) in [
+            (
+                disk(32 << 20, false, "root"),
+                r#"virtio slot 1: virtio-blk "root" (16777216 bytes, read-write) here, virtio-blk "root" (33554432 bytes, read-write) there"#,
+            ),
+            (disk(16 << 20, false, "data"), r#"virtio-blk "data""#),
+            (disk(16 << 20, true, "root"), "read-only) there"),
+        ] {
+            let b = BoardConfig {
+                devices: vec![DeviceConfig::Balloon, other],
+                ..board()
+            };
+            let e = a.compare(&b).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let b = BoardConfig {
+            devices: vec![DeviceConfig::Balloon],
+            ..board()
+        };
+        let e = a.compare(&b).unwrap_err().to_string();
+        assert!(e.contains("slot 1: virtio-blk"), "{e}");
+        assert!(e.contains("here, nothing there"), "{e}");
+        assert_eq!(BoardConfig::from_json(&a.to_json()).unwrap(), a);
+        for bad in [
+            disk(0, false, "x"),
+            disk(1000, false, "x"),
+            disk(512, false, "123456789012345678901"),
+        ] {
+            let b = BoardConfig {
+                devices: vec![bad],
+                ..board()
+            };
+            assert!(matches!(b.validate(), Err(ConfigError::Disk(_))), "{b:?}");
+        }
+        assert!(BoardConfig {
+            devices: vec![disk(512, true, "12345678901234567890")],
+            ..board()
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum ConfigError {
     /// A board description that does not parse.
     #[error("the board description does not parse: {0}")]
     Describe(String),
+    /// A disk the board cannot have (size, id).
+    #[error("{0}")]
+    Disk(String),
 }
 
 /// Building or starting a VM failed.
@@ -62,6 +65,16 @@ pub enum VmError {
     /// A VM thread could not be started.
     #[error("cannot start a VM thread: {0}")]
     Thread(std::io::Error),
+    /// A device's host side (a disk image) is missing or does not fit.
+    #[error("virtio slot {slot} ({device}): {reason}")]
+    HostDevice {
+        /// The slot.
+        slot: usize,
+        /// The device as the board has it.
+        device: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A saved state that cannot be loaded into the board it is meant for.

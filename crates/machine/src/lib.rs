@@ -6,6 +6,8 @@
 //! - [`layout`]: the memory map.
 //! - [`loader`]: the riscv64 `Image` header, kernel and initrd placement.
 //! - [`fdt`]: the device tree, written in one place.
+//! - [`host`]: what each device is connected to on this host (disk
+//!   images), and moving a disk's lock with a migration.
 //! - [`sbi`]: the SBI (base, TIME, IPI, RFENCE, HSM, SRST, legacy console).
 //! - `bus`: the shared devices, routing of physical accesses to them and
 //!   their interrupt wiring.
@@ -20,6 +22,7 @@ pub mod board;
 mod bus;
 pub mod error;
 pub mod fdt;
+pub mod host;
 pub mod layout;
 pub mod loader;
 pub mod sbi;
@@ -32,5 +35,7 @@ mod worker;
 
 pub use board::{BoardConfig, BoardMismatch, DeviceConfig, MAX_HARTS};
 pub use error::{ConfigError, RestoreError, VmError};
+pub use godwit_devices::{BlockBackend, BlockCounters, DiskOpenError, FileDisk};
+pub use host::{DiskControlError, DiskInfo, HostDevice};
 pub use state::VmState;
-pub use vm::{GuestExit, HostDevice, Machine, RunOutcome, Vm, VmConfig, VmGone, VmHandle};
+pub use vm::{GuestExit, Machine, RunOutcome, Vm, VmConfig, VmGone, VmHandle};

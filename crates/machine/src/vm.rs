@@ -15,14 +15,13 @@
 use crate::board::{BoardConfig, DeviceConfig};
 use crate::bus::{lock, Devices, Slot};
 use crate::error::{RestoreError, VmError};
+use crate::host::{self, HostDevice};
 use crate::layout::*;
 use crate::state::{HartRun, SavedHart, VmState};
 use crate::vcpu::{stop_harts, vcpu_main, HartSignal, Stopped};
 use crate::worker::{worker_main, WorkerSignal, Workers};
 use crate::{fdt, loader};
-use godwit_devices::{
-    Balloon, BalloonFeatures, Clint, Net, NetConfig, Plic, Uart16550, VirtioDevice, VirtioMmio,
-};
+use godwit_devices::{Balloon, Clint, Plic, Uart16550, VirtioMmio};
 use godwit_hart::{GuestClock, Hart};
 use godwit_memory::GuestRam;
 use std::collections::VecDeque;
@@ -68,8 +67,6 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Where the guest console goes.
     pub console: Box<dyn Write + Send>,
-    /// The host side of each device of the board, in order.
-    pub host: Vec<HostDevice>,
 }
 
 /// Pause, stop and exit, shared by every thread.
@@ -160,52 +157,19 @@ pub struct RunOutcome {
     pub jit: godwit_hart::JitStats,
 }
 
-/// What a device of the board is connected to on this host (in the
-/// board's device order): nothing (the balloon), or a TAP for a NIC.
-pub enum HostDevice {
-    /// The device needs nothing from the host.
-    None,
-    /// A NIC's TAP device.
-    Tap(crate::tap::Tap),
-}
-
-impl HostDevice {
-    /// The host side each device of `board` needs, none given yet (what a
-    /// board without NICs takes as is).
-    pub fn none_for(board: &BoardConfig) -> Vec<HostDevice> {
-        board.devices.iter().map(|_| HostDevice::None).collect()
-    }
-}
-
-fn new_device(
-    slot: usize,
-    d: &DeviceConfig,
-    host: HostDevice,
-    ram: &GuestRam,
-) -> Result<Box<dyn VirtioDevice>, VmError> {
-    Ok(match (d, host) {
-        (DeviceConfig::Balloon, _) => Box::new(Balloon::new(BalloonFeatures::default(), ram)),
-        (DeviceConfig::Net { mac, offloads }, HostDevice::Tap(tap)) => Box::new(Net::new(
-            NetConfig {
-                mac: *mac,
-                offloads: *offloads,
-            },
-            Box::new(tap),
-        )),
-        (DeviceConfig::Net { .. }, HostDevice::None) => {
-            return Err(VmError::Backend {
-                slot,
-                device: d.to_string(),
-                needs: "a TAP device (--net tap=NAME)",
-            })
-        }
-    })
-}
-
 impl Vm {
-    /// Builds the board, loads the guest, and leaves it ready to run.
+    /// Builds the board, loads the guest, and leaves it ready to run. For
+    /// boards whose devices need nothing on the host (no disks); see
+    /// [`boot_with`](Self::boot_with).
     pub fn boot(cfg: VmConfig) -> Result<Vm, VmError> {
+        Vm::boot_with(cfg, Vec::new())
+    }
+
+    /// [`boot`](Self::boot) with each device's host side, in slot order
+    /// (see [`crate::host`]): a disk needs its image.
+    pub fn boot_with(cfg: VmConfig, host: Vec<HostDevice>) -> Result<Vm, VmError> {
         cfg.board.validate()?;
+        let host = host::align(host, cfg.board.devices.len())?;
         let limit = cfg.board.ram_bytes;
         let kernel = loader::read_bounded(&cfg.kernel, limit)?;
         let initrd = cfg
@@ -279,7 +243,7 @@ impl Vm {
             cfg.cmdline,
             cfg.console,
             harts,
-            cfg.host,
+            host,
             |_, _| Ok::<(), VmError>(()),
         )?;
         Ok(Vm { shared })
@@ -288,8 +252,21 @@ impl Vm {
     /// Builds a VM from a saved state, with `ram` already holding its
     /// memory. `board`, when given, is the board this host expects: a state
     /// for another one is refused. Everything is checked before anything
-    /// runs: on error nothing is left behind.
+    /// runs: on error nothing is left behind. For boards whose devices
+    /// need nothing on the host; see [`restore_with`](Self::restore_with).
     pub fn restore(
+        state: &VmState,
+        ram: Arc<GuestRam>,
+        console: Box<dyn Write + Send>,
+        board: Option<&BoardConfig>,
+    ) -> Result<Vm, RestoreError> {
+        Vm::restore_with(state, ram, console, board, Vec::new())
+    }
+
+    /// [`restore`](Self::restore) with each device's host side, in the
+    /// state's slot order (see [`crate::host`]). A disk's image must have
+    /// the size the state's board says.
+    pub fn restore_with(
         state: &VmState,
         ram: Arc<GuestRam>,
         console: Box<dyn Write + Send>,
@@ -300,6 +277,7 @@ impl Vm {
         if let Some(b) = board {
             b.compare(&state.board)?;
         }
+        let host = host::align(host, state.board.devices.len())?;
         let b = &state.board;
         if ram.size() as u64 != b.ram_bytes {
             return Err(RestoreError::Inconsistent(format!(
@@ -473,17 +451,23 @@ impl Shared {
         E: From<VmError>,
     {
         let n = board.harts;
-        let mut host = host.into_iter();
-        let mut slots = Vec::new();
-        for (i, d) in board.devices.iter().enumerate() {
-            let dev = new_device(i, d, host.next().unwrap_or(HostDevice::None), &ram)?;
-            slots.push(Slot {
-                transport: Mutex::new(VirtioMmio::new(dev, ram.clone())),
-                irq: VIRTIO_IRQ + i as u32,
-                base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
-            });
-        }
         let time = clock;
+        let slots = board
+            .devices
+            .iter()
+            .zip(host)
+            .enumerate()
+            .map(|(i, (d, h))| {
+                Ok(Slot {
+                    transport: Mutex::new(VirtioMmio::new(
+                        host::new_device(i, d, h, &ram)?,
+                        ram.clone(),
+                    )),
+                    irq: VIRTIO_IRQ + i as u32,
+                    base: VIRTIO_BASE + i as u64 * VIRTIO_SIZE,
+                })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
         let devices = Devices {
             uart: Mutex::new(Uart16550::new(console)),
             plic: Mutex::new(Plic::new(PLIC_SOURCES, 2 * n)),
@@ -536,6 +520,10 @@ pub struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
+    pub(crate) fn shared(&self) -> &Shared {
+        self.shared
+    }
+
     /// Every hart, by id.
     pub fn harts(&mut self) -> &mut [MutexGuard<'a, Hart>] {
         &mut self.stopped.harts
@@ -643,6 +631,10 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Guest RAM.
     pub fn ram(&self) -> Arc<GuestRam> {
         self.shared.ram.clone()

@@ -85,7 +85,7 @@ impl DestVm for VmDest {
         let console = Box::new(ConsoleTee::new(std::io::stdout(), self.beats.clone()));
         let taps = std::mem::take(&mut *self.taps.lock().unwrap_or_else(|e| e.into_inner()));
         let host = host_devices(&self.board, taps)?;
-        let vm = Vm::restore(&state, self.ram.clone(), console, Some(&self.board), host)?;
+        let vm = Vm::restore_with(&state, self.ram.clone(), console, Some(&self.board), host)?;
         vm.set_paused(true);
         let handle = vm.handle();
         crate::runner::choose_cpu(&handle, self.interpreter)?;

@@ -3,12 +3,10 @@
 
 use crate::console::{ConsoleTee, Heartbeats};
 use crate::control::ControlServer;
-use crate::netdev::host_devices;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, Context, Result};
 use godwit_machine::layout::RAM_BASE;
-use godwit_machine::tap::Tap;
-use godwit_machine::{snapshot, BoardConfig, Vm, VmConfig, VmHandle};
+use godwit_machine::{snapshot, BoardConfig, HostDevice, Vm, VmConfig, VmHandle};
 use godwit_memory::GuestRam;
 use serde_json::json;
 use std::io::Read;
@@ -25,16 +23,16 @@ pub enum Boot {
         /// M-mode firmware to boot through (`--bios`).
         bios: Option<PathBuf>,
         cmdline: String,
-        /// The TAPs of the board's NICs, in order.
-        taps: Vec<Tap>,
+        /// Each device's host side, in slot order (disk images).
+        host: Vec<HostDevice>,
     },
     /// A snapshot; a snapshot whose board differs from what `expect` asks
     /// for is refused, naming the difference.
     Snapshot {
         path: PathBuf,
         expect: Expect,
-        /// The TAPs for the snapshot's NICs, in order.
-        taps: Vec<Tap>,
+        /// Each device's host side, in the snapshot's slot order.
+        host: Vec<HostDevice>,
     },
 }
 
@@ -101,7 +99,7 @@ pub fn console_input(handle: VmHandle) -> Result<()> {
 fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
     let console = Box::new(ConsoleTee::new(std::io::stdout(), beats.clone()));
     match boot {
-        Boot::Snapshot { path, expect, taps } => {
+        Boot::Snapshot { path, expect, host } => {
             let snap = snapshot::load(&path)?;
             let board = expect.board(&snap.state.board);
             // Refused before any RAM is mapped or filled.
@@ -113,8 +111,7 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
                 snap.state.board.ram_bytes as usize,
             )?);
             snap.fill_ram(&ram)?;
-            let host = host_devices(&snap.state.board, taps)?;
-            let vm = Vm::restore(&snap.state, ram, console, Some(&board), host)
+            let vm = Vm::restore_with(&snap.state, ram, console, Some(&board), host)
                 .with_context(|| format!("cannot restore {}", path.display()))?;
             eprintln!("godwit: restored {} ({})", path.display(), vm.board());
             Ok(vm)
@@ -125,19 +122,18 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
             initrd,
             bios,
             cmdline,
-            taps,
-        } => {
-            let host = host_devices(&board, taps)?;
-            Ok(Vm::boot(VmConfig {
+            host,
+        } => Ok(Vm::boot_with(
+            VmConfig {
                 board,
                 kernel,
                 initrd,
                 bios,
                 cmdline,
                 console,
-                host,
-            })?)
-        }
+            },
+            host,
+        )?),
     }
 }
 

@@ -18,6 +18,7 @@
 //! its I/O off the vCPU.
 
 pub mod balloon;
+pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod queue;
@@ -63,6 +64,8 @@ pub mod features {
 pub mod device_id {
     /// Network card.
     pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
     /// Memory balloon.
     pub const BALLOON: u32 = 5;
 }
@@ -85,6 +88,8 @@ pub enum DeviceState {
     Balloon(balloon::BalloonState),
     /// virtio-net.
     Net(net::NetState),
+    /// virtio-blk.
+    Block(block::BlockState),
 }
 
 impl DeviceState {
@@ -93,6 +98,7 @@ impl DeviceState {
         match self {
             DeviceState::Balloon(_) => "virtio-balloon",
             DeviceState::Net(_) => "virtio-net",
+            DeviceState::Block(_) => "virtio-blk",
         }
     }
 }
@@ -106,7 +112,7 @@ impl DeviceState {
 /// guest-controlled data; queue errors are recorded by [`SplitQueue`]
 /// itself (the transport then sets `DEVICE_NEEDS_RESET`).
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (5 for the balloon).
+    /// The virtio device ID (5 for the balloon, 2 for a disk).
     fn device_type(&self) -> u32;
     /// Feature bits the device offers. The transport adds
     /// [`features::VERSION_1`] itself.

@@ -1,0 +1,210 @@
+//! Disks: the guest's `diskcheck` log on a virtio-blk image survives a
+//! reboot (every record whose fsync returned is found again, from a
+//! read-only second boot) and a snapshot restored with its disk, and a bad
+//! `--drive` is an error before the VM starts.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// A zeroed image of `bytes` in `dir`.
+fn image(dir: &Path, name: &str, bytes: u64) -> String {
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().set_len(bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn diskcheck_records_survive_a_reboot() {
+    guest_image();
+    let dir = temp_dir("disk");
+    let img = image(&dir, "log.img", 16 << 20);
+    let drive = format!("file={img},id=log");
+    let out = run_workload_with(&["--drive", &drive], "diskcheck", "duration_s=3", 120);
+    let ready = status_lines(&String::from_utf8_lossy(&out.stdout), "READY");
+    let done = assert_clean_run(&out);
+    assert_eq!(ready[0]["dev"], "/dev/vda", "{}", ready[0]);
+    assert_eq!(ready[0]["dev_type"], "block", "{}", ready[0]);
+    assert_eq!(ready[0]["dev_bytes"], 16 << 20, "{}", ready[0]);
+    let acked = done["acked_seq"].as_i64().unwrap_or(-1);
+    assert!(acked >= 100, "records were written and synced: {done}");
+    assert_eq!(done["resumed_from"], 0, "a fresh image: {done}");
+
+    // Second boot, the same image read-only: verify finds every record
+    // acknowledged (and nothing torn, since the first guest powered off).
+    let drive = format!("file={img},readonly,id=log");
+    let out = run_workload_with(&["--drive", &drive], "diskcheck", "mode=verify", 120);
+    let verify = assert_clean_run(&out);
+    let last = verify["last_seq"].as_i64().unwrap_or(-1);
+    assert!(
+        last >= acked,
+        "every acknowledged record is there: {verify}"
+    );
+    assert_eq!(verify["records"].as_i64(), Some(last + 1), "{verify}");
+    assert_eq!(verify["torn_tail"], 0, "{verify}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_snapshot_resumes_with_its_disk() {
+    guest_image();
+    let dir = temp_dir("disksnap");
+    let img = image(&dir, "log.img", 64 << 20);
+    let drive = format!("file={img}");
+    let (ctl, ctl2) = (dir.join("ctl"), dir.join("ctl2"));
+    let snap = dir.join("snap");
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--drive",
+        &drive,
+        "--workload",
+        "diskcheck",
+        "--append",
+        "hb_ms=200",
+    ]);
+    let mut before = -1;
+    while before < 50 {
+        let hb = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(60)));
+        before = hb["acked_seq"].as_i64().unwrap_or(-1);
+    }
+    assert!(qmp(&ctl, "stop", serde_json::json!({}))["return"].is_object());
+    let r = qmp(&ctl, "snapshot", serde_json::json!({"path": snap}));
+    assert!(r["return"].is_object(), "{r}");
+    qmp(&ctl, "quit", serde_json::json!({}));
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // Without its disk, or with another one, the snapshot is refused.
+    let s = snap.to_str().unwrap();
+    let err = refused(&["run", "--restore", s]);
+    assert!(
+        err.contains("virtio slot 1") && err.contains("no disk image"),
+        "{err}"
+    );
+    let err = refused(&[
+        "run",
+        "--restore",
+        s,
+        "--drive",
+        &format!("{drive},id=other"),
+    ]);
+    assert!(err.contains("the boards differ"), "{err}");
+
+    // With it, the guest goes on appending where it was.
+    let mut vm = Running::start(&[
+        "run",
+        "--restore",
+        s,
+        "--control",
+        ctl2.to_str().unwrap(),
+        "--drive",
+        &drive,
+    ]);
+    let mut after = -1;
+    while after < before + 50 {
+        let hb = line_json(&vm.wait_for("GODWIT HB", Duration::from_secs(60)));
+        assert_eq!(hb["bad"], 0, "{hb}");
+        assert_eq!(hb["resumed_from"], 0, "the same run goes on: {hb}");
+        after = hb["acked_seq"].as_i64().unwrap_or(-1);
+        if hb["phase"] == "full" {
+            break;
+        }
+    }
+    assert!(
+        after > before,
+        "records after the restore: {after} > {before}"
+    );
+    qmp(&ctl2, "quit", serde_json::json!({}));
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+
+    let out = run_workload_with(
+        &["--drive", &format!("{drive},readonly")],
+        "diskcheck",
+        "mode=verify",
+        120,
+    );
+    let verify = assert_clean_run(&out);
+    let last = verify["last_seq"].as_i64().unwrap_or(-1);
+    assert!(
+        last >= after,
+        "every acknowledged record is there: {verify}"
+    );
+    assert_eq!(verify["records"].as_i64(), Some(last + 1), "{verify}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn refused(args: &[&str]) -> String {
+    let out = godwit()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn godwit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        !stdout.contains("GODWIT READY"),
+        "{args:?}: the VM must not start"
+    );
+    stderr
+}
+
+#[test]
+fn bad_drives_are_refused_before_the_vm_starts() {
+    let dir = temp_dir("drives");
+    let good = image(&dir, "good.img", 1 << 20);
+    let odd = image(&dir, "odd.img", 1000);
+    let empty = image(&dir, "empty.img", 0);
+    let missing = dir.join("missing.img").to_str().unwrap().to_string();
+    let folder = dir.to_str().unwrap().to_string();
+    let cases = [
+        (
+            format!("file={good},format=raw"),
+            "unknown option \"format=raw\"",
+        ),
+        ("readonly".to_string(), "no file=PATH"),
+        (
+            format!("file={good},id=123456789012345678901"),
+            "an id is 1 to 20 bytes",
+        ),
+        (format!("file={missing}"), "No such file or directory"),
+        (format!("file={folder}"), "Is a directory"),
+        (
+            format!("file={odd}"),
+            "is 1000 bytes: a disk must be a non-zero multiple of 512",
+        ),
+        (format!("file={empty}"), "is 0 bytes"),
+    ];
+    for (spec, want) in &cases {
+        let err = refused(&["run", "--drive", spec, "--workload", "idle"]);
+        assert!(err.contains(want), "--drive {spec}: {err}");
+        assert!(err.contains(&format!("--drive {spec}")), "{err}");
+    }
+    // Two drives cannot share an id.
+    let err = refused(&[
+        "run",
+        "--drive",
+        &format!("file={good}"),
+        "--drive",
+        &format!("file={good}"),
+    ]);
+    assert!(err.contains("id \"good.img\" is taken"), "{err}");
+
+    // An image another process has locked (as another VMM would).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&good)
+        .unwrap();
+    f.try_lock().unwrap();
+    for spec in [format!("file={good}"), format!("file={good},readonly")] {
+        let err = refused(&["run", "--drive", &spec, "--workload", "idle"]);
+        assert!(err.contains("is in use") && err.contains(&good), "{err}");
+    }
+    drop(f);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use godwit_migration::Security;
+use godwit_vmm::drive;
 use godwit_vmm::incoming::{self, ReceiveOptions};
 use godwit_vmm::netdev::{self, NetSpec};
 use std::path::PathBuf;
@@ -36,6 +37,11 @@ pub struct Args {
     /// Run every instruction in the interpreter (no translation to host code).
     #[arg(long)]
     interpreter: bool,
+    /// The image of the VM's next disk, on storage both hosts share:
+    /// `file=PATH[,readonly][,id=NAME]`, one per disk, in order; opened only
+    /// once the VM's state arrives (the source lets go of it first).
+    #[arg(long = "drive", value_name = "SPEC")]
+    drives: Vec<String>,
     /// The TAP for the VM's next NIC (its MAC comes from the source):
     /// `tap=NAME`; one per NIC, in order.
     #[arg(long = "net", value_name = "tap=NAME")]
@@ -51,6 +57,11 @@ pub fn run(args: Args) -> Result<i32> {
         );
     }
     let taps = netdev::open_taps(&args.net)?;
+    let drives = args
+        .drives
+        .iter()
+        .map(|s| drive::parse_drive(s))
+        .collect::<Result<Vec<_>>>()?;
     incoming::receive(ReceiveOptions {
         security: Security::from_dir(args.tls_dir.as_deref())?,
         listen: args.listen,
@@ -60,5 +71,6 @@ pub fn run(args: Args) -> Result<i32> {
         report_after: Duration::from_millis(args.report_after_ms.min(60_000)),
         interpreter: args.interpreter,
         taps,
+        drives,
     })
 }

@@ -9,6 +9,7 @@
 
 use crate::console::{self, ConsoleTee, Heartbeats};
 use crate::control::{CommandError, ControlServer, ControlTarget, ErrorClass};
+use crate::drive::{expected_devices, open_images, DriveSpec};
 use crate::netdev::host_devices;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, bail, Context, Result};
@@ -43,6 +44,9 @@ pub struct ReceiveOptions {
     pub interpreter: bool,
     /// TAPs for the VM's NICs, in order (opened before waiting).
     pub taps: Vec<Tap>,
+    /// Images for the VM's disks, in order: opened (and locked) only when
+    /// the VM's state arrives, after the source flushed and let go of them.
+    pub drives: Vec<DriveSpec>,
 }
 
 /// The thread a received VM runs on.
@@ -56,6 +60,8 @@ struct VmDest {
     interpreter: bool,
     /// The TAPs for the VM's NICs, until the VM takes them.
     taps: Mutex<Vec<Tap>>,
+    /// The disk images to open when the state arrives.
+    drives: Vec<DriveSpec>,
     /// Second handles on them, for announcing the VM.
     announce: Vec<Tap>,
     /// The VM once its state arrived.
@@ -84,7 +90,8 @@ impl DestVm for VmDest {
         let state = VmState::decode(state)?;
         let console = Box::new(ConsoleTee::new(std::io::stdout(), self.beats.clone()));
         let taps = std::mem::take(&mut *self.taps.lock().unwrap_or_else(|e| e.into_inner()));
-        let host = host_devices(&self.board, taps)?;
+        let disks = open_images(&self.drives)?;
+        let host = host_devices(&self.board, taps, disks)?;
         let vm = Vm::restore_with(&state, self.ram.clone(), console, Some(&self.board), host)?;
         vm.set_paused(true);
         let handle = vm.handle();
@@ -244,6 +251,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
     };
     let (want_mem, want_harts) = (opts.mem, opts.harts);
     let tap_names: Vec<String> = opts.taps.iter().map(|t| t.name().to_string()).collect();
+    let want_disks = expected_devices(&opts.drives)?;
     let incoming = dest::accept(&listener, &opts.security, |h| {
         let board = BoardConfig::from_json(&h.board).map_err(|e| e.to_string())?;
         if board.ram_bytes != h.ram_bytes {
@@ -267,6 +275,23 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
                 tap_names.len(),
                 tap_names.join(", ")
             ));
+        }
+        let disks: Vec<&DeviceConfig> = board
+            .devices
+            .iter()
+            .filter(|d| matches!(d, DeviceConfig::Block { .. }))
+            .collect();
+        if disks.len() != want_disks.len() {
+            diffs.push(format!(
+                "{} disk(s) here (--drive), {} there",
+                want_disks.len(),
+                disks.len()
+            ));
+        }
+        for (i, (here, there)) in want_disks.iter().zip(&disks).enumerate() {
+            if here != *there {
+                diffs.push(format!("disk {i}: {here} here, {there} there"));
+            }
         }
         if let Some(n) = want_harts.filter(|&n| n != board.harts) {
             diffs.push(format!(
@@ -304,6 +329,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
         beats: beats.clone(),
         interpreter: opts.interpreter,
         taps: Mutex::new(opts.taps),
+        drives: opts.drives,
         announce: announce_taps,
         vm: Mutex::new(None),
         started: Mutex::new(Some(tx)),

@@ -9,13 +9,15 @@
 //!   glue between a VM and the migration engine.
 //! - [`console`]: the guest console as the VMM sees it (heartbeats with
 //!   host timestamps, for the migration report).
-//! - [`netdev`]: `--net`: NICs and their TAPs.
+//! - [`netdev`]: `--net`: NICs and their TAPs; [`drive`]: `--drive`:
+//!   disks and their images.
 //! - [`guest`]: the default guest image and kernel command line;
 //!   [`size`]: parsing `512M`.
 
 pub mod commands;
 pub mod console;
 pub mod control;
+pub mod drive;
 pub mod guest;
 pub mod incoming;
 pub mod netdev;

@@ -82,14 +82,17 @@ pub fn open_taps(specs: &[NetSpec]) -> Result<Vec<Tap>> {
     Ok(taps)
 }
 
-/// The host side of every device of `board`: the TAPs go to its NICs in
-/// order. As many TAPs as NICs are needed.
-pub fn host_devices(board: &BoardConfig, taps: Vec<Tap>) -> Result<Vec<HostDevice>> {
-    let nics = board
-        .devices
-        .iter()
-        .filter(|d| matches!(d, DeviceConfig::Net { .. }))
-        .count();
+/// The host side of every device of `board`, in slot order: the TAPs go
+/// to its NICs and the disk images to its disks, each in order. Exactly as
+/// many of each are needed.
+pub fn host_devices(
+    board: &BoardConfig,
+    taps: Vec<Tap>,
+    disks: Vec<HostDevice>,
+) -> Result<Vec<HostDevice>> {
+    let count = |f: fn(&DeviceConfig) -> bool| board.devices.iter().filter(|d| f(d)).count();
+    let nics = count(|d| matches!(d, DeviceConfig::Net { .. }));
+    let blks = count(|d| matches!(d, DeviceConfig::Block { .. }));
     if nics != taps.len() {
         bail!(
             "the VM has {nics} NIC(s) ({}) and {} TAP(s) were given: give one --net tap=NAME per NIC",
@@ -105,12 +108,20 @@ pub fn host_devices(board: &BoardConfig, taps: Vec<Tap>) -> Result<Vec<HostDevic
             taps.len()
         );
     }
+    if blks != disks.len() {
+        bail!(
+            "the VM has {blks} disk(s) and {} --drive were given: give one per disk, in order",
+            disks.len()
+        );
+    }
     let mut taps = taps.into_iter();
+    let mut disks = disks.into_iter();
     Ok(board
         .devices
         .iter()
         .map(|d| match d {
             DeviceConfig::Net { .. } => taps.next().map_or(HostDevice::None, HostDevice::Tap),
+            DeviceConfig::Block { .. } => disks.next().unwrap_or(HostDevice::None),
             _ => HostDevice::None,
         })
         .collect())

@@ -35,10 +35,23 @@ impl SourceVm for VmSource {
     fn board(&self) -> String {
         self.vm.board().to_json()
     }
+    /// Pauses the VM (vCPUs stopped, devices drained), then flushes its
+    /// disks and lets go of their images, which the destination opens
+    /// when the state arrives (shared storage).
     fn pause(&self) -> Result<Duration> {
-        self.vm.pause().map_err(gone)
+        let took = self.vm.pause().map_err(gone)?;
+        if let Err(e) = self.vm.release_disks() {
+            let _ = self.vm.resume();
+            return Err(anyhow!(e).context("cannot hand the disks over"));
+        }
+        Ok(took)
     }
+    /// The migration failed before the destination ran the VM: takes the
+    /// disks back, then resumes.
     fn resume(&self) -> Result<()> {
+        self.vm
+            .reacquire_disks()
+            .map_err(|e| anyhow!(e).context("cannot take the disks back; the VM stays paused"))?;
         self.vm.resume().map_err(gone)
     }
     fn save_state(&self) -> Result<Vec<u8>> {

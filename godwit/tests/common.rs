@@ -105,9 +105,21 @@ impl Running {
     /// Starts `godwit` with `args`. Its console (stdout) and its messages
     /// (stderr, also copied to ours) both arrive as lines.
     pub fn start(args: &[&str]) -> Running {
+        Running::spawn(godwit().args(args))
+    }
+
+    /// As [`start`](Self::start), in network namespace `ns` (`ip netns
+    /// exec`, which becomes the `godwit` process).
+    pub fn start_in(ns: &str, args: &[&str]) -> Running {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_godwit")])
+            .args(args);
+        Running::spawn(&mut c)
+    }
+
+    fn spawn(cmd: &mut Command) -> Running {
         use std::io::BufRead;
-        let mut child = godwit()
-            .args(args)
+        let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

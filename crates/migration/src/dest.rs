@@ -346,7 +346,7 @@ impl Incoming {
                 Msg::State(state) => {
                     vm.load_state(&state).context("cannot load the VM state")?;
                     wire::send(&mut &*main, &Msg::Ready)?;
-                    wait_go(main, pages)?;
+                    wait_go(vm, main, pages)?;
                     vm.resume()?;
                     let resumed = unix_ns();
                     wire::send(&mut &*main, &Msg::Complete)?;
@@ -386,16 +386,24 @@ impl Incoming {
     }
 }
 
-fn wait_go(main: &Conn, pages: usize) -> Result<()> {
-    match wire::recv(&mut &*main, pages) {
-        Ok(Msg::Go) => Ok(()),
-        Ok(Msg::Cancel(why)) => {
-            bail!("the source cancelled the migration ({why}); discarding what arrived")
-        }
-        Ok(m) => bail!("expected Go from the source, got {}", m.name()),
-        Err(e) => {
-            Err(anyhow!(e)
-                .context("the source did not commit the migration; discarding what arrived"))
+/// Waits for the commit point; frames the source took from its NICs may
+/// come first (one `Frames` per [`wire::MAX_FRAMES`]) and are handed to the
+/// VM before it resumes.
+fn wait_go(vm: &dyn DestVm, main: &Conn, pages: usize) -> Result<()> {
+    loop {
+        match wire::recv(&mut &*main, pages) {
+            Ok(Msg::Go) => return Ok(()),
+            Ok(Msg::Frames(frames)) => vm
+                .deliver_host_frames(frames)
+                .context("cannot take the frames the source received")?,
+            Ok(Msg::Cancel(why)) => {
+                bail!("the source cancelled the migration ({why}); discarding what arrived")
+            }
+            Ok(m) => bail!("expected Go from the source, got {}", m.name()),
+            Err(e) => {
+                return Err(anyhow!(e)
+                    .context("the source did not commit the migration; discarding what arrived"))
+            }
         }
     }
 }
@@ -453,7 +461,7 @@ fn postcopy(
     };
     let main: &Conn = &first.0;
     wire::send(&mut &*main, &Msg::Ready)?;
-    wait_go(main, pages)?;
+    wait_go(vm, main, pages)?;
     vm.set_dirty_logging(true)?;
     let t_go = Instant::now();
     let mut recoveries = 0u64;

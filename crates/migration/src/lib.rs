@@ -61,6 +61,14 @@ pub trait SourceVm: Send + Sync {
     fn hot_pages(&self) -> anyhow::Result<Vec<usize>> {
         Ok(Vec::new())
     }
+    /// Frames that reached the paused VM's NICs from the network and were
+    /// not delivered (NIC ordinal, frame with its virtio-net header), taken
+    /// once the destination has announced the VM (just before `Go`). The
+    /// destination delivers them first, so nothing sent to the VM around
+    /// the switch is lost. No NICs: empty.
+    fn take_host_frames(&self) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The destination VM: built empty with the RAM size from the handshake,
@@ -70,13 +78,21 @@ pub trait DestVm: Send + Sync {
     fn ram(&self) -> Arc<GuestRam>;
     /// Loads the machine state the source saved.
     fn load_state(&self, state: &[u8]) -> anyhow::Result<()>;
-    /// Starts the vCPU.
+    /// Starts the vCPU. In post-copy it must not wait for anything that
+    /// touches guest memory (a device, a vCPU): pages arrive only once
+    /// this returns and the engine reads on.
     fn resume(&self) -> anyhow::Result<()>;
     /// Turns dirty logging on or off (post-copy uses it to count pushed pages
     /// the guest then wrote: pre-paging hits).
     fn set_dirty_logging(&self, on: bool) -> anyhow::Result<()>;
     /// Fetch-and-clear of the dirty log.
     fn take_dirty_log(&self) -> anyhow::Result<Vec<u64>>;
+    /// The frames the source took from its NICs after the pause
+    /// ([`SourceVm::take_host_frames`]); called before `resume`.
+    fn deliver_host_frames(&self, frames: Vec<(u16, Vec<u8>)>) -> anyhow::Result<()> {
+        let _ = frames;
+        Ok(())
+    }
 }
 
 /// How the VM moves.

@@ -396,6 +396,7 @@ impl Session<'_> {
             if self.progress.cancel.load(Ordering::Relaxed) {
                 bail!("cancelled");
             }
+            self.hand_over_frames(&mut out)?;
             self.committed = true;
             out.send(&Msg::Go)?;
             out.flush()?;
@@ -549,6 +550,7 @@ impl Session<'_> {
         if progress.cancel.load(Ordering::Relaxed) {
             bail!("cancelled");
         }
+        self.hand_over_frames(out)?;
         self.committed = true;
         out.send(&Msg::Go)?;
         out.flush()?;
@@ -590,6 +592,21 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// After `Ready` (the destination has announced the VM, so the network
+    /// sends its frames there now): what reached the paused VM's NICs here
+    /// goes along, ahead of `Go`.
+    fn hand_over_frames(&mut self, out: &mut Out) -> Result<()> {
+        let frames = self.vm.take_host_frames()?;
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.report.frames_forwarded = frames.len() as u64;
+        for chunk in frames.chunks(wire::MAX_FRAMES) {
+            out.send(&Msg::Frames(chunk.to_vec()))?;
+        }
+        Ok(())
     }
 
     /// Waits for `migrate --resume` and reconnects to the destination, which

@@ -250,6 +250,9 @@ pub struct Report {
     pub recoveries: u64,
     /// Post-copy: pages the vCPU used last, pushed before the rest.
     pub pages_hot_first: u64,
+    /// Frames that reached the source's NICs after the pause, handed to
+    /// the destination before `Go`.
+    pub frames_forwarded: u64,
     pub error: Option<String>,
     /// Everything the destination reported (its engine figures and what its
     /// VMM saw of the guest), as it sent it.

@@ -49,7 +49,8 @@ use std::io::{self, Read, Write};
 
 /// Protocol version; both sides must speak exactly this one.
 /// Version 2: the handshake carries the board description.
-pub const VERSION: u32 = 2;
+/// Version 3: `Frames` before `Go`.
+pub const VERSION: u32 = 3;
 /// Handshake magic.
 pub const MAGIC: [u8; 8] = *b"GODWITMG";
 /// Guest page size on the wire.
@@ -122,6 +123,10 @@ pub enum Msg {
     Error(String),
     /// Post-copy recovery: the pages the destination has (bitmap words).
     Resume(Vec<u64>),
+    /// Just before `Go`: frames that reached the source's NICs after the
+    /// VM paused (NIC ordinal, frame with its virtio-net header), for the
+    /// destination to deliver to the guest before anything newer.
+    Frames(Vec<(u16, Vec<u8>)>),
 }
 
 /// A decoding error: the peer sent something this side cannot accept.
@@ -155,6 +160,12 @@ const T_REPORT: u8 = 13;
 const T_CANCEL: u8 = 14;
 const T_ERROR: u8 = 15;
 const T_RESUME: u8 = 16;
+const T_FRAMES: u8 = 17;
+
+/// Most frames in one `Frames` message.
+pub const MAX_FRAMES: usize = 8192;
+/// Longest frame in a `Frames` message (a TSO segment and its header).
+pub const MAX_NET_FRAME: usize = 65_562;
 
 /// Longest string (reason, report) accepted.
 const MAX_TEXT: usize = 1 << 20;
@@ -253,6 +264,18 @@ impl Msg {
                 let start = b.len();
                 for w in words {
                     b.extend_from_slice(&w.to_le_bytes());
+                }
+                let crc = crc32fast::hash(&b[start..]);
+                b.extend_from_slice(&crc.to_le_bytes());
+            }
+            Msg::Frames(frames) => {
+                b.push(T_FRAMES);
+                let start = b.len();
+                b.extend_from_slice(&(frames.len() as u16).to_le_bytes());
+                for (nic, f) in frames {
+                    b.extend_from_slice(&nic.to_le_bytes());
+                    b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                    b.extend_from_slice(f);
                 }
                 let crc = crc32fast::hash(&b[start..]);
                 b.extend_from_slice(&crc.to_le_bytes());
@@ -387,6 +410,28 @@ impl Msg {
                 }
                 Msg::Resume(words)
             }
+            T_FRAMES => {
+                let start = r.at;
+                let n = r.u16()? as usize;
+                if n > MAX_FRAMES {
+                    return bad(format!("{n} frames (most is {MAX_FRAMES})"));
+                }
+                let mut frames = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let nic = r.u16()?;
+                    let len = r.u32()? as usize;
+                    if len > MAX_NET_FRAME {
+                        return bad(format!("a frame of {len} bytes (most is {MAX_NET_FRAME})"));
+                    }
+                    frames.push((nic, r.take(len)?.to_vec()));
+                }
+                let covered = &body[start..r.at];
+                let crc = r.u32()?;
+                if crc32fast::hash(covered) != crc {
+                    return bad("frames checksum mismatch (corrupted in transit)");
+                }
+                Msg::Frames(frames)
+            }
             t => return bad(format!("unknown message type {t}")),
         };
         if r.at != body.len() {
@@ -417,6 +462,7 @@ impl Msg {
             Msg::Cancel(_) => "Cancel",
             Msg::Error(_) => "Error",
             Msg::Resume(_) => "Resume",
+            Msg::Frames(_) => "Frames",
         }
     }
 }
@@ -558,6 +604,8 @@ mod tests {
             Msg::Error("boom".into()),
             Msg::Demand(vec![0, 99]),
             Msg::Resume(vec![7, 1 << 35]),
+            Msg::Frames(vec![]),
+            Msg::Frames(vec![(0, vec![0; 12]), (3, vec![0xab; 1514])]),
         ] {
             round_trip(m, 100);
         }
@@ -639,6 +687,23 @@ mod tests {
         .encode();
         h[5] = b'X';
         assert!(recv(&mut &h[..], 0).is_err());
+        // Frames: too many, too long, corrupted, truncated.
+        let mut b = vec![T_FRAMES];
+        b.extend_from_slice(&((MAX_FRAMES + 1) as u16).to_le_bytes());
+        let e = Msg::decode(&b, pages).unwrap_err().to_string();
+        assert!(e.contains("frames"), "{e}");
+        let mut b = vec![T_FRAMES, 1, 0, 0, 0];
+        b.extend_from_slice(&((MAX_NET_FRAME + 1) as u32).to_le_bytes());
+        let e = Msg::decode(&b, pages).unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+        let mut m = Msg::Frames(vec![(1, vec![7; 60])]).encode();
+        m[20] ^= 1;
+        let e = recv(&mut &m[..], pages).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        let m = Msg::Frames(vec![(1, vec![7; 60]), (0, vec![1; 3])]).encode();
+        for cut in 0..m.len() {
+            assert!(recv(&mut &m[..cut], pages).is_err());
+        }
     }
 
     #[test]

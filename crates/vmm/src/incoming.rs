@@ -95,6 +95,10 @@ impl DestVm for VmDest {
         let vm = Vm::restore_with(&state, self.ram.clone(), console, Some(&self.board), host)?;
         vm.set_paused(true);
         let handle = vm.handle();
+        // The network sends the VM's frames here from now on; they wait in
+        // the TAPs until it resumes, and what reached the source meanwhile
+        // comes with `Go` (deliver_host_frames).
+        crate::netdev::announce_once(&handle, false);
         crate::runner::choose_cpu(&handle, self.interpreter)?;
         let thread = std::thread::Builder::new()
             .name("vm".into())
@@ -130,6 +134,9 @@ impl DestVm for VmDest {
             .exec(|m| m.take_dirty_log())
             .map_err(|e| anyhow!(e))
     }
+    fn deliver_host_frames(&self, frames: Vec<(u16, Vec<u8>)>) -> Result<()> {
+        crate::netdev::deliver_frames(&self.handle()?, frames)
+    }
 }
 
 /// After the VM resumed here: the network must learn where its MACs are
@@ -137,18 +144,11 @@ impl DestVm for VmDest {
 /// gratuitous ARPs), and the VMM sends RARP frames for each MAC on the
 /// NIC's TAP, as QEMU's announce-self does: at once, then 50, 150, 300
 /// and 500 ms later (a frame lost to a busy queue is sent again).
+///
+/// All on a thread of its own: in post-copy a device thread may hold its
+/// device while it waits for a guest page, which arrives only once the
+/// engine, which called this, reads on.
 fn announce(vm: &VmHandle, taps: &[Tap]) {
-    let mut macs = Vec::new();
-    for (slot, d) in vm.board().devices.iter().enumerate() {
-        if let DeviceConfig::Net { .. } = d {
-            if let Some(mac) = vm.with_device::<Net, _>(slot, |n| {
-                n.announce();
-                n.mac()
-            }) {
-                macs.push(mac);
-            }
-        }
-    }
     let Ok(mut taps) = taps
         .iter()
         .map(Tap::try_clone)
@@ -157,23 +157,29 @@ fn announce(vm: &VmHandle, taps: &[Tap]) {
         eprintln!("godwit: cannot announce the VM's MACs: no second TAP handle");
         return;
     };
-    if macs.is_empty() {
-        return;
-    }
-    let send = move |taps: &mut Vec<Tap>| {
-        for (tap, mac) in taps.iter_mut().zip(&macs) {
-            let _ = tap.send(&rarp_frame(*mac));
-        }
-    };
-    send(&mut taps);
-    let _ = std::thread::Builder::new()
+    let vm = vm.clone();
+    let spawned = std::thread::Builder::new()
         .name("announce".into())
         .spawn(move || {
-            for ms in [50u64, 100, 150, 200] {
+            let mut macs = Vec::new();
+            for slot in crate::netdev::nic_slots(vm.board()) {
+                if let Some(mac) = vm.with_device::<Net, _>(slot, |n| {
+                    n.announce();
+                    n.mac()
+                }) {
+                    macs.push(mac);
+                }
+            }
+            for ms in [0u64, 50, 100, 150, 200] {
                 std::thread::sleep(Duration::from_millis(ms));
-                send(&mut taps);
+                for (tap, mac) in taps.iter_mut().zip(&macs) {
+                    let _ = tap.send(&rarp_frame(*mac));
+                }
             }
         });
+    if let Err(e) = spawned {
+        eprintln!("godwit: cannot announce the VM's MACs: {e}");
+    }
 }
 
 /// The destination's control target: before the VM exists it answers

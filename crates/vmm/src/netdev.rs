@@ -2,9 +2,11 @@
 //! TAP it is connected to on this host.
 
 use anyhow::{bail, Context, Result};
+use godwit_devices::virtio::net::MAX_FORWARDED;
+use godwit_devices::{rarp_frame, Net};
 use godwit_machine::board::{parse_mac, show_mac};
 use godwit_machine::tap::Tap;
-use godwit_machine::{BoardConfig, DeviceConfig, HostDevice};
+use godwit_machine::{BoardConfig, DeviceConfig, HostDevice, VmHandle};
 
 /// One `--net` as given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +127,59 @@ pub fn host_devices(
             _ => HostDevice::None,
         })
         .collect())
+}
+
+/// The virtio slots of `board`'s NICs, in order (the NIC ordinal is the
+/// index in this list).
+pub fn nic_slots(board: &BoardConfig) -> Vec<usize> {
+    board
+        .devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| matches!(d, DeviceConfig::Net { .. }))
+        .map(|(slot, _)| slot)
+        .collect()
+}
+
+/// At a migration source, the VM paused: the frames waiting in each NIC's
+/// TAP (NIC ordinal, frame), at most [`MAX_FORWARDED`] per NIC.
+pub fn take_frames(vm: &VmHandle) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (nic, slot) in nic_slots(vm.board()).into_iter().enumerate() {
+        let frames = vm
+            .with_device::<Net, _>(slot, |n| n.take_backend_frames(MAX_FORWARDED))
+            .unwrap_or_default();
+        out.extend(frames.into_iter().map(|f| (nic as u16, f)));
+    }
+    out
+}
+
+/// At a migration destination, before the VM resumes: the frames the
+/// source took from its TAPs, for each NIC's guest ahead of its own TAP's.
+pub fn deliver_frames(vm: &VmHandle, frames: Vec<(u16, Vec<u8>)>) -> Result<()> {
+    let slots = nic_slots(vm.board());
+    for (nic, frame) in frames {
+        let Some(&slot) = slots.get(usize::from(nic)) else {
+            bail!("a frame for NIC {nic}; the VM has {}", slots.len());
+        };
+        vm.with_device::<Net, _>(slot, |n| n.deliver_forwarded(frame));
+    }
+    Ok(())
+}
+
+/// One RARP frame for each NIC's MAC on its own TAP: the switch learns the
+/// VM's port now (the destination, once the state arrived; the source, if
+/// the VM resumes there after a failed migration). With `guest`, each NIC
+/// also asks the guest to announce itself (GUEST_ANNOUNCE).
+pub fn announce_once(vm: &VmHandle, guest: bool) {
+    for slot in nic_slots(vm.board()) {
+        vm.with_device::<Net, _>(slot, |n| {
+            if guest {
+                n.announce();
+            }
+            let _ = n.send_host_frame(&rarp_frame(n.mac()));
+        });
+    }
 }
 
 #[cfg(test)]

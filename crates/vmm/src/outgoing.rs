@@ -47,12 +47,18 @@ impl SourceVm for VmSource {
         Ok(took)
     }
     /// The migration failed before the destination ran the VM: takes the
-    /// disks back, then resumes.
+    /// disks back, then resumes; its NICs announce it here again (the
+    /// destination may have announced it there already).
     fn resume(&self) -> Result<()> {
         self.vm
             .reacquire_disks()
             .map_err(|e| anyhow!(e).context("cannot take the disks back; the VM stays paused"))?;
-        self.vm.resume().map_err(gone)
+        self.vm.resume().map_err(gone)?;
+        crate::netdev::announce_once(&self.vm, true);
+        Ok(())
+    }
+    fn take_host_frames(&self) -> Result<Vec<(u16, Vec<u8>)>> {
+        Ok(crate::netdev::take_frames(&self.vm))
     }
     fn save_state(&self) -> Result<Vec<u8>> {
         Ok(self.vm.save_state().map_err(gone)?.encode())

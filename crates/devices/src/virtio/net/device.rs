@@ -46,6 +46,9 @@ pub const HDR_LEN: usize = 12;
 pub const MAX_FRAME: usize = 65_550 + HDR_LEN;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// Most frames handed over by a migration source waiting for the guest
+/// (a TAP's default queue holds 1000).
+pub const MAX_FORWARDED: usize = 4096;
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -96,6 +99,10 @@ pub struct Net {
     acked: u64,
     status: u16,
     held_rx: Option<Vec<u8>>,
+    /// Frames the migration source received for the guest after it paused
+    /// there: delivered before anything from the backend. Not part of the
+    /// saved state (like frames still in the TAP's queue).
+    forwarded: std::collections::VecDeque<Vec<u8>>,
     /// The guest had no receive buffer for the last frame: do not poll the
     /// backend until it adds some.
     rx_starved: bool,
@@ -128,6 +135,7 @@ impl Net {
             acked: 0,
             status: VIRTIO_NET_S_LINK_UP,
             held_rx: None,
+            forwarded: Default::default(),
             rx_starved: false,
             config_pending: false,
             counters: NetCounters::default(),
@@ -168,6 +176,39 @@ impl Net {
         self.backend.send(frame)
     }
 
+    /// Queues `frame` (with its header), which reached this VM's NIC at the
+    /// migration source after the VM paused there, for the guest ahead of
+    /// the backend's frames. A frame of impossible size, or one beyond
+    /// [`MAX_FORWARDED`] waiting, is dropped (counted in `rx_dropped`).
+    pub fn deliver_forwarded(&mut self, frame: Vec<u8>) {
+        if frame.len() < HDR_LEN || frame.len() > MAX_FRAME || self.forwarded.len() >= MAX_FORWARDED
+        {
+            self.counters.rx_dropped += 1;
+            return;
+        }
+        self.forwarded.push_back(frame);
+    }
+
+    /// Takes the frames waiting in the backend, at most `max` (the VM is
+    /// paused for a migration: they go to the destination instead). A frame
+    /// held for the guest stays; it is part of the saved state.
+    pub fn take_backend_frames(&mut self, max: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.backend.recv(&mut self.buf) {
+                Ok(n) if n >= HDR_LEN => out.push(self.buf[..n].to_vec()),
+                Ok(_) => self.counters.rx_dropped += 1,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.counters.backend_errors += 1;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     fn merge(&self) -> bool {
         self.has(VIRTIO_NET_F_MRG_RXBUF)
     }
@@ -180,7 +221,7 @@ impl Net {
         let mut used = false;
         // Bounded: at most one queue's worth of frames per call.
         for _ in 0..QUEUE_SIZE {
-            let frame = match self.held_rx.take() {
+            let frame = match self.held_rx.take().or_else(|| self.forwarded.pop_front()) {
                 Some(f) => f,
                 None => match self.backend.recv(&mut self.buf) {
                     Ok(n) if n >= HDR_LEN => self.buf[..n].to_vec(),
@@ -513,6 +554,7 @@ impl VirtioDevice for Net {
         self.acked = 0;
         self.status = VIRTIO_NET_S_LINK_UP;
         self.held_rx = None;
+        self.forwarded.clear();
         self.rx_starved = false;
         self.config_pending = false;
     }

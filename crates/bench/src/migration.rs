@@ -103,6 +103,11 @@ enum Preset {
     /// WWS sweep 8..256 MiB (fixed and busy), quicksort, idle, alloc-free;
     /// self-ballooning on and off; every mode; 3 runs.
     Full,
+    /// netserve on the testbed's VM network, loaded from the client
+    /// namespace (`godwit netload`: four connections, a request every
+    /// millisecond on each) through the migration; every mode, and QEMU
+    /// with the same NIC setup; 3 runs. Needs the testbed (root).
+    Net,
 }
 
 /// Migrate the same guest with every mode and pre-paging strategy, over the
@@ -127,6 +132,9 @@ pub struct Args {
     /// Guest RAM: bytes or with a K/M/G suffix.
     #[arg(long, default_value = "512M", value_parser = godwit_vmm::size::parse_size)]
     mem: u64,
+    /// vCPUs of the guest (Godwit `--cpus`, QEMU `-smp`).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    cpus: u32,
     /// Guest heartbeat period, ms: the resolution of the guest-observed
     /// downtime.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -201,13 +209,14 @@ pub fn run(args: Args) -> Result<i32> {
     }
     let runs = args.runs.unwrap_or(match args.preset {
         Preset::Quick => 1,
-        Preset::Full => 3,
+        Preset::Full | Preset::Net => 3,
     });
     eprintln!(
-        "bench: preset {}, {} cell(s) × {runs} run(s); guest {} MiB, heartbeat {} ms, warm-up {} s, after-run {} s",
+        "bench: preset {}, {} cell(s) × {runs} run(s); guest {} MiB, {} vCPU(s), heartbeat {} ms, warm-up {} s, after-run {} s",
         preset_name(args.preset),
         cells.len(),
         args.mem >> 20,
+        args.cpus,
         args.hb_ms,
         args.warmup_s,
         args.after_s
@@ -310,6 +319,7 @@ fn preset_name(p: Preset) -> &'static str {
     match p {
         Preset::Quick => "quick",
         Preset::Full => "full",
+        Preset::Net => "net",
     }
 }
 
@@ -348,7 +358,12 @@ enum Workload {
     Quicksort,
     Idle,
     AllocFree,
+    /// TCP requests from the client namespace (needs the testbed).
+    Netserve,
 }
+
+/// The guest's address on the testbed's VM network (the kernel's `ip=`).
+const NETSERVE_PARAMS: &str = "ip=10.77.1.10::10.77.1.1:255.255.255.0::eth0:off";
 
 const QUICKSORT_PARAMS: &str = "procs=2 array_mb=4";
 const QUICKSORT_WWS_MB: u64 = 8;
@@ -363,6 +378,7 @@ impl Workload {
             Workload::Quicksort => "quicksort",
             Workload::Idle => "idle",
             Workload::AllocFree => "alloc-free",
+            Workload::Netserve => "netserve",
         }
     }
 
@@ -376,6 +392,7 @@ impl Workload {
             Workload::Quicksort => QUICKSORT_PARAMS.into(),
             Workload::Idle => String::new(),
             Workload::AllocFree => ALLOCFREE_PARAMS.into(),
+            Workload::Netserve => NETSERVE_PARAMS.into(),
         }
     }
 
@@ -398,7 +415,7 @@ impl Workload {
         match self {
             Workload::Memtouch { wws_mb, .. } => Some(*wws_mb),
             Workload::Quicksort => Some(QUICKSORT_WWS_MB),
-            Workload::Idle => None,
+            Workload::Idle | Workload::Netserve => None,
             Workload::AllocFree => Some(ALLOCFREE_WWS_MB),
         }
     }
@@ -408,6 +425,7 @@ impl Workload {
         match self {
             Workload::Memtouch { .. } | Workload::AllocFree => Some("pages_per_s"),
             Workload::Quicksort => Some("elems_per_s"),
+            Workload::Netserve => Some("requests_per_s"),
             Workload::Idle => None,
         }
     }
@@ -419,7 +437,7 @@ impl Workload {
         match self {
             Workload::Memtouch { .. } => Some("passes"),
             Workload::Quicksort => Some("sorts"),
-            Workload::Idle | Workload::AllocFree => None,
+            Workload::Idle | Workload::AllocFree | Workload::Netserve => None,
         }
     }
 
@@ -604,13 +622,15 @@ fn matrix(preset: Preset) -> Vec<Cell> {
             w.extend([Workload::Quicksort, Workload::Idle, Workload::AllocFree]);
             (w, &[true, false])
         }
+        Preset::Net => (vec![Workload::Netserve], &[true]),
     };
     let mut cells = Vec::new();
     for &balloon in balloons {
         for workload in &workloads {
             // QEMU: memtouch at the fixed rate (which both VMMs sustain), balloon on.
             let qemu = balloon
-                && matches!(workload, Workload::Memtouch { pages_per_s, .. } if *pages_per_s == FIXED_PAGES_PER_S);
+                && (matches!(workload, Workload::Memtouch { pages_per_s, .. } if *pages_per_s == FIXED_PAGES_PER_S)
+                    || *workload == Workload::Netserve);
             for (vmm, strategies) in Vmm::all() {
                 if vmm.is_qemu() && !qemu {
                     continue;
@@ -698,6 +718,7 @@ struct Bench {
     exe: PathBuf,
     net: Net,
     mem: u64,
+    cpus: u32,
     hb_ms: u32,
     warmup: Duration,
     after: Duration,
@@ -780,6 +801,7 @@ impl Bench {
             exe,
             net,
             mem: args.mem,
+            cpus: args.cpus,
             hb_ms: args.hb_ms,
             warmup: Duration::from_secs(args.warmup_s.into()),
             after: Duration::from_secs(args.after_s.into()),
@@ -808,6 +830,7 @@ impl Bench {
             dir,
             epoch: Instant::now(),
             migrated: false,
+            client: None,
         };
         let result = std::fs::create_dir_all(&r.dir)
             .with_context(|| format!("cannot create {}", r.dir.display()))
@@ -816,6 +839,10 @@ impl Bench {
                 Vmm::Qemu | Vmm::QemuRearm => r.measure_qemu(),
             });
         // Stop everything (children first, then the testbed) before the logs.
+        if let Some((mut c, _)) = r.client.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for c in &mut r.consoles {
             c.process.kill();
         }
@@ -947,6 +974,9 @@ struct CellRun<'a> {
     epoch: Instant,
     /// The migration is over: the source VMM may end.
     migrated: bool,
+    /// netserve cells: the client (`godwit netload` in the client
+    /// namespace) and where it writes its report.
+    client: Option<(std::process::Child, PathBuf)>,
 }
 
 /// Index of each console in `CellRun::consoles`.
@@ -997,17 +1027,25 @@ impl CellRun<'_> {
             Some((_, d)) => dst.arg("--tls-dir").arg(d),
             None => dst.arg("--tls-plain"),
         };
+        let nic = cell.workload == Workload::Netserve;
+        if nic {
+            dst.args(["--net", &format!("tap={}", testbed::TAP)]);
+        }
         self.consoles
             .push(Console::spawn("destination", dst, self.epoch)?);
         let mut src = self.godwit(Side::Src);
         src.args(["run", "--control"])
             .arg(&src_sock)
             .args(["--mem", &b.mem.to_string()])
+            .args(["--cpus", &b.cpus.to_string()])
             .args(["--workload", cell.workload.name()])
             .arg("--append")
             .arg(format!("{} hb_ms={}", cell.workload.params(), b.hb_ms).trim());
         if !cell.balloon {
             src.arg("--no-balloon");
+        }
+        if nic {
+            src.args(["--net", &format!("tap={}", testbed::TAP)]);
         }
         self.consoles
             .push(Console::spawn("source", src, self.epoch)?);
@@ -1026,6 +1064,7 @@ impl CellRun<'_> {
             )
             .context("cannot set the migration's max-bandwidth")?;
         }
+        self.start_client()?;
 
         let start_ms = self.ms();
         let mut migrate = self.godwit(Side::Src);
@@ -1063,6 +1102,7 @@ impl CellRun<'_> {
 
         self.hold(b.after, "the after-run")?;
         let after_ms = self.ms();
+        let client = self.stop_client()?;
         // The reply may not come: the VMM exits while answering.
         let asked = control(&dst_sock, "quit", Value::Null);
         let dst_exit = self.wait_exit(DST, asked);
@@ -1077,8 +1117,11 @@ impl CellRun<'_> {
                 report_path.display()
             )
         })?;
-        let report: Value = serde_json::from_str(&text)
+        let mut report: Value = serde_json::from_str(&text)
             .with_context(|| format!("the migration report is not JSON: {text}"))?;
+        if let Some(c) = client {
+            report["client"] = c;
+        }
         let mut host = self.host_figures(ready_ms, start_ms, end_ms, after_ms);
         host.src_exit = src_exit;
         host.dst_exit = dst_exit;
@@ -1130,6 +1173,8 @@ impl CellRun<'_> {
             mem_bytes: b.mem,
             cmdline: godwit_vmm::guest::cmdline(Some(cell.workload.name()), &append),
             balloon: cell.balloon,
+            cpus: b.cpus,
+            tap: (cell.workload == Workload::Netserve).then_some(testbed::TAP),
         };
         self.epoch = Instant::now();
 
@@ -1172,6 +1217,7 @@ impl CellRun<'_> {
         src_q
             .execute("migrate-set-parameters", params)
             .context("cannot set QEMU's migration parameters")?;
+        self.start_client()?;
 
         let start_ms = self.ms();
         let plan = qemu::Plan {
@@ -1209,6 +1255,7 @@ impl CellRun<'_> {
 
         self.hold(b.after, "the after-run")?;
         let after_ms = self.ms();
+        let client = self.stop_client()?;
         let asked = dst_q.execute("quit", Value::Null);
         let dst_exit = self.wait_exit(DST, asked);
         for c in &self.consoles {
@@ -1217,6 +1264,9 @@ impl CellRun<'_> {
 
         let mut report = qemu::report(&outcome, cell.strategy.mode, switch, cell.vmm.name());
         report["qemu_version"] = json!(qemu.version);
+        if let Some(c) = client {
+            report["client"] = c;
+        }
         let since_start = |t: Option<f64>| t.map(|t| t - start_ms);
         report["host_switch_ms"] = json!(since_start(outcome.switch_ms));
         report["host_dst_running_ms"] = json!(since_start(outcome.dst_running_ms));
@@ -1226,6 +1276,74 @@ impl CellRun<'_> {
         host.src_exit = src_exit;
         host.dst_exit = dst_exit;
         Ok((report, host))
+    }
+
+    /// netserve cells: starts the client in the client namespace (four
+    /// connections, a request every millisecond on each, until stopped)
+    /// and lets it run a second before the migration starts.
+    fn start_client(&mut self) -> Result<()> {
+        if self.cell.workload != Workload::Netserve {
+            return Ok(());
+        }
+        if self.testbed.is_none() {
+            bail!("netserve cells need the testbed's VM network (run as root, without --loopback)");
+        }
+        let json = self.dir.join("client.json");
+        let log = std::fs::File::create(self.dir.join("client.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", testbed::CLIENT_NS])
+            .arg(&self.bench.exe)
+            .args(["netload", "--to", testbed::GUEST_ADDR, "--duration-s", "0", "--json"])
+            .arg(&json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start godwit netload in the client namespace")?;
+        self.client = Some((child, json));
+        self.hold(Duration::from_secs(1), "the client's first second")
+    }
+
+    /// Stops the client (SIGINT: it writes its report) and returns what it
+    /// saw; a lost or wrong answer or a failed connection fails the run.
+    fn stop_client(&mut self) -> Result<Option<Value>> {
+        let Some((mut child, json)) = self.client.take() else {
+            return Ok(None);
+        };
+        // SAFETY: signals our own child, which has not been reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("godwit netload did not stop within 10 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read_to_string(self.dir.join("client.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("godwit netload ({status}) wrote no report: {log}"))?;
+        let v: Value = serde_json::from_str(&text).context("the client's report is not JSON")?;
+        let bad: u64 = ["answers_lost", "answers_wrong", "conn_failures"]
+            .iter()
+            .map(|k| v[*k].as_u64().unwrap_or(0))
+            .sum();
+        if bad > 0 || !status.success() {
+            bail!("the client saw failures ({status}): {log}");
+        }
+        Ok(Some(json!({
+            "downtime_ms": v["downtime_ms"],
+            "answers_ok": v["answers_ok"],
+            "answers_lost": v["answers_lost"],
+            "answers_wrong": v["answers_wrong"],
+            "conn_failures": v["conn_failures"],
+            "rtt_ms": v["rtt_ms"],
+            "answers_per_bucket": v["answers_per_bucket"],
+        })))
     }
 
     /// A program on `side`'s host.
@@ -1947,8 +2065,24 @@ impl Bench {
                 self.qemu.as_ref().map_or("QEMU", |q| q.version.as_str())
             );
         }
-        s.push_str("| VMM | mode | strategy | workload | WWS MiB | balloon | guest rate (target → achieved) | total ms | downtime ms (VMM) | downtime ms (guest) | pages pre/stop/demand/pushed/zero/free | faults (% WWS) | fault p50 / p99 µs | MB sent | limit ms | runs ok |\n");
-        s.push_str("| --- | --- | --- | --- | --: | --- | --- | --: | --: | --: | --- | --: | --- | --: | --: | --- |\n");
+        let clients = cells.iter().any(|c| c.workload == Workload::Netserve);
+        if clients {
+            s.push_str(
+                "*downtime (client)* (netserve rows): the client in the client namespace (`godwit netload`, four TCP connections, a request \
+                 every millisecond on each, every answer checked) saw this as the longest gap between answers on one connection, minus the \
+                 request period; a lost or wrong answer or a failed connection fails the run. *guest rate* is requests/s answered.\n\n",
+            );
+        }
+        s.push_str("| VMM | mode | strategy | workload | WWS MiB | balloon | guest rate (target → achieved) | total ms | downtime ms (VMM) | downtime ms (guest) |");
+        if clients {
+            s.push_str(" downtime ms (client) |");
+        }
+        s.push_str(" pages pre/stop/demand/pushed/zero/free | faults (% WWS) | fault p50 / p99 µs | MB sent | limit ms | runs ok |\n");
+        s.push_str("| --- | --- | --- | --- | --: | --- | --- | --: | --: | --: |");
+        if clients {
+            s.push_str(" --: |");
+        }
+        s.push_str(" --- | --: | --- | --: | --: | --- |\n");
         for cell in cells {
             let id = cell.id();
             let all: Vec<&RunRecord> = records.iter().filter(|r| r.cell == id).collect();
@@ -1999,9 +2133,18 @@ impl Bench {
             } else {
                 format!("**{}/{} FAILED**", ok.len(), all.len())
             };
+            let client_col = if clients {
+                let v: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|r| r.report.as_ref()?["client"]["downtime_ms"].as_f64())
+                    .collect();
+                format!(" {} |", show_stat(&v, 1))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} → {} | {} | {} | {} |{client_col} {} | {} | {} / {} | {} | {} | {} |",
                 cell.vmm.name(),
                 cell.strategy.mode,
                 prepaging,

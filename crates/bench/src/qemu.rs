@@ -103,6 +103,10 @@ pub struct Guest<'a> {
     pub mem_bytes: u64,
     pub cmdline: String,
     pub balloon: bool,
+    /// vCPUs (`-smp`).
+    pub cpus: u32,
+    /// A virtio-net NIC on this TAP (with the MAC Godwit's first NIC has).
+    pub tap: Option<&'a str>,
 }
 
 /// Appends QEMU's arguments for `guest` to `cmd` (whose program is QEMU,
@@ -120,8 +124,10 @@ pub fn args(
         bail!("QEMU needs a whole number of MiB of guest RAM (-m): use --mem 512M or similar");
     }
     cmd.args([
-        "-M", "virt", "-accel", "tcg", "-smp", "1", "-bios", "default",
+        "-M", "virt", "-accel", "tcg", "-bios", "default",
     ])
+    .arg("-smp")
+    .arg(guest.cpus.to_string())
     .arg("-m")
     .arg(format!("{}M", guest.mem_bytes >> 20))
     .arg("-kernel")
@@ -136,6 +142,14 @@ pub fn args(
     .arg(socket_spec(qmp));
     if guest.balloon {
         cmd.args(["-device", "virtio-balloon-device,free-page-reporting=on"]);
+    }
+    if let Some(tap) = guest.tap {
+        // vhost off: the same user-space data path as Godwit's.
+        cmd.arg("-netdev")
+            .arg(format!(
+                "tap,id=net0,ifname={tap},script=no,downscript=no,vhost=off"
+            ))
+            .args(["-device", "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"]);
     }
     if incoming {
         cmd.args(["-incoming", "defer"]);
@@ -727,12 +741,19 @@ mod tests {
             mem_bytes: 512 << 20,
             cmdline: "console=ttyS0".into(),
             balloon: true,
+            cpus: 2,
+            tap: Some("gwtap0"),
         };
         let mut c = Command::new("qemu");
         args(&mut c, &guest, Path::new("/q"), true, Some(Path::new("/g"))).unwrap();
         let a: Vec<String> = c.get_args().map(|s| s.to_string_lossy().into()).collect();
         let a = a.join(" ");
         assert!(a.contains("-M virt") && a.contains("-m 512M"), "{a}");
+        assert!(a.contains("-smp 2"), "{a}");
+        assert!(
+            a.contains("-netdev tap,id=net0,ifname=gwtap0,script=no,downscript=no,vhost=off"),
+            "{a}"
+        );
         assert!(a.contains("-qmp unix:/q,server=on,wait=off"), "{a}");
         assert!(
             a.contains("virtio-balloon-device,free-page-reporting=on"),

@@ -65,6 +65,10 @@ pub struct Args {
     /// Guest RAM of both VMMs: a whole number of MiB, e.g. 512M or 1G.
     #[arg(long, default_value = "512M", value_parser = godwit_vmm::size::parse_size)]
     mem: u64,
+    /// vCPUs of both VMMs (Godwit `--cpus`, QEMU `-smp`; QEMU's TCG runs
+    /// one thread per vCPU as Godwit does). quicksort runs two processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    cpus: u32,
     /// Also write every measurement and the summary to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -139,6 +143,7 @@ pub fn run(args: Args) -> Result<i32> {
             "runs": args.runs,
             "seconds": args.seconds,
             "mem_bytes": args.mem,
+            "cpus": args.cpus,
             "qemu_version": setup.qemu_version,
             "qemu_devices": "virtio-balloon-device,free-page-reporting=on",
             "cmdline_boot": godwit_vmm::guest::cmdline(Some(BOOT_WORKLOAD.0), BOOT_WORKLOAD.1),
@@ -189,6 +194,7 @@ struct Setup {
     kernel: PathBuf,
     initrd: PathBuf,
     mem_bytes: u64,
+    cpus: u32,
     /// First line of `qemu --version`.
     qemu_version: String,
 }
@@ -207,6 +213,7 @@ impl Setup {
             kernel,
             initrd,
             mem_bytes: args.mem,
+            cpus: args.cpus,
             qemu_version,
         })
     }
@@ -227,12 +234,15 @@ impl Setup {
                     .arg(&self.initrd)
                     .arg("--mem")
                     .arg(self.mem_bytes.to_string())
+                    .args(["--cpus", &self.cpus.to_string()])
                     .args(["--workload", workload, "--append", params]);
                 c
             }
             Vmm::Qemu => {
                 let mut c = Command::new(&self.qemu);
-                c.args(["-M", "virt", "-smp", "1", "-nographic", "-no-reboot"])
+                c.args(["-M", "virt", "-nographic", "-no-reboot"])
+                    .arg("-smp")
+                    .arg(self.cpus.to_string())
                     .args(["-bios", "default", "-m"])
                     .arg(format!("{}M", self.mem_bytes >> 20))
                     .arg("-kernel")
@@ -887,7 +897,8 @@ impl Summary {
             .as_array()
             .map_or(Vec::new(), |a| a.iter().map(|x| x.to_string()).collect());
         println!(
-            "bench-cpu: Godwit vs QEMU TCG, {} run(s) each, {} s quicksort; mean (min–max); host: {} CPUs, load {} at start",
+            "bench-cpu: Godwit vs QEMU TCG, {} vCPU(s), {} run(s) each, {} s quicksort; mean (min–max); host: {} CPUs, load {} at start",
+            args.cpus,
             args.runs,
             args.seconds,
             host["nproc"],

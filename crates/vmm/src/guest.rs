@@ -117,17 +117,31 @@ pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
         let n = (len - at).min(CHUNK as u64) as usize;
         src.read_exact(&mut buf[..n])
             .with_context(|| format!("cannot read {}", from.display()))?;
-        for (i, g) in buf[..n].chunks(GRANULE).enumerate() {
-            if g.iter().any(|&b| b != 0) {
-                dst.seek(SeekFrom::Start(at + (i * GRANULE) as u64))?;
-                dst.write_all(g)
-                    .with_context(|| format!("cannot write {}", to.display()))?;
+        // Runs of granules with data, each written with one call.
+        let granules = n.div_ceil(GRANULE);
+        let mut i = 0;
+        while i < granules {
+            let has_data = |g: usize| {
+                buf[g * GRANULE..((g + 1) * GRANULE).min(n)]
+                    .iter()
+                    .any(|&b| b != 0)
+            };
+            if !has_data(i) {
+                i += 1;
+                continue;
             }
+            let start = i;
+            while i < granules && has_data(i) {
+                i += 1;
+            }
+            let (from_b, to_b) = (start * GRANULE, (i * GRANULE).min(n));
+            dst.seek(SeekFrom::Start(at + from_b as u64))?;
+            dst.write_all(&buf[from_b..to_b])
+                .with_context(|| format!("cannot write {}", to.display()))?;
         }
         at += n as u64;
     }
     dst.set_len(len)?;
-    dst.sync_all()?;
     Ok(())
 }
 

@@ -220,18 +220,18 @@ fn guest_script(args: &Args) -> String {
     let mut s = String::from("cd /root && rm -f fio.dat xz.in xz.out");
     if !args.no_fio {
         s.push_str(
-            " && F='fio --filename=/root/fio.dat --size=256M --direct=1 --ioengine=psync --output-format=terse --terse-version=3'\
-             && for j in '--name=seqwrite --rw=write --bs=1M' '--name=seqread --rw=read --bs=1M'\
-             '--name=randread --rw=randread --bs=4k --time_based --runtime=10'\
-             '--name=randwrite --rw=randwrite --bs=4k --time_based --runtime=10';\
-             do $F $j | awk -F';' '$1 == 3 { print \"GWB fio\", $3, $7, $8, $48, $49 }'; done\
+            " && F='fio --filename=/root/fio.dat --size=256M --direct=1 --ioengine=psync --output-format=terse --terse-version=3' \
+             && for j in '--name=seqwrite --rw=write --bs=1M' '--name=seqread --rw=read --bs=1M' \
+             '--name=randread --rw=randread --bs=4k --time_based --runtime=10' \
+             '--name=randwrite --rw=randwrite --bs=4k --time_based --runtime=10'; \
+             do $F $j | awk -F';' '$1 == 3 { print \"GWB fio\", $3, $7, $8, $48, $49 }'; done \
              && rm -f fio.dat",
         );
     }
     s.push_str(&format!(
-        " && head -c {}M $(ls /usr/libexec/gcc/*/*/cc1 | head -n 1) > xz.in && cat xz.in > /dev/null\
-         && t0=$(date +%s.%N) && xz -6 -T1 -c xz.in > xz.out && t1=$(date +%s.%N)\
-         && echo GWB xz $t0 $t1 $(stat -c %s xz.in) $(stat -c %s xz.out) && rm -f xz.in xz.out\
+        " && head -c {}M $(ls /usr/libexec/gcc/*/*/cc1 | head -n 1) > xz.in && cat xz.in > /dev/null \
+         && t0=$(date +%s.%N) && xz -6 -T1 -c xz.in > xz.out && t1=$(date +%s.%N) \
+         && echo GWB xz $t0 $t1 $(stat -c %s xz.in) $(stat -c %s xz.out) && rm -f xz.in xz.out \
          ; echo GWB-END-$((1 + 1))",
         args.xz_mib
     ));
@@ -450,7 +450,7 @@ impl Console {
         let end = Instant::now() + timeout;
         loop {
             if INTERRUPTED.load(Ordering::SeqCst) {
-                bail!("interrupted; stopped {}", self.vmm.name());
+                bail!("interrupted; stopped {}{}", self.vmm.name(), self.tail());
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -680,6 +680,9 @@ mod tests {
             assert!(s.contains(&format!("--name={job} ")), "{s}");
         }
         assert!(s.contains("head -c 2M "), "{s}");
+        // Quoted words stay apart (a line continuation drops the blank).
+        assert!(!s.contains("''"), "{s}");
+        assert!(!s.contains("'&&") && !s.contains("'do"), "{s}");
         assert!(s.ends_with("; echo GWB-END-$((1 + 1))"), "{s}");
         assert!(!s.contains('\n'), "one line at the shell");
         let a = Cli::parse_from(["x", "--no-fio", "--cpus", "2"]).args;

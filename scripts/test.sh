@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, builds the guest image
+# The test command: installs what is missing, builds the guest images
 # (cached), checks formatting and lints, and runs every test in release mode
 # (the boot tests run a real Linux guest; debug builds are too slow for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 guest/build.sh
+# The Debian guest for godwit/tests/debian.rs (cached by content hash under
+# ~/.cache/godwit/debian; the first build takes 10-13 minutes).
+guest/debian/build.sh
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --workspace

@@ -6,7 +6,7 @@ mod receive;
 mod run;
 mod tlsgen;
 
-use godwit_bench::{cpu as cpubench, migration as bench, netload, testbed};
+use godwit_bench::{cpu as cpubench, debian as debianbench, migration as bench, netload, testbed};
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +29,9 @@ enum Command {
     /// Compare with QEMU (TCG) on the same guest: boot time and CPU-bound
     /// throughput, alternating runs.
     BenchCpu(cpubench::Args),
+    /// The Debian guest next to QEMU (TCG), same firmware, kernel, disk:
+    /// boot time, fio in the guest, xz; table and JSON (root).
+    BenchDebian(debianbench::Args),
     /// Wait for an incoming migration and run the VM it brings.
     Receive(receive::Args),
     /// Migrate a running VM (through its control socket) to a `receive`.
@@ -50,6 +53,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::run(args),
         Command::BenchCpu(args) => cpubench::run(args),
+        Command::BenchDebian(args) => debianbench::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::TlsGen(args) => tlsgen::run(args),
         Command::Receive(args) => receive::run(args),

@@ -418,14 +418,14 @@ struct Mips {
 // Running a VMM and collecting its output
 
 /// Set by SIGINT/SIGTERM; the wait loop polls it.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
 /// Turns Ctrl-C and SIGTERM into an error, so children get killed.
-fn catch_interrupts() {
+pub(crate) fn catch_interrupts() {
     let handler = on_signal as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
@@ -978,7 +978,7 @@ impl Summary {
 }
 
 /// The host as the benchmark found it.
-fn host_info() -> Value {
+pub(crate) fn host_info() -> Value {
     let loadavg: Vec<f64> = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()

@@ -5,6 +5,8 @@
 //!   and pre-paging strategy on the same guest and link, QEMU beside it.
 //! - [`cpu`]: boot time and CPU throughput next to QEMU (`godwit bench-cpu`),
 //!   and the cost of dirty logging.
+//! - [`debian`]: the Debian guest on Godwit next to QEMU (`godwit
+//!   bench-debian`): boot time, fio in the guest, xz.
 //! - [`qemu`]: driving QEMU (TCG) over QMP as the reference VMM.
 //! - [`netload`]: load on a guest's netserve and what its users felt
 //!   (answers lost or wrong, response times, client-observed downtime).
@@ -12,6 +14,7 @@
 //! - [`stats`]: the statistics every table uses, defined once.
 
 pub mod cpu;
+pub mod debian;
 pub mod migration;
 pub mod netload;
 pub mod qemu;

@@ -206,7 +206,15 @@ impl Hart {
             MEPC => self.mepc = v & !1,
             MCAUSE => self.mcause = v,
             MTVAL => self.mtval = v,
-            MIP => self.mip_sw = (self.mip_sw & !MIP_WRITABLE) | (v & MIP_WRITABLE),
+            MIP => {
+                // With Sstc on, STIP is stimecmp's and read-only here.
+                let w = if self.sstc() {
+                    MIP_WRITABLE & !STIP
+                } else {
+                    MIP_WRITABLE
+                };
+                self.mip_sw = (self.mip_sw & !w) | (v & w);
+            }
             MCYCLE | MINSTRET => self.instret = v,
             0xb03..=0xb1f | 0x323..=0x33f | 0x3a0..=0x3ef => {}
             _ => return Err(Trap::illegal(self.insn)),
@@ -214,6 +222,20 @@ impl Hart {
         // Writes can enable an interrupt that is already pending.
         self.irq_check_pending = true;
         Ok(())
+    }
+
+    /// The value CSRRS/CSRRC set or clear bits in, given what CSR `n` read.
+    /// `mip.SEIP` reads as the software-writable bit ORed with the PLIC's
+    /// line, but only the software bit takes part in a read-modify-write
+    /// (privileged spec, "Machine Interrupt Registers"): otherwise M-mode
+    /// code doing `csrs mip, SSIP` while the PLIC asserts SEIP would latch
+    /// SEIP for ever, and S-mode would take external interrupts that no
+    /// claim can clear.
+    pub(crate) fn csr_rmw_base(&self, n: u16, read: u64) -> u64 {
+        match n {
+            MIP => (read & !SEIP) | (self.mip_sw & SEIP),
+            _ => read,
+        }
     }
 
     /// Privilege, read-only and counter-enable checks common to all CSRs.

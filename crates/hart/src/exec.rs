@@ -375,7 +375,8 @@ impl Hart {
             op @ (2 | 3) => {
                 let old = self.csr_read(n)?;
                 if rs1 != 0 {
-                    let new = if op == 2 { old | src } else { old & !src };
+                    let base = self.csr_rmw_base(n, old);
+                    let new = if op == 2 { base | src } else { base & !src };
                     self.csr_write(n, new)?;
                 }
                 old

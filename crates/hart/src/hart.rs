@@ -361,7 +361,7 @@ impl Hart {
 
     /// Whether `stimecmp` drives STIP (see [`update_timer`](Self::update_timer)).
     #[inline]
-    fn sstc(&self) -> bool {
+    pub(crate) fn sstc(&self) -> bool {
         self.builtin_sbi || self.menvcfg >> 63 != 0
     }
 

@@ -707,3 +707,55 @@ fn dirty_log_is_exactly_the_pages_a_paged_guest_stored_to() {
     assert_eq!(take_log(&mut m), ram_pages(&want_d), "phase 4: exactly D");
     assert!(take_log(&mut m).is_empty(), "the take cleared the log");
 }
+
+fn csrrc(rd: u32, csr: u32, rs1: u32) -> u32 {
+    (csr << 20) | (rs1 << 15) | (3 << 12) | (rd << 7) | 0x73
+}
+
+#[test]
+fn mip_read_modify_write_does_not_latch_the_plic_line() {
+    use crate::irq::{MEIP, SEIP, SSIP, STIP};
+    const MIP: u32 = 0x344;
+    let mut m = Machine::new();
+    m.hart.prv = Priv::M;
+    m.hart.builtin_sbi = false;
+    m.hart.select_tlb();
+    // The PLIC asserts SEIP (and MEIP) while M-mode sets and clears SSIP.
+    m.hart.set_irq_lines(SEIP | MEIP);
+    m.set(1, SSIP);
+    m.run(&[csrrs(2, MIP, 1), csrrc(3, MIP, 1), csrrs(4, MIP, 1)]);
+    assert_eq!(m.x(2), SEIP | MEIP, "csrrs reads the line");
+    assert_eq!(m.x(3), SEIP | MEIP | SSIP);
+    assert_eq!(m.x(4), SEIP | MEIP);
+    // The line drops: SEIP is gone, SSIP (written) stays.
+    m.hart.set_irq_lines(0);
+    m.run(&[csrrs(5, MIP, 0)]);
+    assert_eq!(
+        m.x(5),
+        SSIP,
+        "SEIP must not have been latched by csrrs/csrrc"
+    );
+    // Software may still set SEIP itself, and clear it.
+    m.set(1, SEIP);
+    m.run(&[
+        csrrs(0, MIP, 1),
+        csrrs(6, MIP, 0),
+        csrrc(0, MIP, 1),
+        csrrs(7, MIP, 0),
+    ]);
+    assert_eq!(m.x(6), SSIP | SEIP);
+    assert_eq!(m.x(7), SSIP);
+    // With Sstc on (menvcfg.STCE), STIP is stimecmp's: writes leave it alone.
+    m.hart.menvcfg = 1 << 63;
+    m.hart.stimecmp = u64::MAX;
+    m.set(1, STIP);
+    m.run(&[csrrs(0, MIP, 1), csrrs(8, MIP, 0)]);
+    assert_eq!(m.x(8) & STIP, 0, "STIP is read-only under Sstc");
+    m.hart.menvcfg = 0;
+    m.run(&[csrrs(9, MIP, 0)]);
+    assert_eq!(
+        m.x(9) & STIP,
+        0,
+        "the ignored write did not land in the software bit"
+    );
+}

@@ -1293,7 +1293,14 @@ impl CellRun<'_> {
         let child = Command::new("ip")
             .args(["netns", "exec", testbed::CLIENT_NS])
             .arg(&self.bench.exe)
-            .args(["netload", "--to", testbed::GUEST_ADDR, "--duration-s", "0", "--json"])
+            .args([
+                "netload",
+                "--to",
+                testbed::GUEST_ADDR,
+                "--duration-s",
+                "0",
+                "--json",
+            ])
             .arg(&json)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -123,23 +123,21 @@ pub fn args(
     if guest.mem_bytes == 0 || !guest.mem_bytes.is_multiple_of(1 << 20) {
         bail!("QEMU needs a whole number of MiB of guest RAM (-m): use --mem 512M or similar");
     }
-    cmd.args([
-        "-M", "virt", "-accel", "tcg", "-bios", "default",
-    ])
-    .arg("-smp")
-    .arg(guest.cpus.to_string())
-    .arg("-m")
-    .arg(format!("{}M", guest.mem_bytes >> 20))
-    .arg("-kernel")
-    .arg(guest.kernel)
-    .arg("-initrd")
-    .arg(guest.initrd)
-    .arg("-append")
-    .arg(&guest.cmdline)
-    .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-    .arg("-no-reboot")
-    .arg("-qmp")
-    .arg(socket_spec(qmp));
+    cmd.args(["-M", "virt", "-accel", "tcg", "-bios", "default"])
+        .arg("-smp")
+        .arg(guest.cpus.to_string())
+        .arg("-m")
+        .arg(format!("{}M", guest.mem_bytes >> 20))
+        .arg("-kernel")
+        .arg(guest.kernel)
+        .arg("-initrd")
+        .arg(guest.initrd)
+        .arg("-append")
+        .arg(&guest.cmdline)
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .arg("-no-reboot")
+        .arg("-qmp")
+        .arg(socket_spec(qmp));
     if guest.balloon {
         cmd.args(["-device", "virtio-balloon-device,free-page-reporting=on"]);
     }
@@ -149,7 +147,10 @@ pub fn args(
             .arg(format!(
                 "tap,id=net0,ifname={tap},script=no,downscript=no,vhost=off"
             ))
-            .args(["-device", "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"]);
+            .args([
+                "-device",
+                "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56",
+            ]);
     }
     if incoming {
         cmd.args(["-incoming", "defer"]);

@@ -100,6 +100,8 @@ impl DestVm for VmDest {
         // comes with `Go` (deliver_host_frames).
         crate::netdev::announce_once(&handle, false);
         crate::runner::choose_cpu(&handle, self.interpreter)?;
+        // The console's input follows the VM: this VMM's stdin.
+        crate::runner::console_input(handle.clone())?;
         let thread = std::thread::Builder::new()
             .name("vm".into())
             .spawn(move || vm.run())

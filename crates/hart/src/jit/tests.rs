@@ -444,3 +444,72 @@ fn one_page_at_two_addresses_gets_two_blocks() {
         assert_eq!(h.pc, va + 4);
     }
 }
+
+/// Two harts on one RAM, as vCPU threads share it (run here in turns).
+fn two_harts(a_prog: &[u32], b_prog: &[u32]) -> (Hart, Hart, Arc<GuestRam>) {
+    let ram = Arc::new(GuestRam::new(BASE, 2 << 20).unwrap());
+    let put = |at: u64, p: &[u32]| {
+        let bytes: Vec<u8> = p.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ram.write(at, &bytes).unwrap();
+    };
+    put(BASE, a_prog);
+    put(BASE + 0x1000, b_prog);
+    let mut a = Hart::new(0, ram.clone(), BASE, 0);
+    let mut b = Hart::new(1, ram.clone(), BASE + 0x1000, 0);
+    a.set_jit(true);
+    b.set_jit(true);
+    (a, b, ram)
+}
+
+#[test]
+fn a_store_by_another_hart_into_translated_code_is_executed() {
+    // Hart A counts by 1 in a translated loop; hart B's stores rewrite the
+    // loop to count by 100; A must run the new code at its next slice.
+    let (mut a, mut b, _ram) = two_harts(
+        &[i(0x13, 0, 5, 5, 1), i(0x13, 0, 5, 5, 1), jal(0, -8)],
+        &[s(2, 8, 9, 0), s(2, 8, 9, 4), jal(0, 0)],
+    );
+    a.run(&mut NoDevices, 1000);
+    assert!(a.x[5] > 600, "{}", a.x[5]);
+    assert!(a.jit_stats().blocks > 0, "the loop was translated");
+    b.x[8] = BASE;
+    b.x[9] = u64::from(i(0x13, 0, 5, 5, 100));
+    b.run(&mut NoDevices, 3);
+    assert_eq!(b.pc, BASE + 0x1008, "B's stores ran");
+    a.pc = BASE;
+    a.x[5] = 0;
+    a.run(&mut NoDevices, 300);
+    assert_eq!(a.x[5], 200 * 100, "A ran the code B wrote");
+}
+
+#[test]
+fn a_store_by_another_hart_breaks_a_reservation() {
+    let lr_w = |rd: u32, rs1: u32| (0b00010 << 27) | (rs1 << 15) | (2 << 12) | (rd << 7) | 0x2f;
+    let sc_w = |rd: u32, rs1: u32, rs2: u32| {
+        (0b00011 << 27) | (rs2 << 20) | (rs1 << 15) | (2 << 12) | (rd << 7) | 0x2f
+    };
+    let a_prog = [lr_w(6, 8), sc_w(7, 8, 9), jal(0, 0)];
+    // B stores to the same word (a plain store: another hart's write to
+    // the reservation set) or, in the control run, to the next one.
+    for (offset, sc_fails) in [(0i32, true), (8, false)] {
+        let (mut a, mut b, ram) = two_harts(&a_prog, &[s(2, 8, 10, offset), jal(0, 0)]);
+        for h in [&mut a, &mut b] {
+            h.x[8] = DATA;
+            h.x[9] = 0x1234;
+            h.x[10] = 0x77;
+        }
+        a.run(&mut NoDevices, 1); // lr.w: reserved
+        b.run(&mut NoDevices, 1); // B's store
+        a.run(&mut NoDevices, 1); // sc.w
+        let mut word = [0u8; 4];
+        ram.read(DATA, &mut word).unwrap();
+        let word = u32::from_le_bytes(word);
+        if sc_fails {
+            assert_eq!(a.x[7], 1, "sc.w must fail after B's store");
+            assert_eq!(word, 0x77, "B's value stays");
+        } else {
+            assert_eq!(a.x[7], 0, "sc.w succeeds when B wrote elsewhere");
+            assert_eq!(word, 0x1234);
+        }
+    }
+}

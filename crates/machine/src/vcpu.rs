@@ -348,8 +348,9 @@ fn run_hart(shared: &Shared, hart: &mut Hart, id: usize) -> Out {
                         shared.devices.flush_console();
                         shared.set_exit(match req {
                             ResetRequest::Shutdown { failure: false } => GuestExit::PowerOff,
-                            ResetRequest::Shutdown { failure: true } => GuestExit::Failure,
-                            ResetRequest::Reboot => GuestExit::Reboot,
+                            ResetRequest::Shutdown { failure: true }
+                            | ResetRequest::Reboot { failure: true } => GuestExit::Failure,
+                            ResetRequest::Reboot { failure: false } => GuestExit::Reboot,
                         });
                         return Out::Exit;
                     }

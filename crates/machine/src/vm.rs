@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 pub enum GuestExit {
     /// The guest powered off.
     PowerOff,
-    /// The guest powered off giving "system failure" as the reason.
+    /// The guest ended giving "system failure" as the reason: an SBI
+    /// system reset (shutdown or reboot) with reason 1, or the test
+    /// finisher's failure code.
     Failure,
     /// The guest asked for a reboot (Godwit ends the VM instead).
     Reboot,
@@ -51,6 +53,18 @@ impl GuestExit {
             GuestExit::PowerOff | GuestExit::Quit => 0,
             GuestExit::Failure => 1,
             GuestExit::Reboot => 3,
+        }
+    }
+
+    /// What happened, in words, for the VMM's last message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GuestExit::PowerOff => "the guest powered off",
+            GuestExit::Failure => {
+                "the guest ended reporting a system failure (SBI system reset with reason \"system failure\", or the test finisher's failure code)"
+            }
+            GuestExit::Reboot => "the guest asked for a reboot (Godwit ends the VM instead)",
+            GuestExit::Quit => "the VMM was told to quit",
         }
     }
 }

@@ -378,3 +378,131 @@ fn a_stalling_peer_is_a_clear_error_and_leaks_nothing() {
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     drop(held);
 }
+
+/// Two TLS identities from one CA (source, destination).
+fn tls_ids(dir: &Path) -> (String, String) {
+    let (a, b) = (dir.join("tls-a"), dir.join("tls-b"));
+    for args in [
+        vec![a.to_str().unwrap()],
+        vec![b.to_str().unwrap(), "--ca", a.to_str().unwrap()],
+    ] {
+        let out = godwit().arg("tls-gen").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (
+        a.to_str().unwrap().to_string(),
+        b.to_str().unwrap().to_string(),
+    )
+}
+
+/// A TLS destination for `to`.
+fn tls_receiver(to: &str, sock: &Path, tls: &str) -> Running {
+    Running::start(&[
+        "receive",
+        "--listen",
+        to,
+        "--control",
+        sock.to_str().unwrap(),
+        "--tls-dir",
+        tls,
+        "--report-after-ms",
+        "300",
+    ])
+}
+
+/// `godwit migrate` over TLS; returns how long it took.
+fn tls_migrate(sock: &Path, to: &str, tls: &str, mode: &str) -> Duration {
+    let t = std::time::Instant::now();
+    let out = godwit()
+        .args(["migrate", "--control", sock.to_str().unwrap(), "--to", to])
+        .args(["--mode", mode, "--tls-dir", tls, "--timeout", "120"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+/// Anyone who can reach the port may connect: 50 connections that are not
+/// a migration (closed at once, garbage, plain TCP to TLS) cost the waiting
+/// destination nothing lasting: it logs them (rate-limited) and the real
+/// source migrates afterwards.
+#[test]
+fn fifty_strays_then_a_real_migration() {
+    use std::io::Write;
+    guest_image();
+    let dir = temp_dir("strays");
+    let (a, b) = tls_ids(&dir);
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "wws_mb=8 pages_per_s=2000");
+    let mut dst = tls_receiver(&to, &ds, &b);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..50 {
+        let mut s = std::net::TcpStream::connect(&to).expect("connect");
+        match i % 3 {
+            0 => {}
+            1 => {
+                let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            }
+            _ => {
+                let _ = s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]);
+            }
+        }
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        dst.child.try_wait().unwrap().is_none(),
+        "the destination gave up after stray connections"
+    );
+    tls_migrate(&ss, &to, &a, "precopy");
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+    assert_eq!(hb["bad"], json!(0), "{hb}");
+    let logged = dst
+        .seen
+        .iter()
+        .filter(|l| l.contains("dropped a connection"))
+        .count();
+    assert!(
+        (1..10).contains(&logged),
+        "strays are logged, at most one line a second: {logged} lines"
+    );
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// Connections that connect and say nothing, held open, do not delay the
+/// real source: handshakes run side by side, each with its own time limit.
+#[test]
+fn a_silent_connection_does_not_delay_a_real_migration() {
+    guest_image();
+    let dir = temp_dir("silent-stray");
+    let (a, b) = tls_ids(&dir);
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "wws_mb=8 pages_per_s=2000");
+    let mut dst = tls_receiver(&to, &ds, &b);
+    std::thread::sleep(Duration::from_millis(300));
+    let silent: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&to).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let took = tls_migrate(&ss, &to, &a, "stop-and-copy");
+    // The handshake limit is 10 s: one at a time, this took longer.
+    assert!(took < Duration::from_secs(6), "the migration took {took:?}");
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+    assert_eq!(hb["bad"], json!(0), "{hb}");
+    drop(silent);
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+}

@@ -12,16 +12,24 @@ use godwit_memory::{AtomicBitmap, GuestRam};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long to wait for the source at any step before giving up.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections that do not speak the protocol are dropped; after this many
-/// `accept` gives up.
-const MAX_STRAY: usize = 16;
+/// Time a connection has, from `accept`, to finish its TLS handshake and
+/// send its `Hello`; it is closed after that.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once (each on its own thread); a connection
+/// beyond that is closed at once.
+const MAX_HANDSHAKES: usize = 8;
+/// Handshaken connections waiting to be looked at; more are closed.
+const MAX_WAITING: usize = 4;
+/// At most one log line per this about connections that are not a
+/// migration (the rest are counted into the next line).
+const STRAY_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// An accepted incoming migration: the handshake is done, the VM not built.
 pub struct Incoming {
@@ -29,12 +37,11 @@ pub struct Incoming {
     main: Arc<Conn>,
     fault: Arc<Conn>,
     /// Kept for post-copy recovery: a source whose link broke reconnects.
-    listener: TcpListener,
-    sec: Security,
+    gate: Gate,
 }
 
 fn read_hello(s: &Conn) -> Result<Hello> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(HANDSHAKE_LIMIT))?;
     let mut r = s;
     match wire::recv(&mut r, 0)? {
         Msg::Hello(h) => Ok(h),
@@ -42,41 +49,243 @@ fn read_hello(s: &Conn) -> Result<Hello> {
     }
 }
 
+/// A connection that finished its handshake and said `Hello`.
+struct Arrival {
+    conn: Conn,
+    hello: Hello,
+    peer: SocketAddr,
+}
+
+/// Logs connections that are not a migration, at most one line per
+/// [`STRAY_LOG_EVERY`]; they cost nothing else.
+#[derive(Default)]
+struct StrayLog {
+    last: Option<Instant>,
+    quiet: u64,
+}
+
+impl StrayLog {
+    fn note(log: &Mutex<StrayLog>, peer: SocketAddr, why: &str) {
+        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+        if l.last.is_some_and(|t| t.elapsed() < STRAY_LOG_EVERY) {
+            l.quiet += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut l.quiet) {
+            0 => String::new(),
+            n => format!(" ({n} more not shown since the last such line)"),
+        };
+        l.last = Some(Instant::now());
+        eprintln!("godwit: dropped a connection from {peer}: {why}; still waiting{more}");
+    }
+}
+
+/// One handshake in progress, as the acceptor watches it.
+struct Pending {
+    deadline: Instant,
+    tcp: TcpStream,
+    /// `Some(true)` once handed on, `Some(false)` once timed out.
+    state: Arc<Mutex<Option<bool>>>,
+}
+
+/// The listening side of a destination: a thread accepts connections and
+/// runs each one's TLS handshake and `Hello` on a thread of its own (at
+/// most [`MAX_HANDSHAKES`] at once, each closed after [`HANDSHAKE_LIMIT`]),
+/// so a silent or hostile peer delays nobody; connections that said
+/// `Hello` are handed to whoever waits in [`Gate::next`]. Dropping it stops
+/// accepting and closes the handshakes still in progress.
+struct Gate {
+    rx: Mutex<mpsc::Receiver<Arrival>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    strays: Arc<Mutex<StrayLog>>,
+}
+
+/// Waits until `fd` is readable or `limit` passed.
+fn readable(fd: std::os::fd::RawFd, limit: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the whole call.
+    unsafe { libc::poll(&mut p, 1, limit.as_millis().min(i32::MAX as u128) as i32) > 0 }
+}
+
+impl Gate {
+    fn open(listener: &TcpListener, sec: &Security) -> Result<Gate> {
+        let listener = listener.try_clone()?;
+        listener.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::sync_channel(MAX_WAITING);
+        let stop = Arc::new(AtomicBool::new(false));
+        let strays = Arc::new(Mutex::new(StrayLog::default()));
+        let thread = {
+            let (stop, strays, sec) = (stop.clone(), strays.clone(), sec.clone());
+            std::thread::Builder::new()
+                .name("migration-accept".into())
+                .spawn(move || accept_loop(&listener, &sec, &tx, &stop, &strays))
+                .context("cannot start the migration accept thread")?
+        };
+        Ok(Gate {
+            rx: Mutex::new(rx),
+            stop,
+            thread: Some(thread),
+            strays,
+        })
+    }
+
+    /// The next connection that said `Hello`, waiting at most `limit`
+    /// (`None`: for ever); `Ok(None)` when the time is up.
+    fn next(&self, limit: Option<Duration>) -> Result<Option<Arrival>> {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let r = match limit {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d),
+        };
+        match r {
+            Ok(a) => Ok(Some(a)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the migration listener stopped accepting connections")
+            }
+        }
+    }
+
+    fn stray(&self, peer: SocketAddr, why: &str) {
+        StrayLog::note(&self.strays, peer, why);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    sec: &Security,
+    tx: &mpsc::SyncSender<Arrival>,
+    stop: &AtomicBool,
+    strays: &Arc<Mutex<StrayLog>>,
+) {
+    use std::os::fd::AsRawFd;
+    let mut pending: Vec<Pending> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        readable(listener.as_raw_fd(), Duration::from_millis(50));
+        // Close handshakes past their time; forget finished ones.
+        let now = Instant::now();
+        pending.retain(|p| {
+            let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.is_some() {
+                return false;
+            }
+            if now >= p.deadline {
+                *st = Some(false);
+                let _ = p.tcp.shutdown(std::net::Shutdown::Both);
+                return false;
+            }
+            true
+        });
+        loop {
+            let (tcp, peer) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // E.g. out of descriptors: do not spin.
+                    eprintln!("godwit: accepting a migration connection failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            };
+            if pending.len() >= MAX_HANDSHAKES {
+                StrayLog::note(
+                    strays,
+                    peer,
+                    &format!("{MAX_HANDSHAKES} handshakes are in progress already"),
+                );
+                continue;
+            }
+            let Ok(watch) = tcp.try_clone() else {
+                continue;
+            };
+            let state = Arc::new(Mutex::new(None));
+            pending.push(Pending {
+                deadline: Instant::now() + HANDSHAKE_LIMIT,
+                tcp: watch,
+                state: state.clone(),
+            });
+            let (tx, sec, log) = (tx.clone(), sec.clone(), strays.clone());
+            let spawned = std::thread::Builder::new()
+                .name("migration-handshake".into())
+                .spawn(move || {
+                    let r = tcp
+                        .set_nonblocking(false)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| Conn::server(tcp, &sec))
+                        .and_then(|c| read_hello(&c).map(|h| (c, h)));
+                    let timed_out = {
+                        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                        let t = *st == Some(false);
+                        *st = Some(true);
+                        t
+                    };
+                    match r {
+                        _ if timed_out => StrayLog::note(
+                            &log,
+                            peer,
+                            &format!("no handshake within {HANDSHAKE_LIMIT:?}"),
+                        ),
+                        Ok((conn, hello)) => {
+                            if tx.try_send(Arrival { conn, hello, peer }).is_err() {
+                                StrayLog::note(&log, peer, "too many connections waiting");
+                            }
+                        }
+                        Err(e) => StrayLog::note(&log, peer, &format!("{e:#}")),
+                    }
+                });
+            if spawned.is_err() {
+                StrayLog::note(strays, peer, "cannot start a handshake thread");
+            }
+        }
+    }
+    for p in pending {
+        let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.is_none() {
+            let _ = p.tcp.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// Waits for a source on `listener` and checks its handshake with `check`
 /// (plus the protocol version and page size). A refusal is sent to the
-/// source with the reason and returned as an error here too.
+/// source with the reason and returned as an error here too. Connections
+/// that are not a migration (no TLS identity from our CA, no `Hello`, a
+/// fault channel of no migration) are dropped and logged, and the wait goes
+/// on.
 pub fn accept(
     listener: &TcpListener,
     sec: &Security,
     check: impl Fn(&Hello) -> Result<(), String>,
 ) -> Result<Incoming> {
-    let mut strays = 0;
+    let gate = Gate::open(listener, sec)?;
     loop {
-        let (tcp, peer) = listener.accept().context("accepting a migration")?;
-        let main = match Conn::server(tcp, sec) {
-            Ok(c) => c,
-            Err(e) => {
-                // Unauthenticated peers are refused and logged; we go on
-                // waiting for the real source (bounded).
-                strays += 1;
-                eprintln!("godwit: refused a connection from {peer}: {e:#}");
-                if strays >= MAX_STRAY {
-                    bail!("{MAX_STRAY} refused connections; giving up (last: {e:#})");
-                }
-                continue;
-            }
+        let Some(Arrival {
+            conn: main,
+            hello,
+            peer,
+        }) = gate.next(None)?
+        else {
+            continue;
         };
-        let hello = match read_hello(&main) {
-            Ok(h) if h.channel == Channel::Main => h,
-            Ok(_) | Err(_) => {
-                strays += 1;
-                eprintln!("godwit: ignored a connection from {peer} that is not a migration");
-                if strays >= MAX_STRAY {
-                    bail!("{MAX_STRAY} connections that are not migrations; giving up");
-                }
-                continue;
-            }
-        };
+        if hello.channel != Channel::Main {
+            gate.stray(peer, "a fault connection of no migration");
+            continue;
+        }
         let verdict = if hello.version != wire::VERSION {
             Err(format!(
                 "protocol version {} (this destination speaks version {})",
@@ -96,30 +305,36 @@ pub fn accept(
             bail!("refused a migration from {peer}: {why}");
         }
         wire::send(&mut &main, &Msg::Accept)?;
-        let fault = accept_fault(listener, sec, hello.session, &main)?;
+        let fault = accept_fault(&gate, hello.session, &main)?;
         return Ok(Incoming {
             hello,
             main: Arc::new(main),
             fault: Arc::new(fault),
-            listener: listener.try_clone()?,
-            sec: sec.clone(),
+            gate,
         });
     }
 }
 
-/// After the main connection of `session` was accepted: accepts its fault
-/// connection and sets both up for the transfer.
-fn accept_fault(listener: &TcpListener, sec: &Security, session: u64, main: &Conn) -> Result<Conn> {
-    let (tcp, peer) = accept_within(listener, Duration::from_secs(10))?;
-    let fault = Conn::server(tcp, sec)?;
-    let fh = read_hello(&fault)?;
-    if fh.channel != Channel::Fault || fh.session != session {
+/// After the main connection of `session` was accepted: waits for its fault
+/// connection (other migrations meanwhile are refused) and sets both up for
+/// the transfer.
+fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
+    let limit = Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let fault = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(a) = gate.next(Some(left))? else {
+            bail!("the source did not open its fault connection within {limit:?}");
+        };
+        if a.hello.channel == Channel::Fault && a.hello.session == session {
+            break a.conn;
+        }
         let _ = wire::send(
-            &mut &fault,
-            &Msg::Refuse("not the fault channel of this migration".into()),
+            &mut &a.conn,
+            &Msg::Refuse("this destination is receiving another migration".into()),
         );
-        bail!("the second connection from {peer} is not this migration's fault channel");
-    }
+        gate.stray(a.peer, "another migration while one is being set up");
+    };
     wire::send(&mut &fault, &Msg::Accept)?;
     for s in [main, &fault] {
         s.tcp().set_nodelay(true)?;
@@ -127,31 +342,6 @@ fn accept_fault(listener: &TcpListener, sec: &Security, session: u64, main: &Con
         s.set_write_timeout(Some(PEER_TIMEOUT))?;
     }
     Ok(fault)
-}
-
-fn accept_within(
-    listener: &TcpListener,
-    limit: Duration,
-) -> Result<(TcpStream, std::net::SocketAddr)> {
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match listener.accept() {
-            Ok((s, a)) => {
-                listener.set_nonblocking(false)?;
-                s.set_nonblocking(false)?;
-                return Ok((s, a));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    listener.set_nonblocking(false)?;
-                    bail!("the source did not open its fault connection within {limit:?}");
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e).context("accepting the fault connection"),
-        }
-    }
 }
 
 /// What the destination learned, for its log (the source gets it as JSON).
@@ -367,7 +557,7 @@ impl Incoming {
                         vm,
                         &ram,
                         (self.main.clone(), self.fault.clone()),
-                        (&self.listener, &self.sec, self.hello.session),
+                        (&self.gate, self.hello.session),
                         have,
                         state,
                         pending,
@@ -405,7 +595,7 @@ fn postcopy(
     vm: &dyn DestVm,
     ram: &GuestRam,
     first: (Arc<Conn>, Arc<Conn>),
-    (listener, sec, session): (&TcpListener, &Security, u64),
+    (gate, session): (&Gate, u64),
     have: AtomicBitmap,
     state: Vec<u8>,
     pending_words: Vec<u64>,
@@ -545,7 +735,7 @@ fn postcopy(
                 post.received_count.load(Ordering::Acquire),
                 post.pending_count
             );
-            match accept_resume(listener, sec, session, &post) {
+            match accept_resume(gate, session, &post) {
                 Ok(l) => {
                     recoveries += 1;
                     eprintln!("godwit: post-copy resumed");
@@ -638,34 +828,23 @@ fn wait_all_in(post: &Post) -> Result<()> {
 
 /// Accepts the source of this session back after a broken link and tells
 /// it which pages are already here.
-fn accept_resume(
-    listener: &TcpListener,
-    sec: &Security,
-    session: u64,
-    post: &Post,
-) -> Result<(Arc<Conn>, Arc<Conn>)> {
+fn accept_resume(gate: &Gate, session: u64, post: &Post) -> Result<(Arc<Conn>, Arc<Conn>)> {
     loop {
-        let (tcp, peer) = listener.accept().context("accepting the source again")?;
-        let main = match Conn::server(tcp, sec) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("godwit: refused a connection from {peer}: {e:#}");
-                continue;
-            }
+        let Some(a) = gate.next(None)? else {
+            continue;
         };
-        match read_hello(&main) {
-            Ok(h) if h.resume && h.session == session && h.channel == Channel::Main => {}
-            Ok(_) => {
-                let _ = wire::send(
-                    &mut &main,
-                    &Msg::Refuse("this destination is finishing another migration".into()),
-                );
-                continue;
-            }
-            Err(_) => continue,
+        let h = &a.hello;
+        if !(h.resume && h.session == session && h.channel == Channel::Main) {
+            let _ = wire::send(
+                &mut &a.conn,
+                &Msg::Refuse("this destination is finishing another migration".into()),
+            );
+            gate.stray(a.peer, "not the source of the migration in progress");
+            continue;
         }
+        let main = a.conn;
         wire::send(&mut &main, &Msg::Accept)?;
-        let fault = accept_fault(listener, sec, session, &main)?;
+        let fault = accept_fault(gate, session, &main)?;
         wire::send(&mut &main, &Msg::Resume(post.received.snapshot()))?;
         return Ok((Arc::new(main), Arc::new(fault)));
     }

@@ -506,3 +506,155 @@ fn a_silent_connection_does_not_delay_a_real_migration() {
     assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// One command on a control socket with a time limit: `None` if the
+/// socket did not answer within `limit` (connect, greeting, reply).
+fn qmp_within(
+    sock: &Path,
+    execute: &str,
+    args: serde_json::Value,
+    limit: Duration,
+) -> Option<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    let mut r = std::io::BufReader::new(s.try_clone().ok()?);
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).ok()?;
+    line.clear();
+    r.read_line(&mut line).ok()?;
+    if !line.contains("\"return\"") {
+        return serde_json::from_str(&line).ok();
+    }
+    let req = json!({"execute": execute, "arguments": args});
+    w.write_all(format!("{req}\n").as_bytes()).ok()?;
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        if v.get("event").is_none() {
+            return Some(v);
+        }
+    }
+}
+
+/// A post-copy whose link is cut (source paused at `postcopy-paused`),
+/// with the destination's guest touching memory it does not have yet.
+fn cut_postcopy(name: &str) -> (Running, Running, PathBuf, PathBuf, PathBuf, String) {
+    guest_image();
+    let dir = temp_dir(name);
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let dst_addr = format!("127.0.0.1:{}", free_port());
+    let src = source(&ss, "wws_mb=48 pages_per_s=0 order=rand");
+    let dst = receiver(&dst_addr, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    let link = Relay::start(&dst_addr);
+    let r = qmp(
+        &ss,
+        "migrate-set-parameters",
+        json!({"mode": "postcopy", "prepaging": "none", "max-bandwidth": 2_000_000, "tls-plain": true}),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(
+        &ss,
+        "migrate",
+        json!({ "uri": format!("tcp:127.0.0.1:{}", link.port) }),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    assert_eq!(
+        wait_status(&ss, &["postcopy-active", "completed", "failed"]),
+        "postcopy-active"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    link.cut();
+    assert_eq!(
+        wait_status(&ss, &["postcopy-paused", "completed", "failed"]),
+        "postcopy-paused"
+    );
+    // Long enough for the guest to block on a page that is not there.
+    std::thread::sleep(Duration::from_millis(1000));
+    (src, dst, ss, ds, dir, dst_addr)
+}
+
+/// While a post-copy's link is down the destination's operator can still
+/// inspect, pause and resume it: the control socket answers at once,
+/// `query-migrate` says `postcopy-paused`, and many clients do not fill it.
+/// After the link is back the migration completes, guest intact.
+#[test]
+fn the_destination_answers_its_control_socket_while_postcopy_is_paused() {
+    let (mut src, mut dst, ss, ds, dir, dst_addr) = cut_postcopy("pc-ctl");
+    let quick = Duration::from_secs(3);
+    let q = qmp_within(&ds, "query-migrate", json!({}), quick).expect("query-migrate answers");
+    assert_eq!(q["return"]["status"], json!("postcopy-paused"), "{q}");
+    let q = qmp_within(&ds, "query-status", json!({}), quick).expect("query-status answers");
+    assert_eq!(q["return"]["running"], json!(true), "{q}");
+    let r = qmp_within(&ds, "stop", json!({}), quick).expect("stop answers");
+    eprintln!("stop at the destination: {r}");
+    assert!(r.get("return").is_some(), "{r}");
+    for _ in 0..20 {
+        let q = qmp_within(&ds, "query-status", json!({}), quick).expect("answers after stop");
+        assert_eq!(q["return"]["status"], json!("paused"), "{q}");
+    }
+    let r = qmp_within(&ds, "snapshot", json!({"path": dir.join("x.snap")}), quick)
+        .expect("snapshot answers");
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .unwrap_or("")
+            .contains("still arriving"),
+        "{r}"
+    );
+    let r = qmp_within(&ds, "cont", json!({}), quick).expect("cont answers");
+    assert!(r.get("return").is_some(), "{r}");
+    // The link comes back: the migration finishes, the guest is intact.
+    let link2 = Relay::start(&dst_addr);
+    let out = godwit()
+        .args(["migrate", "--control", ss.to_str().unwrap()])
+        .args(["--to", &format!("127.0.0.1:{}", link2.port)])
+        .args(["--resume", "--tls-plain"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    let q = qmp_within(&ds, "query-migrate", json!({}), quick).expect("query-migrate");
+    assert_eq!(q["return"]["status"], json!("completed"), "{q}");
+    for _ in 0..3 {
+        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "{hb}");
+    }
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// `quit` at the destination while its post-copy link is down ends the
+/// destination VMM promptly (the VM is lost there, as the operator asked);
+/// the source, paused, keeps its copy.
+#[test]
+fn quit_ends_a_destination_whose_postcopy_link_is_down() {
+    let (_src, mut dst, ss, ds, _dir, _) = cut_postcopy("pc-quit");
+    let quick = Duration::from_secs(3);
+    let r = qmp_within(&ds, "quit", json!({}), quick).expect("quit answers");
+    assert!(r.get("return").is_some(), "{r}");
+    let t = std::time::Instant::now();
+    let code = dst.wait_exit(Duration::from_secs(15));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "a migration that did not finish is a failure"
+    );
+    assert_eq!(
+        qmp(&ss, "query-migrate", json!({}))["return"]["status"],
+        json!("postcopy-paused")
+    );
+}

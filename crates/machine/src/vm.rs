@@ -18,7 +18,7 @@ use crate::error::{RestoreError, VmError};
 use crate::host::{self, HostDevice};
 use crate::layout::*;
 use crate::state::{HartRun, SavedHart, VmState};
-use crate::vcpu::{stop_harts, vcpu_main, HartSignal, Stopped};
+use crate::vcpu::{stop_harts, stop_harts_within, vcpu_main, HartSignal, Stopped};
 use crate::worker::{worker_main, WorkerSignal, Workers};
 use crate::{fdt, loader};
 use godwit_devices::{Balloon, Clint, Plic, Uart16550, VirtioMmio};
@@ -638,6 +638,17 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// What [`VmHandle::pause_within`] achieved.
+#[derive(Debug, Clone)]
+pub struct PauseOutcome {
+    /// Until the last vCPU was out (or the limit).
+    pub latency: Duration,
+    /// vCPUs still inside an instruction (they stop when it completes).
+    pub vcpus: Vec<usize>,
+    /// Device slots whose thread is still busy.
+    pub devices: Vec<usize>,
+}
+
 /// A handle on a VM for other threads.
 #[derive(Clone)]
 pub struct VmHandle {
@@ -711,6 +722,30 @@ impl VmHandle {
         self.shared.worker_ctl.quiesce(&self.shared);
         self.shared.devices.flush_console();
         Ok(latency)
+    }
+
+    /// [`pause`](Self::pause) that waits at most `limit` for the vCPUs and
+    /// then as long again for the device threads. The VM is paused either
+    /// way: a vCPU or device thread still inside a guest memory access (a
+    /// post-copy page that has not arrived) stops as soon as it is done.
+    pub fn pause_within(&self, limit: Duration) -> Result<PauseOutcome, VmGone> {
+        if self.shared.exited() {
+            return Err(VmGone);
+        }
+        self.shared.ctl.paused.store(true, SeqCst);
+        let (latency, vcpus) = stop_harts_within(&self.shared, limit);
+        let devices = self
+            .shared
+            .worker_ctl
+            .quiesce_within(&self.shared, Some(limit));
+        if vcpus.is_empty() && devices.is_empty() {
+            self.shared.devices.flush_console();
+        }
+        Ok(PauseOutcome {
+            latency,
+            vcpus,
+            devices,
+        })
     }
 
     /// Resumes a paused VM: devices first, then the vCPUs.

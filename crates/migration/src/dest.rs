@@ -6,7 +6,7 @@ use crate::stats::latency_summary;
 use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{unix_ns, DestVm};
+use crate::{unix_ns, DestVm, Status};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{AtomicBitmap, GuestRam};
 use serde_json::{json, Value};
@@ -267,18 +267,23 @@ fn accept_loop(
 /// that are not a migration (no TLS identity from our CA, no `Hello`, a
 /// fault channel of no migration) are dropped and logged, and the wait goes
 /// on.
+/// `stop` ends the wait (an error) when it turns true.
 pub fn accept(
     listener: &TcpListener,
     sec: &Security,
+    stop: &dyn Fn() -> bool,
     check: impl Fn(&Hello) -> Result<(), String>,
 ) -> Result<Incoming> {
     let gate = Gate::open(listener, sec)?;
     loop {
+        if stop() {
+            bail!("stopped waiting for a migration");
+        }
         let Some(Arrival {
             conn: main,
             hello,
             peer,
-        }) = gate.next(None)?
+        }) = gate.next(Some(Duration::from_millis(100)))?
         else {
             continue;
         };
@@ -344,6 +349,22 @@ fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
     Ok(fault)
 }
 
+/// The connections of the current link, so that the operator's `quit` can
+/// break whatever the engine is waiting on.
+struct Links(Mutex<Vec<Arc<Conn>>>);
+
+impl Links {
+    fn set(&self, conns: Vec<Arc<Conn>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = conns;
+    }
+
+    fn shutdown(&self) {
+        for c in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// What the destination learned, for its log (the source gets it as JSON).
 pub struct Received {
     pub report: Value,
@@ -351,6 +372,7 @@ pub struct Received {
 
 /// Shared state of post-copy receipt.
 struct Post<'a> {
+    vm: &'a dyn DestVm,
     ram: &'a GuestRam,
     resolver: Resolver,
     pending: AtomicBitmap,
@@ -486,6 +508,13 @@ impl Post<'_> {
                 self.resolver.zeropage(off)?;
             }
         }
+        if self.vm.aborted() {
+            // The operator ended the VM: vCPUs blocked on pages that never
+            // came stay blocked until the process exits, rather than run
+            // on zero pages (closing or unregistering would wake them).
+            std::mem::forget(uffd);
+            return Ok(());
+        }
         uffd.unregister()
             .context("cannot unregister guest RAM from userfaultfd")?;
         Ok(())
@@ -500,6 +529,44 @@ impl Incoming {
     pub fn run(
         self,
         vm: &dyn DestVm,
+        after_window: Duration,
+        guest: &dyn Fn(u128, u128) -> Value,
+    ) -> Result<Received> {
+        vm.set_status(Status::Active);
+        let links = Links(Mutex::new(vec![self.main.clone(), self.fault.clone()]));
+        let done = AtomicBool::new(false);
+        let r = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // The operator's `quit` ends whatever the engine waits for.
+                while !done.load(Ordering::Acquire) {
+                    if vm.aborted() {
+                        links.shutdown();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let r = self.receive(vm, &links, after_window, guest);
+            done.store(true, Ordering::Release);
+            r
+        });
+        let r = r.map_err(|e| {
+            if vm.aborted() {
+                e.context("the destination's operator ended the migration (quit)")
+            } else {
+                e
+            }
+        });
+        if r.is_err() {
+            vm.set_status(Status::Failed);
+        }
+        r
+    }
+
+    fn receive(
+        self,
+        vm: &dyn DestVm,
+        links: &Links,
         after_window: Duration,
         guest: &dyn Fn(u128, u128) -> Value,
     ) -> Result<Received> {
@@ -534,11 +601,13 @@ impl Incoming {
                 }
                 Msg::RoundEnd(n) => rounds = n,
                 Msg::State(state) => {
+                    vm.set_status(Status::Device);
                     vm.load_state(&state).context("cannot load the VM state")?;
                     wire::send(&mut &*main, &Msg::Ready)?;
                     wait_go(main, pages)?;
                     vm.resume()?;
                     let resumed = unix_ns();
+                    vm.set_status(Status::Completed);
                     wire::send(&mut &*main, &Msg::Complete)?;
                     std::thread::sleep(after_window);
                     let report = json!({
@@ -553,11 +622,12 @@ impl Incoming {
                     return Ok(Received { report });
                 }
                 Msg::Switch { state, pending } => {
+                    vm.set_status(Status::Device);
                     return postcopy(
                         vm,
                         &ram,
                         (self.main.clone(), self.fault.clone()),
-                        (&self.gate, self.hello.session),
+                        (&self.gate, self.hello.session, links),
                         have,
                         state,
                         pending,
@@ -595,7 +665,7 @@ fn postcopy(
     vm: &dyn DestVm,
     ram: &GuestRam,
     first: (Arc<Conn>, Arc<Conn>),
-    (gate, session): (&Gate, u64),
+    (gate, session, links): (&Gate, u64, &Links),
     have: AtomicBitmap,
     state: Vec<u8>,
     pending_words: Vec<u64>,
@@ -620,6 +690,7 @@ fn postcopy(
     vm.load_state(&state).context("cannot load the VM state")?;
     let pending_count = pending.count();
     let post = Post {
+        vm,
         ram,
         resolver: uffd.resolver(),
         pending,
@@ -645,6 +716,7 @@ fn postcopy(
     wire::send(&mut &*main, &Msg::Ready)?;
     wait_go(main, pages)?;
     vm.set_dirty_logging(true)?;
+    vm.set_status(Status::PostcopyActive);
     let t_go = Instant::now();
     let mut recoveries = 0u64;
     // Demand requests must have somewhere to go before the guest can fault:
@@ -720,6 +792,16 @@ fn postcopy(
                 let _ = replies.join();
                 break Err(anyhow!("post-copy failed at the destination: {why}"));
             }
+            if vm.aborted() {
+                f.shutdown(std::net::Shutdown::Both);
+                let _ = replies.join();
+                break Err(anyhow!(
+                    "post-copy ended with {} of {} pages here; the VM is lost at the destination",
+                    post.received_count.load(Ordering::Acquire),
+                    post.pending_count
+                ));
+            }
+            vm.set_status(Status::PostcopyPaused);
             // The link broke: keep every page and the guest (it blocks only
             // on pages it does not have) and wait for the source to return.
             post.link_lost();
@@ -739,6 +821,8 @@ fn postcopy(
                 Ok(l) => {
                     recoveries += 1;
                     eprintln!("godwit: post-copy resumed");
+                    links.set(vec![l.0.clone(), l.1.clone()]);
+                    vm.set_status(Status::PostcopyActive);
                     link = l;
                 }
                 Err(e) => break Err(e),
@@ -767,6 +851,7 @@ fn postcopy(
             hits += 1;
         }
     }
+    vm.set_status(Status::Completed);
     wire::send(&mut &*main, &Msg::Complete)?;
     std::thread::sleep(after_window);
     let lat = post
@@ -815,6 +900,9 @@ fn wait_all_in(post: &Post) -> Result<()> {
         if post.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
             bail!("post-copy failed");
         }
+        if post.vm.aborted() {
+            bail!("the operator ended the migration");
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("no page from the source for {PEER_TIMEOUT:?}");
@@ -830,7 +918,10 @@ fn wait_all_in(post: &Post) -> Result<()> {
 /// it which pages are already here.
 fn accept_resume(gate: &Gate, session: u64, post: &Post) -> Result<(Arc<Conn>, Arc<Conn>)> {
     loop {
-        let Some(a) = gate.next(None)? else {
+        if post.vm.aborted() {
+            bail!("no source came back before the operator ended the migration");
+        }
+        let Some(a) = gate.next(Some(Duration::from_millis(100)))? else {
             continue;
         };
         let h = &a.hello;
@@ -843,6 +934,7 @@ fn accept_resume(gate: &Gate, session: u64, post: &Post) -> Result<(Arc<Conn>, A
             continue;
         }
         let main = a.conn;
+        post.vm.set_status(Status::PostcopyRecover);
         wire::send(&mut &main, &Msg::Accept)?;
         let fault = accept_fault(gate, session, &main)?;
         wire::send(&mut &main, &Msg::Resume(post.received.snapshot()))?;

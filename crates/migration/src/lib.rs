@@ -77,6 +77,15 @@ pub trait DestVm: Send + Sync {
     fn set_dirty_logging(&self, on: bool) -> anyhow::Result<()>;
     /// Fetch-and-clear of the dirty log.
     fn take_dirty_log(&self) -> anyhow::Result<Vec<u64>>;
+    /// Where the incoming migration is, for `query-migrate` at the
+    /// destination (`active`, `device`, `postcopy-active`,
+    /// `postcopy-paused`, `postcopy-recover`, `completed`, `failed`).
+    fn set_status(&self, _status: Status) {}
+    /// Whether the destination's operator ended the migration (`quit`): the
+    /// engine then gives up at once, whatever it was waiting for.
+    fn aborted(&self) -> bool {
+        false
+    }
 }
 
 /// How the VM moves.

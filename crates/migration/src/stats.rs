@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Where a migration stands (`query-migrate`'s `status`, QEMU's names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
+    #[default]
     None,
     Setup,
     Active,

@@ -658,3 +658,48 @@ fn quit_ends_a_destination_whose_postcopy_link_is_down() {
         json!("postcopy-paused")
     );
 }
+
+/// `migrate-cancel` once a post-copy is past its commit point is refused,
+/// saying why (the VM runs at the destination and part of its memory is
+/// only there), and the migration completes as if it had not been asked.
+#[test]
+fn migrate_cancel_in_postcopy_is_refused_and_the_migration_completes() {
+    guest_image();
+    let dir = temp_dir("pc-cancel");
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "wws_mb=32 pages_per_s=0");
+    let mut dst = receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = qmp(
+        &ss,
+        "migrate-set-parameters",
+        json!({"mode": "postcopy", "prepaging": "dual", "max-bandwidth": 8_000_000, "tls-plain": true}),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(&ss, "migrate", json!({ "uri": format!("tcp:{to}") }));
+    assert!(r.get("return").is_some(), "{r}");
+    assert_eq!(
+        wait_status(&ss, &["postcopy-active", "completed", "failed"]),
+        "postcopy-active"
+    );
+    let r = qmp(&ss, "migrate-cancel", json!({}));
+    let desc = r["error"]["desc"].as_str().unwrap_or_default();
+    assert!(
+        desc.contains("commit point") && desc.contains("destination"),
+        "{r}"
+    );
+    assert_eq!(
+        wait_status(&ss, &["completed", "failed", "cancelled"]),
+        "completed"
+    );
+    // The VM is gone from here (as `godwit migrate` does, quit the source).
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    for _ in 0..3 {
+        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "{hb}");
+    }
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+}

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use prepaging::Strategy;
-pub use stats::{Progress, Report, Status};
+pub use stats::{Committed, Progress, Report, Status};
 pub use transport::Security;
 
 /// The source VM, as the engine needs it. All methods are called from the

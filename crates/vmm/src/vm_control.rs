@@ -218,12 +218,28 @@ impl VmControl {
                 None => json!({ "status": "none" }),
                 Some(j) => j.query(),
             }),
-            Command::MigrateCancel => {
-                if let Some(j) = self.current_job() {
-                    j.progress.cancel.store(true, Ordering::SeqCst);
+            Command::MigrateCancel => match self.current_job() {
+                Some(j) if !j.progress.status().is_final() => {
+                    j.progress.request_cancel().map_err(|_| {
+                        let status = j.progress.status();
+                        let what = if matches!(
+                            status,
+                            Status::PostcopyActive | Status::PostcopyPaused | Status::PostcopyRecover
+                        ) {
+                            "the VM runs at the destination now and part of its memory is only there, so it cannot come back; let the migration complete (after a broken link: migrate with \"resume\": true)"
+                        } else {
+                            "the destination has been told to run the VM; it is completing"
+                        };
+                        CommandError::generic(format!(
+                            "cannot cancel a migration past its commit point ({}): {what}",
+                            status.as_str()
+                        ))
+                    })?;
+                    Ok(json!({}))
                 }
-                Ok(json!({}))
-            }
+                // Nothing running: nothing to do, as QEMU.
+                _ => Ok(json!({})),
+            },
             Command::MigrateStartPostcopy => match self.current_job() {
                 Some(j) if !j.progress.status().is_final() => {
                     if !matches!(j.mode, Mode::Precopy | Mode::Hybrid) {

@@ -703,3 +703,40 @@ fn migrate_cancel_in_postcopy_is_refused_and_the_migration_completes() {
     assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// `godwit soak`, short: one VM with 2 vCPUs moved 4 times, plain TCP and
+/// TLS, every hop checked (guest intact, source VMM gone, the holder's
+/// descriptors and RSS stable); per-hop figures and totals.
+#[test]
+fn godwit_soak_short_run() {
+    guest_image();
+    let dir = temp_dir("soak-cmd");
+    let json_path = dir.join("soak.json");
+    let out = godwit()
+        .args(["soak", "--hops", "4", "--cpus", "2", "--dir"])
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("godwit soak");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("totals: 4 hops"), "{stdout}");
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let hops = all["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 4, "{all}");
+    assert!(hops.iter().all(|h| h["guest_bad"] == json!(0)), "{all}");
+    for sec in ["plain", "TLS"] {
+        assert!(hops.iter().any(|h| h["security"] == json!(sec)), "{all}");
+    }
+    assert_eq!(all["failure"], json!(null), "{all}");
+    assert!(
+        all["totals"]["downtime_ms"]["max"].as_f64().unwrap() > 0.0,
+        "{all}"
+    );
+}

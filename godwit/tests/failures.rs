@@ -740,3 +740,17 @@ fn godwit_soak_short_run() {
         "{all}"
     );
 }
+
+/// `quit` on a destination still waiting for a source ends it at once,
+/// with status 0 (nothing was lost).
+#[test]
+fn quit_ends_a_destination_that_waits_for_a_source() {
+    let dir = temp_dir("quit-waiting");
+    let ds = dir.join("dst.sock");
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut dst = receiver(&to, &ds);
+    let q = qmp(&ds, "query-migrate", json!({}));
+    assert_eq!(q["return"]["status"], json!("none"), "{q}");
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(5)), Some(0));
+}

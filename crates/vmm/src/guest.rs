@@ -67,47 +67,58 @@ pub const MAX_INIT_ARGS: usize = 32;
 /// environment variables are left for the command line.
 pub const MAX_INIT_ENVS: usize = 32;
 
+/// How the kernel takes one of its parameters: `__setup("NAME=")` only
+/// with a value, `__setup("NAME")` only bare (its handler refuses a value),
+/// `early_param` and `core_param` either way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Takes {
+    Value,
+    Bare,
+    Either,
+}
+
 /// Parameters every Linux kernel recognises itself (core code, built
-/// whatever the configuration): they never reach init. A name with a dot is
-/// a module's parameter and never reaches init either.
-const KERNEL_PARAMS: &[&str] = &[
-    "console",
-    "earlycon",
-    "root",
-    "rootfstype",
-    "rootflags",
-    "rootwait",
-    "rootdelay",
-    "ro",
-    "rw",
-    "init",
-    "rdinit",
-    "initrd",
-    "noinitrd",
-    "quiet",
-    "debug",
-    "loglevel",
-    "ignore_loglevel",
-    "log_buf_len",
-    "keep_bootcon",
-    "no_console_suspend",
-    "panic",
-    "panic_on_warn",
-    "pause_on_oops",
-    "oops",
-    "mem",
-    "maxcpus",
-    "nosmp",
-    "nr_cpus",
-    "initcall_debug",
-    "lpj",
-    "reboot",
-    "mitigations",
+/// whatever the configuration, as declared in Linux 6.1): they never reach
+/// init. A name with a dot is a module's parameter and never reaches init
+/// either.
+const KERNEL_PARAMS: &[(&str, Takes)] = &[
+    ("console", Takes::Value),
+    ("earlycon", Takes::Either),
+    ("root", Takes::Value),
+    ("rootfstype", Takes::Value),
+    ("rootflags", Takes::Value),
+    ("rootwait", Takes::Bare),
+    ("rootdelay", Takes::Value),
+    ("ro", Takes::Bare),
+    ("rw", Takes::Bare),
+    ("init", Takes::Value),
+    ("rdinit", Takes::Value),
+    ("initrd", Takes::Either),
+    ("noinitrd", Takes::Bare),
+    ("quiet", Takes::Either),
+    ("debug", Takes::Either),
+    ("loglevel", Takes::Either),
+    ("ignore_loglevel", Takes::Either),
+    ("log_buf_len", Takes::Either),
+    ("keep_bootcon", Takes::Either),
+    ("no_console_suspend", Takes::Either),
+    ("panic", Takes::Either),
+    ("panic_on_warn", Takes::Either),
+    ("pause_on_oops", Takes::Either),
+    ("oops", Takes::Either),
+    ("mem", Takes::Either),
+    ("maxcpus", Takes::Either),
+    ("nosmp", Takes::Either),
+    ("nr_cpus", Takes::Either),
+    ("initcall_debug", Takes::Either),
+    ("lpj", Takes::Value),
+    ("reboot", Takes::Value),
+    ("mitigations", Takes::Either),
     // Aliases of sysctls (fs/proc/proc_sysctl.c).
-    "hardlockup_all_cpu_backtrace",
-    "hung_task_panic",
-    "numa_zonelist_order",
-    "softlockup_all_cpu_backtrace",
+    ("hardlockup_all_cpu_backtrace", Takes::Either),
+    ("hung_task_panic", Takes::Either),
+    ("numa_zonelist_order", Takes::Either),
+    ("softlockup_all_cpu_backtrace", Takes::Either),
 ];
 
 /// What Linux passes to init from a command line: its extra arguments and
@@ -224,14 +235,21 @@ fn kernel_words(cmdline: &str) -> Vec<(String, Option<String>)> {
     out
 }
 
-/// Whether the kernel itself takes `name` (dashes and underscores are the
-/// same to it).
-fn kernel_takes(name: &str) -> bool {
+/// Whether the kernel itself takes `name` (with a value or bare; dashes
+/// and underscores are the same to it).
+fn kernel_takes(name: &str, with_value: bool) -> bool {
     let name = name.replace('-', "_");
     name.contains('.')
         || name.starts_with("BOOT_IMAGE")
         || name.starts_with("kexec")
-        || KERNEL_PARAMS.contains(&name.as_str())
+        || KERNEL_PARAMS.iter().any(|&(n, t)| {
+            n == name
+                && match t {
+                    Takes::Value => with_value,
+                    Takes::Bare => !with_value,
+                    Takes::Either => true,
+                }
+        })
 }
 
 /// The init arguments and environment variables Linux makes of `cmdline`,
@@ -242,8 +260,8 @@ pub fn init_words(cmdline: &str) -> InitWords {
     for (name, val) in words.by_ref() {
         match val {
             None if name == "--" => break,
-            None if !kernel_takes(&name) => w.arg(name),
-            Some(v) if !kernel_takes(&name) => {
+            None if !kernel_takes(&name, false) => w.arg(name),
+            Some(v) if !kernel_takes(&name, true) => {
                 let word = format!("{name}={v}");
                 w.env(&name, word)
             }
@@ -302,6 +320,11 @@ mod tests {
         assert_eq!(w.args, vec!["bare word"]);
         assert_eq!(init_words("  ").args.len(), 0);
         assert_eq!(init_words("hung-task-panic=1 BOOT_IMAGE=/x").envs.len(), 0);
+        // `__setup("root=")` takes only a value, `__setup("rootwait")` only
+        // a bare word: the other form reaches init.
+        let w = init_words("root=/dev/vda root rootwait rootwait=1 quiet quiet=1");
+        assert_eq!(w.args, vec!["root"]);
+        assert_eq!(w.envs, vec!["rootwait=1"]);
         // HOME and TERM are there already: setting them adds nothing.
         assert_eq!(
             init_words("HOME=/root TERM=vt100").envs,

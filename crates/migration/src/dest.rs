@@ -78,6 +78,19 @@ impl StrayLog {
         l.last = Some(Instant::now());
         eprintln!("godwit: dropped a connection from {peer}: {why}; still waiting{more}");
     }
+
+    /// Says how many were not shown, once the last line is old enough (or
+    /// at once with `now`: the listener stops).
+    fn flush(log: &Mutex<StrayLog>, now: bool) {
+        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+        if l.quiet > 0 && (now || l.last.is_some_and(|t| t.elapsed() >= STRAY_LOG_EVERY)) {
+            let n = std::mem::take(&mut l.quiet);
+            l.last = Some(Instant::now());
+            eprintln!(
+                "godwit: dropped {n} more connections that were not a migration; still waiting"
+            );
+        }
+    }
 }
 
 /// One handshake in progress, as the acceptor watches it.
@@ -176,6 +189,7 @@ fn accept_loop(
     let mut pending: Vec<Pending> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         readable(listener.as_raw_fd(), Duration::from_millis(50));
+        StrayLog::flush(strays, false);
         // Close handshakes past their time; forget finished ones.
         let now = Instant::now();
         pending.retain(|p| {
@@ -259,6 +273,7 @@ fn accept_loop(
             let _ = p.tcp.shutdown(std::net::Shutdown::Both);
         }
     }
+    StrayLog::flush(strays, true);
 }
 
 /// Waits for a source on `listener` and checks its handshake with `check`

@@ -6,7 +6,9 @@ mod receive;
 mod run;
 mod tlsgen;
 
-use godwit_bench::{cpu as cpubench, debian as debianbench, migration as bench, netload, testbed};
+use godwit_bench::{
+    cpu as cpubench, debian as debianbench, migration as bench, netload, soak, testbed,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +48,9 @@ enum Command {
     Bench(bench::Args),
     /// Load a guest's netserve (requests, a stream, ping); what its users felt.
     Netload(netload::Args),
+    /// Migrate one VM back and forth on loopback N times, every mode and
+    /// strategy, plain and TLS, checking it after every hop.
+    Soak(soak::Args),
 }
 
 fn main() {
@@ -61,6 +66,7 @@ fn main() {
         Command::Testbed(args) => testbed::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Netload(args) => netload::run(args),
+        Command::Soak(args) => soak::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

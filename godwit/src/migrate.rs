@@ -133,7 +133,12 @@ fn follow(c: &mut ControlClient, args: &Args) -> Result<i32> {
             last_line = Instant::now();
         }
         if started.elapsed() > Duration::from_secs(args.timeout) {
-            let _ = c.execute("migrate-cancel", Value::Null);
+            if let Err(e) = c.execute("migrate-cancel", Value::Null) {
+                bail!(
+                    "the migration took longer than {} s and cannot be cancelled: {e:#}",
+                    args.timeout
+                );
+            }
             bail!(
                 "the migration took longer than {} s; cancelled",
                 args.timeout

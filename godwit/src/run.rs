@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// code): slower, for comparison and debugging.
     #[arg(long)]
     interpreter: bool,
+    /// Seconds after boot by which a guest that has written nothing to its
+    /// console is reported on stderr as probably dead before its console
+    /// came up (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = runner::CONSOLE_WATCHDOG.as_secs())]
+    console_watchdog: u64,
 }
 
 /// Default vCPU count.
@@ -132,5 +137,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         boot,
         control: args.control,
         interpreter: args.interpreter,
+        console_watchdog: (args.console_watchdog > 0)
+            .then(|| std::time::Duration::from_secs(args.console_watchdog)),
     })
 }

@@ -82,3 +82,44 @@ fn restore_from_a_file_that_is_not_a_snapshot() {
     assert_eq!(code, Some(1));
     assert!(err.contains("not a Godwit snapshot"), "{err}");
 }
+
+/// More words than Linux passes to init (it panics before its console is
+/// up) are refused before the VM boots, naming the kernel's limit.
+#[test]
+fn too_many_init_words_are_refused_before_boot() {
+    guest_image();
+    let envs: Vec<String> = (0..32).map(|i| format!("w{i}=1")).collect();
+    // Bounded: without the check the guest hangs silently.
+    let bounded = |append: &str| {
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .args(["run", "--workload", "idle", "--append", append])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("spawn godwit");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let t = std::time::Instant::now();
+    let (code, err) = bounded(&envs.join(" "));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("MAX_INIT_ENVS = 32") && err.contains("at `w31=1`"),
+        "{err}"
+    );
+    let args: Vec<String> = (0..33).map(|i| format!("a{i}")).collect();
+    let (code, err) = bounded(&args.join(" "));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("MAX_INIT_ARGS = 32") && err.contains("at `a32`"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}

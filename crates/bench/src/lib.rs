@@ -11,6 +11,8 @@
 //! - [`netload`]: load on a guest's netserve and what its users felt
 //!   (answers lost or wrong, response times, client-observed downtime).
 //! - [`testbed`]: two "hosts" in network namespaces joined by a shaped link.
+//! - [`soak`]: one VM migrated back and forth many times, checked after
+//!   every hop (`godwit soak`).
 //! - [`stats`]: the statistics every table uses, defined once.
 
 pub mod cpu;
@@ -18,5 +20,6 @@ pub mod debian;
 pub mod migration;
 pub mod netload;
 pub mod qemu;
+pub mod soak;
 pub mod stats;
 pub mod testbed;

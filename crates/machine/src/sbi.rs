@@ -78,8 +78,8 @@ pub trait SbiHarts {
 pub enum ResetRequest {
     /// Power off; `failure` when the guest gave "system failure" as reason.
     Shutdown { failure: bool },
-    /// Cold or warm reboot.
-    Reboot,
+    /// Cold or warm reboot; `failure` as for `Shutdown`.
+    Reboot { failure: bool },
 }
 
 /// Handles the SBI call the hart stopped at; `Some` when the guest asked
@@ -161,7 +161,7 @@ pub fn handle(
         EXT_SRST if fid == 0 => {
             let req = match a0 {
                 0 => Some(ResetRequest::Shutdown { failure: a1 == 1 }),
-                1 | 2 => Some(ResetRequest::Reboot),
+                1 | 2 => Some(ResetRequest::Reboot { failure: a1 == 1 }),
                 _ => None,
             };
             match req {

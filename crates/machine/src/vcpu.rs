@@ -241,6 +241,39 @@ impl Drop for Stopped<'_> {
     }
 }
 
+/// Asks every vCPU to stop and waits at most `limit` until all are out;
+/// returns the harts still in (a vCPU blocked inside a guest memory access,
+/// e.g. on a post-copy page that has not arrived, cannot be out). Those
+/// stop at their next instruction boundary as long as a stop or a pause is
+/// in force; this one ends when it returns.
+pub(crate) fn stop_harts_within(shared: &Shared, limit: Duration) -> (Duration, Vec<usize>) {
+    let t = Instant::now();
+    shared.ctl.stops.fetch_add(1, SeqCst);
+    for sig in &shared.sigs {
+        sig.kick();
+    }
+    let running = || -> Vec<usize> {
+        (0..shared.sigs.len())
+            .filter(|&i| shared.sigs[i].running.load(SeqCst))
+            .collect()
+    };
+    let mut g = lock(&shared.acks);
+    let mut left = running();
+    while !left.is_empty() && t.elapsed() < limit {
+        g = shared
+            .acks_cv
+            .wait_timeout(g, Duration::from_millis(1))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+        left = running();
+    }
+    drop(g);
+    let latency = t.elapsed();
+    shared.ctl.stops.fetch_sub(1, SeqCst);
+    shared.wake_parked();
+    (latency, left)
+}
+
 /// Stops every vCPU and takes its hart. The latency is the time until the
 /// last one was out.
 pub(crate) fn stop_harts(shared: &Shared) -> Stopped<'_> {
@@ -348,8 +381,9 @@ fn run_hart(shared: &Shared, hart: &mut Hart, id: usize) -> Out {
                         shared.devices.flush_console();
                         shared.set_exit(match req {
                             ResetRequest::Shutdown { failure: false } => GuestExit::PowerOff,
-                            ResetRequest::Shutdown { failure: true } => GuestExit::Failure,
-                            ResetRequest::Reboot => GuestExit::Reboot,
+                            ResetRequest::Shutdown { failure: true }
+                            | ResetRequest::Reboot { failure: true } => GuestExit::Failure,
+                            ResetRequest::Reboot { failure: false } => GuestExit::Reboot,
                         });
                         return Out::Exit;
                     }

@@ -18,7 +18,7 @@ use crate::error::{RestoreError, VmError};
 use crate::host::{self, HostDevice};
 use crate::layout::*;
 use crate::state::{HartRun, SavedHart, VmState};
-use crate::vcpu::{stop_harts, vcpu_main, HartSignal, Stopped};
+use crate::vcpu::{stop_harts, stop_harts_within, vcpu_main, HartSignal, Stopped};
 use crate::worker::{worker_main, WorkerSignal, Workers};
 use crate::{fdt, loader};
 use godwit_devices::{Balloon, Clint, Plic, Uart16550, VirtioMmio};
@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 pub enum GuestExit {
     /// The guest powered off.
     PowerOff,
-    /// The guest powered off giving "system failure" as the reason.
+    /// The guest ended giving "system failure" as the reason: an SBI
+    /// system reset (shutdown or reboot) with reason 1, or the test
+    /// finisher's failure code.
     Failure,
     /// The guest asked for a reboot (Godwit ends the VM instead).
     Reboot,
@@ -51,6 +53,18 @@ impl GuestExit {
             GuestExit::PowerOff | GuestExit::Quit => 0,
             GuestExit::Failure => 1,
             GuestExit::Reboot => 3,
+        }
+    }
+
+    /// What happened, in words, for the VMM's last message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GuestExit::PowerOff => "the guest powered off",
+            GuestExit::Failure => {
+                "the guest ended reporting a system failure (SBI system reset with reason \"system failure\", or the test finisher's failure code)"
+            }
+            GuestExit::Reboot => "the guest asked for a reboot (Godwit ends the VM instead)",
+            GuestExit::Quit => "the VMM was told to quit",
         }
     }
 }
@@ -624,6 +638,17 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// What [`VmHandle::pause_within`] achieved.
+#[derive(Debug, Clone)]
+pub struct PauseOutcome {
+    /// Until the last vCPU was out (or the limit).
+    pub latency: Duration,
+    /// vCPUs still inside an instruction (they stop when it completes).
+    pub vcpus: Vec<usize>,
+    /// Device slots whose thread is still busy.
+    pub devices: Vec<usize>,
+}
+
 /// A handle on a VM for other threads.
 #[derive(Clone)]
 pub struct VmHandle {
@@ -697,6 +722,30 @@ impl VmHandle {
         self.shared.worker_ctl.quiesce(&self.shared);
         self.shared.devices.flush_console();
         Ok(latency)
+    }
+
+    /// [`pause`](Self::pause) that waits at most `limit` for the vCPUs and
+    /// then as long again for the device threads. The VM is paused either
+    /// way: a vCPU or device thread still inside a guest memory access (a
+    /// post-copy page that has not arrived) stops as soon as it is done.
+    pub fn pause_within(&self, limit: Duration) -> Result<PauseOutcome, VmGone> {
+        if self.shared.exited() {
+            return Err(VmGone);
+        }
+        self.shared.ctl.paused.store(true, SeqCst);
+        let (latency, vcpus) = stop_harts_within(&self.shared, limit);
+        let devices = self
+            .shared
+            .worker_ctl
+            .quiesce_within(&self.shared, Some(limit));
+        if vcpus.is_empty() && devices.is_empty() {
+            self.shared.devices.flush_console();
+        }
+        Ok(PauseOutcome {
+            latency,
+            vcpus,
+            devices,
+        })
     }
 
     /// Resumes a paused VM: devices first, then the vCPUs.

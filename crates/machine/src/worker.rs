@@ -95,14 +95,26 @@ impl Workers {
     /// Stops every device thread after the cycle it is in; returns once all
     /// are idle.
     pub fn quiesce(&self, shared: &Shared) {
+        self.quiesce_within(shared, None);
+    }
+
+    /// [`quiesce`](Self::quiesce), waiting at most `limit`; returns the
+    /// slots whose thread is still busy (it stops when its work is done).
+    pub fn quiesce_within(&self, shared: &Shared, limit: Option<Duration>) -> Vec<usize> {
+        let t = std::time::Instant::now();
         let gen = self.gen.fetch_add(1, SeqCst) + 1;
         self.paused.store(true, SeqCst);
         for w in &shared.workers {
             w.wake.signal();
         }
-        for w in &shared.workers {
+        let mut busy = Vec::new();
+        for (slot, w) in shared.workers.iter().enumerate() {
             let mut idle = lock(&w.idle);
             while *idle < gen && !self.quit.load(SeqCst) {
+                if limit.is_some_and(|l| t.elapsed() >= l) {
+                    busy.push(slot);
+                    break;
+                }
                 idle = w
                     .idle_cv
                     .wait_timeout(idle, Duration::from_millis(50))
@@ -110,6 +122,7 @@ impl Workers {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
         }
+        busy
     }
 
     /// Lets the device threads run again.

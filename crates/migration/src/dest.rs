@@ -6,22 +6,30 @@ use crate::stats::latency_summary;
 use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{unix_ns, DestVm};
+use crate::{unix_ns, DestVm, Status};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{AtomicBitmap, GuestRam};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long to wait for the source at any step before giving up.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections that do not speak the protocol are dropped; after this many
-/// `accept` gives up.
-const MAX_STRAY: usize = 16;
+/// Time a connection has, from `accept`, to finish its TLS handshake and
+/// send its `Hello`; it is closed after that.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once (each on its own thread); a connection
+/// beyond that is closed at once.
+const MAX_HANDSHAKES: usize = 8;
+/// Handshaken connections waiting to be looked at; more are closed.
+const MAX_WAITING: usize = 4;
+/// At most one log line per this about connections that are not a
+/// migration (the rest are counted into the next line).
+const STRAY_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// An accepted incoming migration: the handshake is done, the VM not built.
 pub struct Incoming {
@@ -29,12 +37,11 @@ pub struct Incoming {
     main: Arc<Conn>,
     fault: Arc<Conn>,
     /// Kept for post-copy recovery: a source whose link broke reconnects.
-    listener: TcpListener,
-    sec: Security,
+    gate: Gate,
 }
 
 fn read_hello(s: &Conn) -> Result<Hello> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(HANDSHAKE_LIMIT))?;
     let mut r = s;
     match wire::recv(&mut r, 0)? {
         Msg::Hello(h) => Ok(h),
@@ -42,41 +49,263 @@ fn read_hello(s: &Conn) -> Result<Hello> {
     }
 }
 
+/// A connection that finished its handshake and said `Hello`.
+struct Arrival {
+    conn: Conn,
+    hello: Hello,
+    peer: SocketAddr,
+}
+
+/// Logs connections that are not a migration, at most one line per
+/// [`STRAY_LOG_EVERY`]; they cost nothing else.
+#[derive(Default)]
+struct StrayLog {
+    last: Option<Instant>,
+    quiet: u64,
+}
+
+impl StrayLog {
+    fn note(log: &Mutex<StrayLog>, peer: SocketAddr, why: &str) {
+        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+        if l.last.is_some_and(|t| t.elapsed() < STRAY_LOG_EVERY) {
+            l.quiet += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut l.quiet) {
+            0 => String::new(),
+            n => format!(" ({n} more not shown since the last such line)"),
+        };
+        l.last = Some(Instant::now());
+        eprintln!("godwit: dropped a connection from {peer}: {why}; still waiting{more}");
+    }
+
+    /// Says how many were not shown, once the last line is old enough (or
+    /// at once with `now`: the listener stops).
+    fn flush(log: &Mutex<StrayLog>, now: bool) {
+        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+        if l.quiet > 0 && (now || l.last.is_some_and(|t| t.elapsed() >= STRAY_LOG_EVERY)) {
+            let n = std::mem::take(&mut l.quiet);
+            l.last = Some(Instant::now());
+            eprintln!(
+                "godwit: dropped {n} more connections that were not a migration; still waiting"
+            );
+        }
+    }
+}
+
+/// One handshake in progress, as the acceptor watches it.
+struct Pending {
+    deadline: Instant,
+    tcp: TcpStream,
+    /// `Some(true)` once handed on, `Some(false)` once timed out.
+    state: Arc<Mutex<Option<bool>>>,
+}
+
+/// The listening side of a destination: a thread accepts connections and
+/// runs each one's TLS handshake and `Hello` on a thread of its own (at
+/// most [`MAX_HANDSHAKES`] at once, each closed after [`HANDSHAKE_LIMIT`]),
+/// so a silent or hostile peer delays nobody; connections that said
+/// `Hello` are handed to whoever waits in [`Gate::next`]. Dropping it stops
+/// accepting and closes the handshakes still in progress.
+struct Gate {
+    rx: Mutex<mpsc::Receiver<Arrival>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    strays: Arc<Mutex<StrayLog>>,
+}
+
+/// Waits until `fd` is readable or `limit` passed.
+fn readable(fd: std::os::fd::RawFd, limit: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the whole call.
+    unsafe { libc::poll(&mut p, 1, limit.as_millis().min(i32::MAX as u128) as i32) > 0 }
+}
+
+impl Gate {
+    fn open(listener: &TcpListener, sec: &Security) -> Result<Gate> {
+        let listener = listener.try_clone()?;
+        listener.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::sync_channel(MAX_WAITING);
+        let stop = Arc::new(AtomicBool::new(false));
+        let strays = Arc::new(Mutex::new(StrayLog::default()));
+        let thread = {
+            let (stop, strays, sec) = (stop.clone(), strays.clone(), sec.clone());
+            std::thread::Builder::new()
+                .name("migration-accept".into())
+                .spawn(move || accept_loop(&listener, &sec, &tx, &stop, &strays))
+                .context("cannot start the migration accept thread")?
+        };
+        Ok(Gate {
+            rx: Mutex::new(rx),
+            stop,
+            thread: Some(thread),
+            strays,
+        })
+    }
+
+    /// The next connection that said `Hello`, waiting at most `limit`
+    /// (`None`: for ever); `Ok(None)` when the time is up.
+    fn next(&self, limit: Option<Duration>) -> Result<Option<Arrival>> {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let r = match limit {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d),
+        };
+        match r {
+            Ok(a) => Ok(Some(a)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the migration listener stopped accepting connections")
+            }
+        }
+    }
+
+    fn stray(&self, peer: SocketAddr, why: &str) {
+        StrayLog::note(&self.strays, peer, why);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    sec: &Security,
+    tx: &mpsc::SyncSender<Arrival>,
+    stop: &AtomicBool,
+    strays: &Arc<Mutex<StrayLog>>,
+) {
+    use std::os::fd::AsRawFd;
+    let mut pending: Vec<Pending> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        readable(listener.as_raw_fd(), Duration::from_millis(50));
+        StrayLog::flush(strays, false);
+        // Close handshakes past their time; forget finished ones.
+        let now = Instant::now();
+        pending.retain(|p| {
+            let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.is_some() {
+                return false;
+            }
+            if now >= p.deadline {
+                *st = Some(false);
+                let _ = p.tcp.shutdown(std::net::Shutdown::Both);
+                return false;
+            }
+            true
+        });
+        loop {
+            let (tcp, peer) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // E.g. out of descriptors: do not spin.
+                    eprintln!("godwit: accepting a migration connection failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            };
+            if pending.len() >= MAX_HANDSHAKES {
+                StrayLog::note(
+                    strays,
+                    peer,
+                    &format!("{MAX_HANDSHAKES} handshakes are in progress already"),
+                );
+                continue;
+            }
+            let Ok(watch) = tcp.try_clone() else {
+                continue;
+            };
+            let state = Arc::new(Mutex::new(None));
+            pending.push(Pending {
+                deadline: Instant::now() + HANDSHAKE_LIMIT,
+                tcp: watch,
+                state: state.clone(),
+            });
+            let (tx, sec, log) = (tx.clone(), sec.clone(), strays.clone());
+            let spawned = std::thread::Builder::new()
+                .name("migration-handshake".into())
+                .spawn(move || {
+                    let r = tcp
+                        .set_nonblocking(false)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| Conn::server(tcp, &sec))
+                        .and_then(|c| read_hello(&c).map(|h| (c, h)));
+                    let timed_out = {
+                        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                        let t = *st == Some(false);
+                        *st = Some(true);
+                        t
+                    };
+                    match r {
+                        _ if timed_out => StrayLog::note(
+                            &log,
+                            peer,
+                            &format!("no handshake within {HANDSHAKE_LIMIT:?}"),
+                        ),
+                        Ok((conn, hello)) => {
+                            if tx.try_send(Arrival { conn, hello, peer }).is_err() {
+                                StrayLog::note(&log, peer, "too many connections waiting");
+                            }
+                        }
+                        Err(e) => StrayLog::note(&log, peer, &format!("{e:#}")),
+                    }
+                });
+            if spawned.is_err() {
+                StrayLog::note(strays, peer, "cannot start a handshake thread");
+            }
+        }
+    }
+    for p in pending {
+        let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.is_none() {
+            let _ = p.tcp.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    StrayLog::flush(strays, true);
+}
+
 /// Waits for a source on `listener` and checks its handshake with `check`
 /// (plus the protocol version and page size). A refusal is sent to the
-/// source with the reason and returned as an error here too.
+/// source with the reason and returned as an error here too. Connections
+/// that are not a migration (no TLS identity from our CA, no `Hello`, a
+/// fault channel of no migration) are dropped and logged, and the wait goes
+/// on.
+/// `stop` ends the wait (an error) when it turns true.
 pub fn accept(
     listener: &TcpListener,
     sec: &Security,
+    stop: &dyn Fn() -> bool,
     check: impl Fn(&Hello) -> Result<(), String>,
 ) -> Result<Incoming> {
-    let mut strays = 0;
+    let gate = Gate::open(listener, sec)?;
     loop {
-        let (tcp, peer) = listener.accept().context("accepting a migration")?;
-        let main = match Conn::server(tcp, sec) {
-            Ok(c) => c,
-            Err(e) => {
-                // Unauthenticated peers are refused and logged; we go on
-                // waiting for the real source (bounded).
-                strays += 1;
-                eprintln!("godwit: refused a connection from {peer}: {e:#}");
-                if strays >= MAX_STRAY {
-                    bail!("{MAX_STRAY} refused connections; giving up (last: {e:#})");
-                }
-                continue;
-            }
+        if stop() {
+            bail!("stopped waiting for a migration");
+        }
+        let Some(Arrival {
+            conn: main,
+            hello,
+            peer,
+        }) = gate.next(Some(Duration::from_millis(100)))?
+        else {
+            continue;
         };
-        let hello = match read_hello(&main) {
-            Ok(h) if h.channel == Channel::Main => h,
-            Ok(_) | Err(_) => {
-                strays += 1;
-                eprintln!("godwit: ignored a connection from {peer} that is not a migration");
-                if strays >= MAX_STRAY {
-                    bail!("{MAX_STRAY} connections that are not migrations; giving up");
-                }
-                continue;
-            }
-        };
+        if hello.channel != Channel::Main {
+            gate.stray(peer, "a fault connection of no migration");
+            continue;
+        }
         let verdict = if hello.version != wire::VERSION {
             Err(format!(
                 "protocol version {} (this destination speaks version {})",
@@ -96,30 +325,36 @@ pub fn accept(
             bail!("refused a migration from {peer}: {why}");
         }
         wire::send(&mut &main, &Msg::Accept)?;
-        let fault = accept_fault(listener, sec, hello.session, &main)?;
+        let fault = accept_fault(&gate, hello.session, &main)?;
         return Ok(Incoming {
             hello,
             main: Arc::new(main),
             fault: Arc::new(fault),
-            listener: listener.try_clone()?,
-            sec: sec.clone(),
+            gate,
         });
     }
 }
 
-/// After the main connection of `session` was accepted: accepts its fault
-/// connection and sets both up for the transfer.
-fn accept_fault(listener: &TcpListener, sec: &Security, session: u64, main: &Conn) -> Result<Conn> {
-    let (tcp, peer) = accept_within(listener, Duration::from_secs(10))?;
-    let fault = Conn::server(tcp, sec)?;
-    let fh = read_hello(&fault)?;
-    if fh.channel != Channel::Fault || fh.session != session {
+/// After the main connection of `session` was accepted: waits for its fault
+/// connection (other migrations meanwhile are refused) and sets both up for
+/// the transfer.
+fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
+    let limit = Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let fault = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(a) = gate.next(Some(left))? else {
+            bail!("the source did not open its fault connection within {limit:?}");
+        };
+        if a.hello.channel == Channel::Fault && a.hello.session == session {
+            break a.conn;
+        }
         let _ = wire::send(
-            &mut &fault,
-            &Msg::Refuse("not the fault channel of this migration".into()),
+            &mut &a.conn,
+            &Msg::Refuse("this destination is receiving another migration".into()),
         );
-        bail!("the second connection from {peer} is not this migration's fault channel");
-    }
+        gate.stray(a.peer, "another migration while one is being set up");
+    };
     wire::send(&mut &fault, &Msg::Accept)?;
     for s in [main, &fault] {
         s.tcp().set_nodelay(true)?;
@@ -129,27 +364,18 @@ fn accept_fault(listener: &TcpListener, sec: &Security, session: u64, main: &Con
     Ok(fault)
 }
 
-fn accept_within(
-    listener: &TcpListener,
-    limit: Duration,
-) -> Result<(TcpStream, std::net::SocketAddr)> {
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match listener.accept() {
-            Ok((s, a)) => {
-                listener.set_nonblocking(false)?;
-                s.set_nonblocking(false)?;
-                return Ok((s, a));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    listener.set_nonblocking(false)?;
-                    bail!("the source did not open its fault connection within {limit:?}");
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e).context("accepting the fault connection"),
+/// The connections of the current link, so that the operator's `quit` can
+/// break whatever the engine is waiting on.
+struct Links(Mutex<Vec<Arc<Conn>>>);
+
+impl Links {
+    fn set(&self, conns: Vec<Arc<Conn>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = conns;
+    }
+
+    fn shutdown(&self) {
+        for c in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            c.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -161,6 +387,7 @@ pub struct Received {
 
 /// Shared state of post-copy receipt.
 struct Post<'a> {
+    vm: &'a dyn DestVm,
     ram: &'a GuestRam,
     resolver: Resolver,
     pending: AtomicBitmap,
@@ -296,6 +523,13 @@ impl Post<'_> {
                 self.resolver.zeropage(off)?;
             }
         }
+        if self.vm.aborted() {
+            // The operator ended the VM: vCPUs blocked on pages that never
+            // came stay blocked until the process exits, rather than run
+            // on zero pages (closing or unregistering would wake them).
+            std::mem::forget(uffd);
+            return Ok(());
+        }
         uffd.unregister()
             .context("cannot unregister guest RAM from userfaultfd")?;
         Ok(())
@@ -310,6 +544,44 @@ impl Incoming {
     pub fn run(
         self,
         vm: &dyn DestVm,
+        after_window: Duration,
+        guest: &dyn Fn(u128, u128) -> Value,
+    ) -> Result<Received> {
+        vm.set_status(Status::Active);
+        let links = Links(Mutex::new(vec![self.main.clone(), self.fault.clone()]));
+        let done = AtomicBool::new(false);
+        let r = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // The operator's `quit` ends whatever the engine waits for.
+                while !done.load(Ordering::Acquire) {
+                    if vm.aborted() {
+                        links.shutdown();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let r = self.receive(vm, &links, after_window, guest);
+            done.store(true, Ordering::Release);
+            r
+        });
+        let r = r.map_err(|e| {
+            if vm.aborted() {
+                e.context("the destination's operator ended the migration (quit)")
+            } else {
+                e
+            }
+        });
+        if r.is_err() {
+            vm.set_status(Status::Failed);
+        }
+        r
+    }
+
+    fn receive(
+        self,
+        vm: &dyn DestVm,
+        links: &Links,
         after_window: Duration,
         guest: &dyn Fn(u128, u128) -> Value,
     ) -> Result<Received> {
@@ -344,11 +616,13 @@ impl Incoming {
                 }
                 Msg::RoundEnd(n) => rounds = n,
                 Msg::State(state) => {
+                    vm.set_status(Status::Device);
                     vm.load_state(&state).context("cannot load the VM state")?;
                     wire::send(&mut &*main, &Msg::Ready)?;
                     wait_go(vm, main, pages)?;
                     vm.resume()?;
                     let resumed = unix_ns();
+                    vm.set_status(Status::Completed);
                     wire::send(&mut &*main, &Msg::Complete)?;
                     std::thread::sleep(after_window);
                     let report = json!({
@@ -363,11 +637,12 @@ impl Incoming {
                     return Ok(Received { report });
                 }
                 Msg::Switch { state, pending } => {
+                    vm.set_status(Status::Device);
                     return postcopy(
                         vm,
                         &ram,
                         (self.main.clone(), self.fault.clone()),
-                        (&self.listener, &self.sec, self.hello.session),
+                        (&self.gate, self.hello.session, links),
                         have,
                         state,
                         pending,
@@ -413,7 +688,7 @@ fn postcopy(
     vm: &dyn DestVm,
     ram: &GuestRam,
     first: (Arc<Conn>, Arc<Conn>),
-    (listener, sec, session): (&TcpListener, &Security, u64),
+    (gate, session, links): (&Gate, u64, &Links),
     have: AtomicBitmap,
     state: Vec<u8>,
     pending_words: Vec<u64>,
@@ -438,6 +713,7 @@ fn postcopy(
     vm.load_state(&state).context("cannot load the VM state")?;
     let pending_count = pending.count();
     let post = Post {
+        vm,
         ram,
         resolver: uffd.resolver(),
         pending,
@@ -463,6 +739,7 @@ fn postcopy(
     wire::send(&mut &*main, &Msg::Ready)?;
     wait_go(vm, main, pages)?;
     vm.set_dirty_logging(true)?;
+    vm.set_status(Status::PostcopyActive);
     let t_go = Instant::now();
     let mut recoveries = 0u64;
     // Demand requests must have somewhere to go before the guest can fault:
@@ -538,6 +815,16 @@ fn postcopy(
                 let _ = replies.join();
                 break Err(anyhow!("post-copy failed at the destination: {why}"));
             }
+            if vm.aborted() {
+                f.shutdown(std::net::Shutdown::Both);
+                let _ = replies.join();
+                break Err(anyhow!(
+                    "post-copy ended with {} of {} pages here; the VM is lost at the destination",
+                    post.received_count.load(Ordering::Acquire),
+                    post.pending_count
+                ));
+            }
+            vm.set_status(Status::PostcopyPaused);
             // The link broke: keep every page and the guest (it blocks only
             // on pages it does not have) and wait for the source to return.
             post.link_lost();
@@ -553,10 +840,12 @@ fn postcopy(
                 post.received_count.load(Ordering::Acquire),
                 post.pending_count
             );
-            match accept_resume(listener, sec, session, &post) {
+            match accept_resume(gate, session, &post) {
                 Ok(l) => {
                     recoveries += 1;
                     eprintln!("godwit: post-copy resumed");
+                    links.set(vec![l.0.clone(), l.1.clone()]);
+                    vm.set_status(Status::PostcopyActive);
                     link = l;
                 }
                 Err(e) => break Err(e),
@@ -585,6 +874,7 @@ fn postcopy(
             hits += 1;
         }
     }
+    vm.set_status(Status::Completed);
     wire::send(&mut &*main, &Msg::Complete)?;
     std::thread::sleep(after_window);
     let lat = post
@@ -633,6 +923,9 @@ fn wait_all_in(post: &Post) -> Result<()> {
         if post.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
             bail!("post-copy failed");
         }
+        if post.vm.aborted() {
+            bail!("the operator ended the migration");
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("no page from the source for {PEER_TIMEOUT:?}");
@@ -646,34 +939,27 @@ fn wait_all_in(post: &Post) -> Result<()> {
 
 /// Accepts the source of this session back after a broken link and tells
 /// it which pages are already here.
-fn accept_resume(
-    listener: &TcpListener,
-    sec: &Security,
-    session: u64,
-    post: &Post,
-) -> Result<(Arc<Conn>, Arc<Conn>)> {
+fn accept_resume(gate: &Gate, session: u64, post: &Post) -> Result<(Arc<Conn>, Arc<Conn>)> {
     loop {
-        let (tcp, peer) = listener.accept().context("accepting the source again")?;
-        let main = match Conn::server(tcp, sec) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("godwit: refused a connection from {peer}: {e:#}");
-                continue;
-            }
-        };
-        match read_hello(&main) {
-            Ok(h) if h.resume && h.session == session && h.channel == Channel::Main => {}
-            Ok(_) => {
-                let _ = wire::send(
-                    &mut &main,
-                    &Msg::Refuse("this destination is finishing another migration".into()),
-                );
-                continue;
-            }
-            Err(_) => continue,
+        if post.vm.aborted() {
+            bail!("no source came back before the operator ended the migration");
         }
+        let Some(a) = gate.next(Some(Duration::from_millis(100)))? else {
+            continue;
+        };
+        let h = &a.hello;
+        if !(h.resume && h.session == session && h.channel == Channel::Main) {
+            let _ = wire::send(
+                &mut &a.conn,
+                &Msg::Refuse("this destination is finishing another migration".into()),
+            );
+            gate.stray(a.peer, "not the source of the migration in progress");
+            continue;
+        }
+        let main = a.conn;
+        post.vm.set_status(Status::PostcopyRecover);
         wire::send(&mut &main, &Msg::Accept)?;
-        let fault = accept_fault(listener, sec, session, &main)?;
+        let fault = accept_fault(gate, session, &main)?;
         wire::send(&mut &main, &Msg::Resume(post.received.snapshot()))?;
         return Ok((Arc::new(main), Arc::new(fault)));
     }

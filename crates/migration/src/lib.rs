@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use prepaging::Strategy;
-pub use stats::{Progress, Report, Status};
+pub use stats::{Committed, Progress, Report, Status};
 pub use transport::Security;
 
 /// The source VM, as the engine needs it. All methods are called from the
@@ -92,6 +92,15 @@ pub trait DestVm: Send + Sync {
     fn deliver_host_frames(&self, frames: Vec<(u16, Vec<u8>)>) -> anyhow::Result<()> {
         let _ = frames;
         Ok(())
+    }
+    /// Where the incoming migration is, for `query-migrate` at the
+    /// destination (`active`, `device`, `postcopy-active`,
+    /// `postcopy-paused`, `postcopy-recover`, `completed`, `failed`).
+    fn set_status(&self, _status: Status) {}
+    /// Whether the destination's operator ended the migration (`quit`): the
+    /// engine then gives up at once, whatever it was waiting for.
+    fn aborted(&self) -> bool {
+        false
     }
 }
 

@@ -393,7 +393,7 @@ impl Session<'_> {
                 Msg::Ready => {}
                 m => bail!("the destination sent {} instead of Ready", m.name()),
             }
-            if self.progress.cancel.load(Ordering::Relaxed) {
+            if !self.progress.commit() {
                 bail!("cancelled");
             }
             self.hand_over_frames(&mut out)?;
@@ -547,7 +547,7 @@ impl Session<'_> {
             Msg::Ready => {}
             m => bail!("the destination sent {} instead of Ready", m.name()),
         }
-        if progress.cancel.load(Ordering::Relaxed) {
+        if !progress.commit() {
             bail!("cancelled");
         }
         self.hand_over_frames(out)?;

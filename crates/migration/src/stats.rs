@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Where a migration stands (`query-migrate`'s `status`, QEMU's names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
+    #[default]
     None,
     Setup,
     Active,
@@ -76,8 +77,11 @@ pub struct Progress {
     pub bytes_sent: AtomicU64,
     pub rounds: AtomicU64,
     pub dirty_last_round: AtomicU64,
-    /// Set by `migrate-cancel`.
+    /// Set by `migrate-cancel` ([`Progress::request_cancel`]).
     pub cancel: AtomicBool,
+    /// Past the commit point (`Go` sent): only the destination may run the
+    /// VM now, and a cancel is refused. Taken with `cancel` under this lock.
+    committed: Mutex<bool>,
     /// Set by `migrate-start-postcopy`.
     pub start_postcopy: AtomicBool,
     /// Set by `migrate --resume`: where to reconnect a paused post-copy.
@@ -89,6 +93,10 @@ pub struct Progress {
     /// `MIGRATION` event).
     on_status: Mutex<Option<StatusHook>>,
 }
+
+/// A cancel refused: the migration passed its commit point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed;
 
 /// What [`Progress::set_on_status`] takes.
 pub type StatusHook = Box<dyn Fn(Status) + Send>;
@@ -110,12 +118,40 @@ impl Progress {
             rounds: AtomicU64::new(0),
             dirty_last_round: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
+            committed: Mutex::new(false),
             start_postcopy: AtomicBool::new(false),
             resume_to: Mutex::new(None),
             recoveries: AtomicU64::new(0),
             error: Mutex::new(None),
             on_status: Mutex::new(None),
         }
+    }
+
+    /// `migrate-cancel`: stops the migration at its next step, unless it
+    /// has passed its commit point (then `Err`, and nothing changes).
+    pub fn request_cancel(&self) -> Result<(), Committed> {
+        let c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if *c {
+            return Err(Committed);
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The commit point: `false` if a cancel came first (the migration
+    /// must stop), else from now on cancels are refused.
+    pub fn commit(&self) -> bool {
+        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if self.cancel.load(Ordering::SeqCst) {
+            return false;
+        }
+        *c = true;
+        true
+    }
+
+    /// Whether the migration passed its commit point.
+    pub fn is_committed(&self) -> bool {
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Calls `f` with every status the migration enters from now on.
@@ -282,4 +318,24 @@ pub fn latency_summary(mut v: Vec<f64>) -> (f64, f64, f64) {
         percentile(&v, 0.99),
         v.last().copied().unwrap_or(0.0),
     )
+}
+
+#[cfg(test)]
+mod cancel_tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_and_the_commit_point_exclude_each_other() {
+        let p = Progress::new();
+        assert!(p.request_cancel().is_ok());
+        assert!(!p.commit(), "cancelled before the commit point");
+        assert!(!p.is_committed());
+        let p = Progress::new();
+        assert!(p.commit());
+        assert_eq!(p.request_cancel(), Err(Committed));
+        assert!(
+            !p.cancel.load(Ordering::SeqCst),
+            "a refused cancel changes nothing"
+        );
+    }
 }

@@ -8,6 +8,7 @@ use godwit_migration::unix_ns;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Heartbeats kept (10 minutes at the default 100 ms period, twice over).
@@ -50,6 +51,8 @@ pub struct ConsoleTee<W: Write> {
     out: W,
     line: Vec<u8>,
     beats: Heartbeats,
+    /// Set at the guest's first byte (for the silent-guest watchdog).
+    spoke: Option<Arc<AtomicBool>>,
 }
 
 impl<W: Write> ConsoleTee<W> {
@@ -58,7 +61,14 @@ impl<W: Write> ConsoleTee<W> {
             out,
             line: Vec::new(),
             beats,
+            spoke: None,
         }
+    }
+
+    /// Also sets `spoke` when the guest writes its first byte.
+    pub fn noting_output(mut self, spoke: Arc<AtomicBool>) -> Self {
+        self.spoke = Some(spoke);
+        self
     }
 
     fn end_line(&mut self) {
@@ -78,6 +88,9 @@ impl<W: Write> ConsoleTee<W> {
 
 impl<W: Write> Write for ConsoleTee<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(s) = self.spoke.take() {
+            s.store(true, Ordering::Release);
+        }
         for &b in buf {
             if b == b'\n' {
                 self.end_line();

@@ -7,6 +7,7 @@
 //! `userfaultfd`), and the state then *constructs* the VM
 //! ([`Vm::restore`]), which starts paused until the engine resumes it.
 
+use crate::commands::Command;
 use crate::console::{self, ConsoleTee, Heartbeats};
 use crate::control::{CommandError, ControlServer, ControlTarget, ErrorClass};
 use crate::drive::{expected_devices, open_images, DriveSpec};
@@ -18,10 +19,11 @@ use godwit_machine::layout::RAM_BASE;
 use godwit_machine::tap::Tap;
 use godwit_machine::{BoardConfig, DeviceConfig, RunOutcome, Vm, VmHandle, VmState};
 use godwit_memory::GuestRam;
-use godwit_migration::{dest, DestVm, Security};
+use godwit_migration::{dest, DestVm, Security, Status};
 use serde_json::{json, Map, Value};
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -139,6 +141,18 @@ impl DestVm for VmDest {
     fn deliver_host_frames(&self, frames: Vec<(u16, Vec<u8>)>) -> Result<()> {
         crate::netdev::deliver_frames(&self.handle()?, frames)
     }
+    fn set_status(&self, status: Status) {
+        *self
+            .control
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = status;
+        self.control
+            .emit("MIGRATION", json!({ "status": status.as_str() }));
+    }
+    fn aborted(&self) -> bool {
+        self.control.quit.load(Ordering::SeqCst)
+    }
 }
 
 /// After the VM resumed here: the network must learn where its MACs are
@@ -185,11 +199,35 @@ fn announce(vm: &VmHandle, taps: &[Tap]) {
 }
 
 /// The destination's control target: before the VM exists it answers
-/// `query-status` (`inmigrate`, as QEMU); then the VM's commands.
+/// `query-status` (`inmigrate`, as QEMU); then the VM's commands. Until
+/// the incoming migration completes only those that cannot block on guest
+/// memory still to arrive run (queries, `stop`, `cont`, `quit`); the
+/// others are refused, saying why. `query-migrate` shows the incoming
+/// migration's state (until the VM starts one of its own), and `quit` ends
+/// the VMM in every state.
 #[derive(Default)]
 pub struct DestControl {
     vm: Mutex<Option<Arc<VmControl>>>,
     events: Mutex<Option<crate::control::EventSender>>,
+    /// The incoming migration's state.
+    status: Mutex<Status>,
+    /// The operator said `quit`.
+    quit: AtomicBool,
+}
+
+/// Commands a VM whose memory is still arriving can run without waiting
+/// for it.
+fn safe_while_incoming(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::QueryStatus
+            | Command::QueryVersion
+            | Command::QueryCommands
+            | Command::Stop
+            | Command::Cont
+            | Command::QueryMigrateParameters
+            | Command::MigrateSetParameters(_)
+    )
 }
 
 impl DestControl {
@@ -219,21 +257,57 @@ impl DestControl {
 
 impl ControlTarget for DestControl {
     fn execute(&self, name: &str, args: &Map<String, Value>) -> Result<Value, CommandError> {
+        let cmd = Command::parse(name, args)?;
         let vm = self.vm.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(vm) = vm {
-            return vm.execute(name, args);
-        }
-        let cmd = crate::commands::Command::parse(name, args)?;
-        match cmd {
-            crate::commands::Command::QueryStatus => {
-                Ok(json!({ "status": "inmigrate", "running": false, "singlestep": false }))
+        let status = *self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match &cmd {
+            Command::Quit => {
+                self.quit.store(true, Ordering::SeqCst);
+                if let Some(vm) = &vm {
+                    let _ = vm.run(Command::Quit);
+                }
+                return Ok(json!({}));
             }
-            _ => Err(CommandError::new(
-                ErrorClass::DeviceNotActive,
-                "the incoming VM has not arrived yet",
-            )),
+            Command::QueryMigrate if !vm.as_ref().is_some_and(|v| v.has_migration()) => {
+                return Ok(json!({ "status": status.as_str() }));
+            }
+            _ => {}
+        }
+        match vm {
+            Some(vm) if status == Status::Completed || safe_while_incoming(&cmd) => vm.run(cmd),
+            Some(_) => Err(CommandError::generic(format!(
+                "{name} must wait until the incoming migration completes (it is {}): the VM's memory is still arriving",
+                status.as_str()
+            ))),
+            None => match cmd {
+                Command::QueryStatus => {
+                    Ok(json!({ "status": "inmigrate", "running": false, "singlestep": false }))
+                }
+                _ => Err(CommandError::new(
+                    ErrorClass::DeviceNotActive,
+                    "the incoming VM has not arrived yet",
+                )),
+            },
         }
     }
+}
+
+/// Waits up to `limit` for the VM's thread. A vCPU blocked on a post-copy
+/// page that never came keeps it from ending; the process then exits
+/// without it.
+fn join_within(
+    thread: VmThread,
+    limit: Duration,
+) -> Option<Result<RunOutcome, godwit_machine::VmError>> {
+    let end = std::time::Instant::now() + limit;
+    while !thread.is_finished() {
+        if std::time::Instant::now() >= end {
+            eprintln!("godwit: the VM's threads are blocked on memory that never arrived; exiting without them");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    thread.join().ok()
 }
 
 /// Waits for a migration, receives it, runs the VM; returns the guest's
@@ -260,7 +334,8 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
     let (want_mem, want_harts) = (opts.mem, opts.harts);
     let tap_names: Vec<String> = opts.taps.iter().map(|t| t.name().to_string()).collect();
     let want_disks = expected_devices(&opts.drives)?;
-    let incoming = dest::accept(&listener, &opts.security, |h| {
+    let quit = || control.quit.load(Ordering::SeqCst);
+    let incoming = dest::accept(&listener, &opts.security, &quit, |h| {
         let board = BoardConfig::from_json(&h.board).map_err(|e| e.to_string())?;
         if board.ram_bytes != h.ram_bytes {
             return Err(format!(
@@ -315,7 +390,15 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
             eprintln!("godwit: refusing the migration: {why}");
             Err(why)
         }
-    })?;
+    });
+    let incoming = match incoming {
+        Err(_) if quit() => {
+            eprintln!("godwit: quit before a migration arrived");
+            drop(server);
+            return Ok(0);
+        }
+        r => r?,
+    };
     drop(listener);
     let board = BoardConfig::from_json(&incoming.hello.board)?;
     eprintln!(
@@ -355,7 +438,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
                 let _ = h.quit();
             }
             if let Some(t) = thread {
-                let _ = t.join();
+                join_within(t, Duration::from_secs(3));
             }
             drop(server);
             return Err(e.context("the incoming migration failed"));

@@ -11,7 +11,9 @@ use godwit_memory::GuestRam;
 use serde_json::json;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What to run.
 pub enum Boot {
@@ -65,6 +67,38 @@ pub struct RunOptions {
     pub control: Option<PathBuf>,
     /// Interpret every instruction (no translator).
     pub interpreter: bool,
+    /// Say so on stderr when a booting guest has written nothing to its
+    /// console this long after it started (`None`: never).
+    pub console_watchdog: Option<Duration>,
+}
+
+/// Default of [`RunOptions::console_watchdog`]: a Godwit guest prints its
+/// first kernel line within a fraction of a second.
+pub const CONSOLE_WATCHDOG: Duration = Duration::from_secs(10);
+
+/// Watches a booting guest's console: if nothing arrived within `limit`
+/// while the VM runs, says so once (a kernel that died before its console
+/// came up looks exactly like a hang otherwise).
+fn watch_console(vm: VmHandle, spoke: Arc<AtomicBool>, limit: Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("console-watchdog".into())
+        .spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if spoke.load(Ordering::Acquire) || vm.is_gone() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50).min(limit));
+            }
+            if !spoke.load(Ordering::Acquire) && !vm.is_gone() && !vm.is_paused() {
+                eprintln!(
+                    "godwit: the guest has written nothing to its console in {:.0} s: it probably died before its console came up (a kernel that cannot start on this board, or one that panicked before its serial driver probed and has no early console for this board's ns16550a). The VM is still running; end it with Ctrl-C or the control socket's `quit`.",
+                    limit.as_secs_f64()
+                );
+            }
+        })
+        .context("cannot start the console watchdog")?;
+    Ok(())
 }
 
 /// Turns the translator off when asked; says so when it cannot be on.
@@ -96,8 +130,9 @@ pub fn console_input(handle: VmHandle) -> Result<()> {
     Ok(())
 }
 
-fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
-    let console = Box::new(ConsoleTee::new(std::io::stdout(), beats.clone()));
+fn build(boot: Boot, beats: &Heartbeats, spoke: &Arc<AtomicBool>) -> Result<Vm> {
+    let console =
+        Box::new(ConsoleTee::new(std::io::stdout(), beats.clone()).noting_output(spoke.clone()));
     match boot {
         Boot::Snapshot { path, expect, host } => {
             let snap = snapshot::load(&path)?;
@@ -123,17 +158,20 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
             bios,
             cmdline,
             host,
-        } => Ok(Vm::boot_with(
-            VmConfig {
-                board,
-                kernel,
-                initrd,
-                bios,
-                cmdline,
-                console,
-            },
-            host,
-        )?),
+        } => {
+            crate::guest::check_init_words(&cmdline)?;
+            Ok(Vm::boot_with(
+                VmConfig {
+                    board,
+                    kernel,
+                    initrd,
+                    bios,
+                    cmdline,
+                    console,
+                },
+                host,
+            )?)
+        }
     }
 }
 
@@ -141,8 +179,13 @@ fn build(boot: Boot, beats: &Heartbeats) -> Result<Vm> {
 /// exit status.
 pub fn run_vm(opts: RunOptions) -> Result<i32> {
     let beats = Heartbeats::default();
-    let vm = build(opts.boot, &beats).context("cannot start the VM")?;
+    let booting = matches!(opts.boot, Boot::Kernel { .. });
+    let spoke = Arc::new(AtomicBool::new(false));
+    let vm = build(opts.boot, &beats, &spoke).context("cannot start the VM")?;
     let handle = vm.handle();
+    if let Some(limit) = opts.console_watchdog.filter(|_| booting) {
+        watch_console(handle.clone(), spoke, limit)?;
+    }
     choose_cpu(&handle, opts.interpreter)?;
     console_input(handle.clone())?;
     let control = Arc::new(VmControl::new(handle.clone(), beats));
@@ -169,6 +212,7 @@ pub fn run_vm(opts: RunOptions) -> Result<i32> {
     drop(server);
     let secs = outcome.elapsed.as_secs_f64();
     let j = outcome.jit;
+    eprintln!("godwit: {}.", outcome.exit.describe());
     eprintln!(
         "godwit: guest ended: {:?}; {} instructions in {secs:.2} s ({:.1} MIPS, {jit}; {} blocks translated, {} page invalidations, {} flushes, {} fence.i)",
         outcome.exit,

@@ -14,6 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// How long `stop` waits for the vCPUs (and again for the devices).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The control target of one VM.
 pub struct VmControl {
     vm: VmHandle,
@@ -63,6 +66,11 @@ impl VmControl {
         lock(&self.events).emit(name, data);
     }
 
+    /// Whether this VM has started a migration of its own (outgoing).
+    pub fn has_migration(&self) -> bool {
+        lock(&self.job).is_some()
+    }
+
     fn current_job(&self) -> Option<Arc<OutgoingMigration>> {
         lock(&self.job).clone()
     }
@@ -95,9 +103,19 @@ impl VmControl {
                 COMMAND_NAMES.iter().map(|n| json!({ "name": n })).collect(),
             )),
             Command::Stop => {
-                let took = self.vm.pause().map_err(gone)?;
+                // Bounded: a vCPU blocked on a post-copy page that has not
+                // arrived cannot stop before it does.
+                let p = self.vm.pause_within(STOP_WAIT).map_err(gone)?;
                 self.emit("STOP", json!({}));
-                Ok(json!({ "pause_latency_us": took.as_micros() as u64 }))
+                if p.vcpus.is_empty() && p.devices.is_empty() {
+                    return Ok(json!({ "pause_latency_us": p.latency.as_micros() as u64 }));
+                }
+                Ok(json!({
+                    "pause_latency_us": null,
+                    "vcpus_in_memory_access": p.vcpus,
+                    "devices_busy": p.devices,
+                    "note": "paused; these are blocked on guest memory that has not arrived (post-copy) and stop as soon as it does",
+                }))
             }
             Command::Cont => {
                 self.vm.resume().map_err(gone)?;
@@ -200,12 +218,28 @@ impl VmControl {
                 None => json!({ "status": "none" }),
                 Some(j) => j.query(),
             }),
-            Command::MigrateCancel => {
-                if let Some(j) = self.current_job() {
-                    j.progress.cancel.store(true, Ordering::SeqCst);
+            Command::MigrateCancel => match self.current_job() {
+                Some(j) if !j.progress.status().is_final() => {
+                    j.progress.request_cancel().map_err(|_| {
+                        let status = j.progress.status();
+                        let what = if matches!(
+                            status,
+                            Status::PostcopyActive | Status::PostcopyPaused | Status::PostcopyRecover
+                        ) {
+                            "the VM runs at the destination now and part of its memory is only there, so it cannot come back; let the migration complete (after a broken link: migrate with \"resume\": true)"
+                        } else {
+                            "the destination has been told to run the VM; it is completing"
+                        };
+                        CommandError::generic(format!(
+                            "cannot cancel a migration past its commit point ({}): {what}",
+                            status.as_str()
+                        ))
+                    })?;
+                    Ok(json!({}))
                 }
-                Ok(json!({}))
-            }
+                // Nothing running: nothing to do, as QEMU.
+                _ => Ok(json!({})),
+            },
             Command::MigrateStartPostcopy => match self.current_job() {
                 Some(j) if !j.progress.status().is_final() => {
                     if !matches!(j.mode, Mode::Precopy | Mode::Hybrid) {

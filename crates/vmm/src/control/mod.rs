@@ -79,6 +79,11 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// Longest reply line a [`ControlClient`] accepts, in bytes.
 pub(crate) const CLIENT_MAX_LINE_BYTES: usize = 64 << 20;
 
+/// A connection whose client sends no request for this long is closed, so
+/// that forgotten clients do not hold the [`MAX_CONNECTIONS`] slots (a
+/// client that only listens for events sends `query-status` now and then).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A connection whose client does not read its replies for this long is closed.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 

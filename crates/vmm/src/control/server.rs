@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -40,6 +40,8 @@ pub struct ControlServer {
 /// State shared by the server handle, the accept loop and the connections.
 struct Shared {
     stopping: AtomicBool,
+    /// A connection that sends no request for this long (ms) is closed.
+    idle_ms: AtomicU64,
     /// Open connections, by connection number.
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     conns_changed: Condvar,
@@ -123,6 +125,7 @@ impl ControlServer {
             .with_context(|| format!("control socket {} vanished", path.display()))?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
+            idle_ms: AtomicU64::new(IDLE_TIMEOUT.as_millis() as u64),
             conns: Mutex::new(HashMap::new()),
             conns_changed: Condvar::new(),
         });
@@ -154,6 +157,14 @@ impl ControlServer {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes connections that send no request for `limit` from now on
+    /// (default [`IDLE_TIMEOUT`]; it applies to connections opened after).
+    pub fn set_idle_timeout(&self, limit: Duration) {
+        self.shared
+            .idle_ms
+            .store(limit.as_millis().max(1) as u64, Ordering::SeqCst);
     }
 
     /// What sends events to this server's clients.
@@ -488,8 +499,10 @@ fn greeting() -> Value {
 }
 
 fn serve_connection(stream: &UnixStream, conn: &Conn, target: &dyn ControlTarget, shared: &Shared) {
+    let idle = Duration::from_millis(shared.idle_ms.load(Ordering::SeqCst));
     if stream.set_nonblocking(false).is_err()
         || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
+        || stream.set_read_timeout(Some(idle)).is_err()
         || conn.send(&greeting()).is_err()
     {
         return;

@@ -788,3 +788,34 @@ fn error_class_names_round_trip() {
     assert_eq!(e, CommandError::generic("[KVMMissingCap] no"));
     assert_eq!(CommandError::generic("x").to_string(), "GenericError: x");
 }
+
+#[test]
+fn idle_connections_are_closed_and_make_room() {
+    let dir = TempDir::new("idle");
+    let (server, _fake) = start(&dir);
+    server.set_idle_timeout(Duration::from_millis(300));
+    let mut clients: Vec<Raw> = (0..MAX_CONNECTIONS)
+        .map(|_| Raw::connect(&dir.sock()))
+        .collect();
+    // A client that keeps talking stays; the silent ones are closed.
+    let t = Instant::now();
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(150));
+        assert_eq!(
+            clients[0].call(r#"{"execute": "echo"}"#),
+            json!({"return": {}})
+        );
+    }
+    for c in &mut clients[1..] {
+        assert!(c.closed(), "an idle connection stayed open");
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Their slots are free again.
+    let mut fresh: Vec<Raw> = (1..MAX_CONNECTIONS)
+        .map(|_| Raw::connect(&dir.sock()))
+        .collect();
+    assert_eq!(
+        fresh[0].call(r#"{"execute": "echo"}"#),
+        json!({"return": {}})
+    );
+}

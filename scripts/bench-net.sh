@@ -47,7 +47,7 @@ trap 'exit 130' INT TERM
 ip="ip=10.77.1.10::10.77.1.1:255.255.255.0::eth0:off"
 # The command line Godwit gives the guest (crates/vmm/src/guest.rs: its
 # base words, the workload, ours).
-append="console=ttyS0 earlycon=sbi page_reporting.page_reporting_order=0 godwit.workload=netserve $ip"
+append="console=ttyS0 earlycon page_reporting.page_reporting_order=0 godwit.workload=netserve $ip"
 
 boot() { # vmm
     local log=$dir/console

@@ -291,3 +291,14 @@ pub fn wait_migration(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Runs a command to completion, killed by `timeout` after `secs`.
+pub fn bounded(secs: u32, program: &str, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}

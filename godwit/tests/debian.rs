@@ -14,6 +14,9 @@
 //! (guest/debian/build.sh; scripts/test.sh builds it); fails with the
 //! reason otherwise.
 
+mod common;
+use common::bounded;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,17 +34,6 @@ const TAP: &str = "gwtap0";
 const DST_LISTEN: &str = "10.77.0.2:7790";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Runs a command to completion, killed by `timeout` after `secs`.
-fn bounded(secs: u32, program: &str, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
 
 fn testbed(args: &[&str]) -> Output {
     let mut a = vec!["testbed"];

@@ -9,7 +9,7 @@
 //! fails with the reason otherwise.
 
 mod common;
-use common::godwit;
+use common::{bounded, godwit};
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -53,17 +53,6 @@ fn cannot_run() -> Option<String> {
         )),
         Err(e) => Some(format!("no `ip` command (iproute2): {e}")),
     }
-}
-
-/// Runs a command to completion, killed by `timeout` after `secs`.
-fn bounded(secs: u32, program: &str, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
 fn godwit_testbed(args: &[&str]) -> Output {

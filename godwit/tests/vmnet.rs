@@ -16,16 +16,6 @@ use std::time::Duration;
 
 const GUEST_IP: &str = "ip=10.77.1.10::10.77.1.1:255.255.255.0::eth0:off";
 
-fn bounded(secs: u32, program: &str, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"))
-}
-
 fn testbed(args: &[&str]) -> Output {
     let mut a = vec![env!("CARGO_BIN_EXE_godwit"), "testbed"];
     a.extend_from_slice(args);

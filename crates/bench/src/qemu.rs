@@ -528,7 +528,7 @@ pub fn report(out: &Outcome, mode: &str, switch: Switch, variant: &str) -> Value
 // ---------------------------------------------------------------------------
 // The timer re-arm, through QEMU's gdbstub
 
-/// Connects to QEMU's gdbstub (which stops the VM), writes the guest's
+/// Connects to QEMU's gdbstub (which stops the VM), writes each vCPU's
 /// `stimecmp` back with its own value (which makes QEMU arm the timer it
 /// forgot), and detaches (which resumes the VM).
 pub fn rearm_timer(sock: &Path) -> Result<()> {
@@ -554,13 +554,32 @@ pub fn rearm_timer(sock: &Path) -> Result<()> {
         .and_then(|n| n.checked_sub(CSR_SSTATUS))
         .context("QEMU's gdbstub does not number sstatus")?;
     let reg = base + CSR_STIMECMP;
-    let value = g.request(&format!("p{reg:x}"))?;
-    if value.is_empty() || value.starts_with('E') {
-        bail!("QEMU's gdbstub cannot read stimecmp (register {reg}): {value:?}");
+    // Every vCPU (a gdb thread each) has its own timer.
+    let mut threads = Vec::new();
+    let mut reply = g.request("qfThreadInfo")?;
+    while let Some(list) = reply.strip_prefix('m') {
+        threads.extend(list.split(',').map(str::to_string));
+        if threads.len() > 64 {
+            bail!("QEMU's gdbstub lists more than 64 threads");
+        }
+        reply = g.request("qsThreadInfo")?;
     }
-    let ok = g.request(&format!("P{reg:x}={value}"))?;
-    if ok != "OK" {
-        bail!("QEMU's gdbstub cannot write stimecmp: {ok:?}");
+    if threads.is_empty() {
+        bail!("QEMU's gdbstub lists no threads (vCPUs): {reply:?}");
+    }
+    for t in &threads {
+        let ok = g.request(&format!("Hg{t}"))?;
+        if ok != "OK" {
+            bail!("QEMU's gdbstub cannot select vCPU thread {t}: {ok:?}");
+        }
+        let value = g.request(&format!("p{reg:x}"))?;
+        if value.is_empty() || value.starts_with('E') {
+            bail!("QEMU's gdbstub cannot read stimecmp (register {reg}) of thread {t}: {value:?}");
+        }
+        let ok = g.request(&format!("P{reg:x}={value}"))?;
+        if ok != "OK" {
+            bail!("QEMU's gdbstub cannot write stimecmp of thread {t}: {ok:?}");
+        }
     }
     let ok = g.request("D")?;
     if ok != "OK" {
@@ -851,6 +870,12 @@ mod tests {
                         r#"m<feature><reg name="sstatus" bitsize="64" regnum="322"/>"#.into()
                     } else if p.starts_with("qXfer:features:read:riscv-csr.xml:") {
                         "l</feature>".into()
+                    } else if p == "qfThreadInfo" {
+                        "m1,2".into()
+                    } else if p == "qsThreadInfo" {
+                        "l".into()
+                    } else if p == "Hg1" || p == "Hg2" {
+                        "OK".into()
                     } else if p == "p18f" {
                         "40e8c30200000000".into()
                     } else if p == "P18f=40e8c30200000000" || p == "D" {
@@ -866,8 +891,20 @@ mod tests {
         });
         rearm_timer(&gdb_path).unwrap();
         let seen = server.join().unwrap();
-        assert!(
-            seen.contains(&"P18f=40e8c30200000000".to_string()),
+        // Both vCPUs' timers, each selected first.
+        let order: Vec<&str> = seen
+            .iter()
+            .map(String::as_str)
+            .filter(|p| p.starts_with("Hg") || p.starts_with('P'))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "Hg1",
+                "P18f=40e8c30200000000",
+                "Hg2",
+                "P18f=40e8c30200000000"
+            ],
             "{seen:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);

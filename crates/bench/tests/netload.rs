@@ -23,12 +23,15 @@ fn netserve_binary() -> &'static Path {
             .filter(|p| p.extension().is_some_and(|x| x == "c"))
             .collect();
         sources.sort();
-        let dir = std::env::temp_dir().join(format!("godwit-netload-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let bin = dir.join("init");
+        // In cargo's temp folder for tests (not /tmp), one file renamed
+        // into place: nothing accumulates and parallel runs do not clash.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(dir).expect("temp dir");
+        let bin = dir.join("netserve");
+        let building = dir.join(format!("netserve.{}", std::process::id()));
         let out = Command::new("gcc")
             .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&bin)
+            .arg(&building)
             .args(&sources)
             .output()
             .expect("gcc is needed to build the native netserve (apt-get install gcc)");
@@ -37,6 +40,7 @@ fn netserve_binary() -> &'static Path {
             "gcc failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        std::fs::rename(&building, &bin).expect("move the netserve binary into place");
         bin
     })
 }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The default guest image built by `guest/build.sh`.
@@ -248,9 +248,26 @@ pub fn qmp_raw(sock: &std::path::Path, line: &str) -> serde_json::Value {
     }
 }
 
-/// A fresh temporary folder for one test.
+/// A fresh temporary folder for one test. Tests that fail leave theirs
+/// behind to be looked at; the folders of test runs whose process is gone
+/// are removed here, so they do not pile up.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("godwit-test-{name}-{}", std::process::id()));
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(rest) = file.to_str().and_then(|f| f.strip_prefix("godwit-test-")) else {
+                continue;
+            };
+            let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let d = tmp.join(format!("godwit-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

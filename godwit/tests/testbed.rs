@@ -113,12 +113,15 @@ fn build_netserve() -> PathBuf {
         .filter(|p| p.extension().is_some_and(|x| x == "c"))
         .collect();
     sources.sort();
-    let dir = std::env::temp_dir().join(format!("godwit-testbed-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bin = dir.join("init");
+    // In cargo's temp folder for tests, renamed into place (as the netload
+    // tests do): nothing is left in /tmp.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let bin = dir.join("testbed-netserve");
+    let building = dir.join(format!("testbed-netserve.{}", std::process::id()));
     let out = Command::new("gcc")
         .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&bin)
+        .arg(&building)
         .args(&sources)
         .output()
         .expect("gcc is needed to build the native netserve (apt-get install gcc)");
@@ -127,6 +130,7 @@ fn build_netserve() -> PathBuf {
         "gcc: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::rename(&building, &bin).expect("move the netserve binary into place");
     bin
 }
 

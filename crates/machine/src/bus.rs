@@ -73,18 +73,27 @@ impl Devices {
     }
 
     /// The UART's line to the PLIC, after anything that may change it.
+    ///
+    /// The level is read and driven under the device's lock (lock order:
+    /// device, then PLIC). Read outside it, two threads could drive the
+    /// line in the opposite order they read it: a vCPU acknowledging an
+    /// interrupt reads "low", the device's thread raises a new one and
+    /// drives "high", then the vCPU drives its stale "low" and the
+    /// interrupt is lost for good (the guest waits on a completion that
+    /// it is never told about).
     pub fn sync_uart(&self, harts: &[HartSignal]) {
-        let level = lock(&self.uart).irq_level();
-        self.set_irq(harts, UART_IRQ, level);
+        let uart = lock(&self.uart);
+        self.set_irq(harts, UART_IRQ, uart.irq_level());
     }
 
-    /// A virtio slot's line to the PLIC, after anything that may change it.
+    /// A virtio slot's line to the PLIC, after anything that may change it
+    /// (under the transport's lock, as in [`sync_uart`](Self::sync_uart)).
     pub fn sync_slot(&self, harts: &[HartSignal], slot: usize) {
         let Some(s) = self.slots.get(slot) else {
             return;
         };
-        let level = lock(&s.transport).irq_level();
-        self.set_irq(harts, s.irq, level);
+        let transport = lock(&s.transport);
+        self.set_irq(harts, s.irq, transport.irq_level());
     }
 
     /// The CLINT's outputs, after a restore.

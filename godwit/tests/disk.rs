@@ -241,13 +241,17 @@ fn disk_migration(name: &str, mode: &str) {
         "--control",
         dst_sock.to_str().unwrap(),
         "--report-after-ms",
-        "500",
+        "2000",
         "--drive",
         &drive,
     ]);
     let mut before = -1;
     while before < 200 {
         let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(60)));
+        // The empty image is scanned first (one beat or more on a busy host).
+        if hb["phase"] == "scan" && hb["resumed_from"] == -1 {
+            continue;
+        }
         assert_eq!(hb["phase"], "write", "{hb}");
         before = hb["acked_seq"].as_i64().unwrap_or(-1);
     }
@@ -277,7 +281,12 @@ fn disk_migration(name: &str, mode: &str) {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
     assert_eq!(report["status"], "completed", "{report}");
-    assert_eq!(report["guest_bad"], 0, "{report}");
+    // The report holds the destination's first 2 s; on a busy host a sync
+    // can take that long (every disk test writes at once), so no beat there
+    // is no error. Every beat after it is checked below.
+    if report["destination"]["guest"]["beats"] != 0 {
+        assert_eq!(report["guest_bad"], 0, "{report}");
+    }
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
     // At the destination the same run goes on: more acknowledged records,
     // no corruption, no restart of the log.
@@ -304,4 +313,14 @@ fn disk_migrates_with_precopy() {
 #[test]
 fn disk_migrates_with_postcopy() {
     disk_migration("diskmig-post", "postcopy");
+}
+
+#[test]
+fn disk_migrates_with_stop_and_copy() {
+    disk_migration("diskmig-stop", "stop-and-copy");
+}
+
+#[test]
+fn disk_migrates_with_hybrid() {
+    disk_migration("diskmig-hyb", "hybrid");
 }

@@ -202,6 +202,35 @@ fn progress_line(q: &Value, started: Instant, tty: bool) {
     }
 }
 
+/// The fault path's steps (p50/p99 µs), one line per way a faulted page
+/// came; empty when nothing faulted over the network.
+fn fault_path(b: &Value, in_flight: u64) -> String {
+    let pq = |v: &Value| {
+        format!(
+            "{:.0}/{:.0}",
+            v["p50"].as_f64().unwrap_or(0.0),
+            v["p99"].as_f64().unwrap_or(0.0)
+        )
+    };
+    let mut s = String::new();
+    let reply = &b["by_reply"];
+    if reply["faults"].as_u64().unwrap_or(0) > 0 {
+        s += &format!(
+            "  fault path, {} answered by the reply (p50/p99 us): request written {}, until the reply is read {} (source serves in {}), UFFDIO_COPY {}; total {}\n",
+            reply["faults"], pq(&reply["request_us"]), pq(&reply["wait_us"]),
+            pq(&b["source_service_us"]), pq(&reply["install_us"]), pq(&reply["total_us"])
+        );
+    }
+    let push = &b["by_push"];
+    if push["faults"].as_u64().unwrap_or(0) > 0 {
+        s += &format!(
+            "  fault path, {} answered by the push ({in_flight} requests found the page already sent): until the page is read {}, UFFDIO_COPY {}; total {}\n",
+            push["faults"], pq(&push["wait_us"]), pq(&push["install_us"]), pq(&push["total_us"])
+        );
+    }
+    s
+}
+
 /// The report for people.
 pub fn summary(r: &Value) -> String {
     let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
@@ -230,6 +259,7 @@ pub fn summary(r: &Value) -> String {
         u("network_faults"), u("local_faults"), u("faults_served_by_push"),
         f("fault_latency_us_p50"), f("fault_latency_us_p99"), f("fault_latency_us_max"), u("prepaging_hits")
     );
+    s += &fault_path(&r["fault_breakdown"], u("demands_in_flight"));
     s += &format!(
         "  guest throughput ({}): before {}, during {}, after {}; guest bad pages {}",
         r["throughput_unit"].as_str().unwrap_or("?"),

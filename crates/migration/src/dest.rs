@@ -2,7 +2,7 @@
 //! handshake, then load pages and state into a fresh VM — directly, or in
 //! post-copy by serving the guest's page faults through `userfaultfd`.
 
-use crate::stats::latency_summary;
+use crate::stats::{fault_breakdown, latency_summary, FaultSample};
 use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
@@ -396,8 +396,11 @@ struct Post<'a> {
     pushed: AtomicBitmap,
     pending_count: usize,
     received_count: AtomicUsize,
-    requested_at: Mutex<HashMap<u32, Instant>>,
+    /// Per requested page: when its fault was read, and when the request
+    /// was written (`None` until then).
+    requested_at: Mutex<HashMap<u32, (Instant, Option<Instant>)>>,
     latencies_us: Mutex<Vec<f64>>,
+    fault_samples: Mutex<Vec<FaultSample>>,
     network_faults: AtomicU64,
     local_faults: AtomicU64,
     served_by_push: AtomicU64,
@@ -415,7 +418,9 @@ struct Post<'a> {
 }
 
 impl Post<'_> {
-    fn install(&self, page: Page, via_push: bool) -> Result<()> {
+    /// Places a page that `arrived` (its message was read) on the push
+    /// stream or as a demand reply.
+    fn install(&self, page: Page, via_push: bool, arrived: Instant) -> Result<()> {
         let p = page.index as usize;
         let off = p * PAGE;
         let r = match &page.data {
@@ -440,11 +445,25 @@ impl Post<'_> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&page.index);
-            if let Some(t) = t {
+            if let Some((faulted, sent)) = t {
+                let now = Instant::now();
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
                 self.latencies_us
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(t.elapsed().as_secs_f64() * 1e6);
+                    .push(us(now - faulted));
+                // A page can arrive before its request was written (it was
+                // on the push stream already): the request step ends there.
+                let sent = sent.unwrap_or(faulted).clamp(faulted, arrived.max(faulted));
+                self.fault_samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(FaultSample {
+                        via_push,
+                        request_us: us(sent - faulted),
+                        wait_us: us(arrived.saturating_duration_since(sent)),
+                        install_us: us(now.saturating_duration_since(arrived.max(faulted))),
+                    });
             }
             if via_push {
                 self.served_by_push.fetch_add(1, Ordering::Relaxed);
@@ -509,12 +528,14 @@ impl Post<'_> {
             }
             if self.pending.get(p) && !self.received.get(p) {
                 if !self.requested.set(p) {
-                    self.requested_at
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(p as u32, Instant::now());
+                    let requested = || self.requested_at.lock().unwrap_or_else(|e| e.into_inner());
+                    requested().insert(p as u32, (Instant::now(), None));
                     self.network_faults.fetch_add(1, Ordering::Relaxed);
                     self.demand(vec![p as u32]);
+                    let sent = Instant::now();
+                    if let Some(e) = requested().get_mut(&(p as u32)) {
+                        e.1 = Some(sent);
+                    }
                 }
                 // Already requested: the faulting thread waits for the copy.
             } else {
@@ -724,6 +745,7 @@ fn postcopy(
         received_count: AtomicUsize::new(0),
         requested_at: Mutex::new(HashMap::new()),
         latencies_us: Mutex::new(Vec::new()),
+        fault_samples: Mutex::new(Vec::new()),
         network_faults: AtomicU64::new(0),
         local_faults: AtomicU64::new(0),
         served_by_push: AtomicU64::new(0),
@@ -781,8 +803,9 @@ fn postcopy(
                     loop {
                         match wire::recv(&mut r, pages) {
                             Ok(Msg::Pages(list)) => {
+                                let arrived = Instant::now();
                                 for pg in list {
-                                    if let Err(e) = post.install(pg, false) {
+                                    if let Err(e) = post.install(pg, false, arrived) {
                                         post.fail(format!("{e:#}"));
                                         return;
                                     }
@@ -883,6 +906,10 @@ fn postcopy(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let (p50, p99, max) = latency_summary(lat);
+    let breakdown = fault_breakdown(
+        &post.fault_samples.lock().unwrap_or_else(|e| e.into_inner()),
+        &[],
+    );
     let report = json!({
         "resumed_unix_ns": resumed.to_string(),
         "completed_unix_ns": completed.to_string(),
@@ -898,6 +925,7 @@ fn postcopy(
         "fault_latency_us_p50": p50,
         "fault_latency_us_p99": p99,
         "fault_latency_us_max": max,
+        "fault_breakdown": breakdown,
         "prepaging_hits": hits,
         "pages_written_during_postcopy": written_n,
         "recoveries": recoveries,
@@ -970,8 +998,9 @@ fn receive_push(post: &Post, main: &Conn, pages: usize) -> Result<()> {
     loop {
         match wire::recv(&mut &*main, pages) {
             Ok(Msg::Pages(list)) => {
+                let arrived = Instant::now();
                 for pg in list {
-                    post.install(pg, true)?;
+                    post.install(pg, true, arrived)?;
                 }
             }
             Ok(Msg::PushDone) => return Ok(()),

@@ -697,7 +697,9 @@ impl Session<'_> {
                 .join()
                 .map_err(|_| anyhow!("the demand thread panicked"))?;
             r?;
-            d?;
+            let d = d?;
+            self.report.demand_service_us.extend(d.service_us);
+            self.report.demands_in_flight += d.in_flight;
             main.set_read_timeout(Some(
                 PEER_TIMEOUT + Duration::from_millis(self.params.after_window_ms),
             ))?;
@@ -728,6 +730,13 @@ impl Session<'_> {
         r.fault_latency_us_p50 = f("fault_latency_us_p50");
         r.fault_latency_us_p99 = f("fault_latency_us_p99");
         r.fault_latency_us_max = f("fault_latency_us_max");
+        let mut breakdown = v.get("fault_breakdown").cloned().unwrap_or_default();
+        if breakdown.is_object() {
+            // The source's side of each request, from its own clock.
+            let own = crate::stats::fault_breakdown(&[], &r.demand_service_us);
+            breakdown["source_service_us"] = own["source_service_us"].clone();
+        }
+        r.fault_breakdown = breakdown;
         r.prepaging_hits = f("prepaging_hits") as u64;
         r.pages_written_during_postcopy = f("pages_written_during_postcopy") as u64;
         r.destination = v;
@@ -776,6 +785,15 @@ fn push(
     out.flush()
 }
 
+/// What the demand thread saw of one link.
+#[derive(Default)]
+struct Served {
+    /// Per request answered: from its read to its reply written, µs.
+    service_us: Vec<f64>,
+    /// Pages requested that were already on the push stream (no reply).
+    in_flight: u64,
+}
+
 /// Answers demand requests on the fault connection, first come first
 /// served, ahead of anything pushed. Returns when the connection closes.
 fn serve_demand(
@@ -785,24 +803,25 @@ fn serve_demand(
     order: &Mutex<PushOrder>,
     progress: &Progress,
     pages: usize,
-) -> Result<()> {
+) -> Result<Served> {
     crate::fault_path_priority();
     let mut r = fault;
     let mut out = Out {
         w: BufWriter::with_capacity(64 << 10, fault),
         progress,
     };
+    let mut served = Served::default();
     loop {
         let msg = match wire::recv(&mut r, pages) {
             Ok(m) => m,
-            Err(WireError::Closed) => return Ok(()),
+            Err(WireError::Closed) => return Ok(served),
             Err(WireError::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::NotConnected | std::io::ErrorKind::UnexpectedEof
                 ) =>
             {
-                return Ok(())
+                return Ok(served)
             }
             Err(e) => return Err(anyhow!(e).context("reading demand requests")),
         };
@@ -812,11 +831,14 @@ fn serve_demand(
                 msg.name()
             );
         };
+        let read = std::time::Instant::now();
         let mut reply = Vec::new();
         for p in list {
             let p = p as usize;
             if done.set(p) {
-                continue; // already pushed (in flight) or free: nothing to do
+                // Already pushed (in flight) or free: nothing to do.
+                served.in_flight += 1;
+                continue;
             }
             reply.push(read_page(ram, p, progress)?);
             progress.pages_remaining.fetch_sub(1, Ordering::Relaxed);
@@ -828,6 +850,7 @@ fn serve_demand(
             let reply_pages: Vec<usize> = reply.iter().map(|p| p.index as usize).collect();
             out.send(&Msg::Pages(reply))?;
             out.flush()?;
+            served.service_us.push(read.elapsed().as_secs_f64() * 1e6);
             // Move the push's pivot only after the reply is on its way.
             let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
             for p in &reply_pages {

@@ -15,6 +15,15 @@
 //! ([`Testbed::command`]). Delay and loss would need `netem`, which this
 //! machine's kernel does not have; asking for them is an error.
 //!
+//! The ports a migration crosses queue by priority under their tbf: a
+//! `pfifo_fast` child (strict priority, three bands by the socket's
+//! `SO_PRIORITY`), its length `txqueuelen` packets, set to tbf's byte bound
+//! (rate × latency + burst) in 1500-byte packets. The engine marks its
+//! fault connection priority 6, which goes first, so a demand reply does
+//! not wait behind up to a millisecond of pushed pages (TCP hands the queue
+//! 64 KiB bursts), as on a host whose NIC has traffic classes. The
+//! migration's bulk and the VM network keep priority 0.
+//!
 //! **The VM network**, like a datacenter's: the guest's NIC is a TAP on a
 //! bridge in its host, the hosts hang off one switch, and the guest's users
 //! sit elsewhere on that switch.
@@ -389,6 +398,7 @@ impl LinkConfig {
     pub fn to_json(&self) -> Value {
         json!({
             "qdisc": "tbf",
+            "migration_ports_queue": "pfifo_fast under tbf (strict priority; the fault connection has SO_PRIORITY 6)",
             "rate_bits_per_s": self.rate_bits_per_s,
             "burst_bytes": self.burst_bytes,
             "latency_ms": self.latency_ms,
@@ -484,7 +494,7 @@ fn create(link: &LinkConfig) -> Result<()> {
             let cidr = format!("{}/{PREFIX_LEN}", side.addr());
             ip(&["-n", ns, "addr", "add", &cidr, "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
-            shape(ns, dev, link)?;
+            shape(ns, dev, link, Queue::Priority)?;
         }
     }
     create_vm_network(link)?;
@@ -502,8 +512,14 @@ fn create_vm_network(link: &LinkConfig) -> Result<()> {
         veth((ns, UPLINK), (SW_NS, side.switch_port()))?;
         attach(ns, UPLINK, VM_BRIDGE)?;
         attach(SW_NS, side.switch_port(), SW_BRIDGE)?;
-        shape(ns, UPLINK, link)?;
-        shape(SW_NS, side.switch_port(), link)?;
+        // The ports a migration crosses get the priority queue.
+        let q = if link.shared_link {
+            Queue::Priority
+        } else {
+            Queue::Fifo
+        };
+        shape(ns, UPLINK, link, q)?;
+        shape(SW_NS, side.switch_port(), link, q)?;
         // Persistent, so it outlives the VMM that opens it; owned by the
         // user who runs the testbed, so that user's VMM may open it.
         ip(&[
@@ -518,8 +534,8 @@ fn create_vm_network(link: &LinkConfig) -> Result<()> {
     }
     veth((CLIENT_NS, CLIENT_IF), (SW_NS, CLIENT_PORT))?;
     attach(SW_NS, CLIENT_PORT, SW_BRIDGE)?;
-    shape(SW_NS, CLIENT_PORT, link)?;
-    shape(CLIENT_NS, CLIENT_IF, link)?;
+    shape(SW_NS, CLIENT_PORT, link, Queue::Fifo)?;
+    shape(CLIENT_NS, CLIENT_IF, link, Queue::Fifo)?;
     let cidr = format!("{CLIENT_ADDR}/{VM_PREFIX_LEN}");
     ip(&["-n", CLIENT_NS, "addr", "add", &cidr, "dev", CLIENT_IF])?;
     ip(&["-n", CLIENT_NS, "link", "set", CLIENT_IF, "up"])?;
@@ -556,8 +572,20 @@ fn attach(ns: &str, dev: &str, bridge: &str) -> Result<()> {
     Ok(())
 }
 
+/// How a shaped port queues what waits for the shaper.
+#[derive(Clone, Copy, PartialEq)]
+enum Queue {
+    /// One FIFO (tbf's own, bounded by its `latency`).
+    Fifo,
+    /// Strict priority by the packet's socket priority: tbf's queue is a
+    /// `pfifo_fast` (three bands; `SO_PRIORITY` 6, the migration's fault
+    /// connection, goes first), as a host NIC's traffic classes. Its bands
+    /// hold `txqueuelen` packets: set to tbf's byte bound in MTU packets.
+    Priority,
+}
+
 /// Shapes `dev`'s egress with tbf as `link` says, and checks it took.
-fn shape(ns: &str, dev: &str, link: &LinkConfig) -> Result<()> {
+fn shape(ns: &str, dev: &str, link: &LinkConfig, queue: Queue) -> Result<()> {
     let (rate, burst, latency) = (
         format!("{}bit", link.rate_bits_per_s),
         link.burst_bytes.to_string(),
@@ -566,12 +594,33 @@ fn shape(ns: &str, dev: &str, link: &LinkConfig) -> Result<()> {
     tool(
         "tc",
         &[
-            "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst",
-            &burst, "latency", &latency,
+            "-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "tbf", "rate", &rate,
+            "burst", &burst, "latency", &latency,
         ],
     )?;
+    if queue == Queue::Priority {
+        let bytes = link.bytes_per_s() * link.latency_ms as u64 / 1000 + link.burst_bytes;
+        let packets = (bytes / 1500).clamp(16, 10_000).to_string();
+        ip(&["-n", ns, "link", "set", "dev", dev, "txqueuelen", &packets])?;
+        tool(
+            "tc",
+            &[
+                "-n",
+                ns,
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "parent",
+                "1:1",
+                "handle",
+                "10:",
+                "pfifo_fast",
+            ],
+        )?;
+    }
     let shown = tool("tc", &["-n", ns, "qdisc", "show", "dev", dev])?;
-    if !shown.contains("tbf") {
+    if !shown.contains("tbf") || (queue == Queue::Priority && !shown.contains("pfifo_fast")) {
         bail!("tc did not install tbf on {dev} in {ns}: {shown}");
     }
     Ok(())

@@ -355,6 +355,9 @@ fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
         );
         gate.stray(a.peer, "another migration while one is being set up");
     };
+    fault
+        .mark_fault_path()
+        .context("cannot set the fault connection's priority")?;
     wire::send(&mut &fault, &Msg::Accept)?;
     for s in [main, &fault] {
         s.tcp().set_nodelay(true)?;

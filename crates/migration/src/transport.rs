@@ -204,6 +204,38 @@ impl Conn {
         &self.tcp
     }
 
+    /// Sets socket option `option` of `level` to the integer `value`.
+    pub fn set_option(
+        &self,
+        level: libc::c_int,
+        option: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.tcp.as_raw_fd(),
+                level,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Marks the connection as the fault path: its packets carry the
+    /// interactive priority (`SO_PRIORITY` 6, `TC_PRIO_INTERACTIVE`), which
+    /// a host's priority queueing (Linux's `pfifo_fast` and `prio` map it
+    /// to their first band; a NIC's traffic classes likewise) sends ahead
+    /// of the bulk push. Unprivileged: priorities 0–6 need no capability.
+    pub fn mark_fault_path(&self) -> io::Result<()> {
+        self.set_option(libc::SOL_SOCKET, libc::SO_PRIORITY, 6)
+    }
+
     /// Whether this connection is TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

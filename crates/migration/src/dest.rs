@@ -404,6 +404,8 @@ struct Post<'a> {
     requested_at: Mutex<HashMap<u32, (Instant, Option<Instant>)>>,
     latencies_us: Mutex<Vec<f64>>,
     fault_samples: Mutex<Vec<FaultSample>>,
+    /// Just before the vCPUs were let go at the destination.
+    resumed_at: std::sync::OnceLock<Instant>,
     network_faults: AtomicU64,
     local_faults: AtomicU64,
     served_by_push: AtomicU64,
@@ -466,6 +468,10 @@ impl Post<'_> {
                         request_us: us(sent - faulted),
                         wait_us: us(arrived.saturating_duration_since(sent)),
                         install_us: us(now.saturating_duration_since(arrived.max(faulted))),
+                        since_resume_us: self
+                            .resumed_at
+                            .get()
+                            .map(|r| us(faulted.saturating_duration_since(*r))),
                     });
             }
             if via_push {
@@ -749,6 +755,7 @@ fn postcopy(
         requested_at: Mutex::new(HashMap::new()),
         latencies_us: Mutex::new(Vec::new()),
         fault_samples: Mutex::new(Vec::new()),
+        resumed_at: std::sync::OnceLock::new(),
         network_faults: AtomicU64::new(0),
         local_faults: AtomicU64::new(0),
         served_by_push: AtomicU64::new(0),
@@ -779,6 +786,7 @@ fn postcopy(
             }
             r
         });
+        let _ = post.resumed_at.set(Instant::now());
         let resume = vm.resume();
         let resumed = unix_ns();
         let mut link = first.clone();

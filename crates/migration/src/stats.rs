@@ -343,7 +343,14 @@ pub struct FaultSample {
     pub request_us: f64,
     pub wait_us: f64,
     pub install_us: f64,
+    /// When the fault was read, counted from the resume (`None` when
+    /// unknown).
+    pub since_resume_us: Option<f64>,
 }
+
+/// The window after the resume that `fault_breakdown`'s `after_resume`
+/// describes, µs.
+pub const AFTER_RESUME_US: f64 = 50_000.0;
 
 /// The report's `fault_breakdown`: p50, p99 and max of each step of
 /// [`FaultSample`] and of their sum, separately for faults answered by the
@@ -366,10 +373,28 @@ pub fn fault_breakdown(samples: &[FaultSample], source_service_us: &[f64]) -> se
             "total_us": stat(s.iter().map(|f| f.request_us + f.wait_us + f.install_us).collect()),
         })
     };
+    // The start of post-copy, where the guest's downtime is made: how many
+    // faults, how long they held their vCPUs, and the first ones in order.
+    let mut early: Vec<&FaultSample> = samples
+        .iter()
+        .filter(|f| f.since_resume_us.is_some_and(|t| t < AFTER_RESUME_US))
+        .collect();
+    early.sort_by(|a, b| {
+        a.since_resume_us
+            .unwrap_or(0.0)
+            .total_cmp(&b.since_resume_us.unwrap_or(0.0))
+    });
+    let total = |f: &FaultSample| f.request_us + f.wait_us + f.install_us;
     serde_json::json!({
         "by_reply": group(false),
         "by_push": group(true),
         "source_service_us": stat(source_service_us.to_vec()),
+        "after_resume": {
+            "window_us": AFTER_RESUME_US,
+            "faults": early.len(),
+            "blocked_us": early.iter().map(|f| total(f)).sum::<f64>(),
+            "first": early.iter().take(20).map(|f| serde_json::json!([f.since_resume_us, total(f)])).collect::<Vec<_>>(),
+        },
     })
 }
 
@@ -384,6 +409,7 @@ mod breakdown_tests {
             request_us: r,
             wait_us: w,
             install_us: i,
+            since_resume_us: Some(r * 1000.0),
         };
         let samples = [
             f(false, 1.0, 100.0, 5.0),
@@ -399,6 +425,13 @@ mod breakdown_tests {
         assert_eq!(b["by_push"]["total_us"]["p50"], 906.0);
         assert_eq!(b["source_service_us"]["p50"], 20.0);
         assert_eq!(b["source_service_us"]["count"], 3);
+        // Faults at 1, 3 and 2 ms after the resume, listed in that order.
+        let a = &b["after_resume"];
+        assert_eq!(a["faults"], 3);
+        assert_eq!(a["blocked_us"], 106.0 + 310.0 + 906.0);
+        assert_eq!(a["first"][0][0], 1000.0);
+        assert_eq!(a["first"][1][0], 2000.0);
+        assert_eq!(a["first"][2][1], 310.0);
         let none = fault_breakdown(&[], &[]);
         assert_eq!(none["by_push"]["faults"], 0);
         assert_eq!(none["by_push"]["total_us"]["p50"], 0.0);

@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Folder for sockets, TLS identities and reports (default: a new one
-    /// under the temporary directory).
+    /// under the temporary directory, removed after a run that passed).
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -400,8 +400,21 @@ pub fn run(args: Args) -> Result<i32> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     match failure {
-        None => Ok(0),
-        Some(_) => Ok(1),
+        None => {
+            // A folder of our own (TLS keys, sockets, the last report) goes
+            // when the run passed; one the user named stays.
+            if args.dir.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Ok(0)
+        }
+        Some(_) => {
+            eprintln!(
+                "soak: the last report, the sockets and TLS identities are kept in {}",
+                dir.display()
+            );
+            Ok(1)
+        }
     }
 }
 

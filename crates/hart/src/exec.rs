@@ -239,11 +239,11 @@ impl Hart {
                         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
                     }
                 }
-                // FENCE.I: drop every translated block, so code other harts
-                // (or devices) wrote is fetched afresh.
+                // FENCE.I: drop the translated blocks whose code other
+                // harts (or devices) changed, so it is fetched afresh.
                 1 => {
                     self.jit.stats.fence_i += 1;
-                    self.jit_flush();
+                    self.jit_fence_i();
                 }
                 _ => return Err(Trap::illegal(self.insn)),
             },

@@ -134,6 +134,10 @@ pub struct Hart {
     pub(crate) ram_base: u64,
     pub(crate) ram_host: *mut u8,
     pub(crate) seen_discard_epoch: u64,
+    /// Some TLB entry may hold a write translation, made under guest RAM's
+    /// code-mark epoch `write_epoch` (see [`GuestRam::begin_write_translations`]).
+    pub(crate) writes_cached: bool,
+    pub(crate) write_epoch: u64,
     pub(crate) tlbs: Box<[[TlbEntry; TLB_SIZE]; 4]>,
     pub(crate) tlb_data: usize,
     pub(crate) tlb_exec: usize,
@@ -189,6 +193,8 @@ impl Hart {
             ram_base: ram.base(),
             ram_host: ram.host_ptr(),
             seen_discard_epoch: ram.discard_epoch(),
+            writes_cached: false,
+            write_epoch: 0,
             ram,
             tlbs: Box::new([[TlbEntry::EMPTY; TLB_SIZE]; 4]),
             tlb_data: 1,
@@ -288,9 +294,18 @@ impl Hart {
     }
 
     /// `fence.i` for this hart from the outside (an SBI remote fence):
-    /// drops the hart's translated code.
+    /// drops the hart's translated code that changed.
     pub fn fence_i(&mut self) {
-        self.jit_flush();
+        self.jit_fence_i();
+    }
+
+    /// The hart lets go of its thread (`wfi`, a park, an HSM stop): it
+    /// drops its write translations, so other harts need not wait for it
+    /// to check the code they translate (see `jit_fence_i`).
+    pub fn release_writes(&mut self) {
+        if self.writes_cached {
+            self.tlb_flush_writes();
+        }
     }
 
     /// Completes an SBI call: `a0` = error, `a1` = value, resume after the `ecall`.

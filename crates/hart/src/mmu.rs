@@ -113,6 +113,7 @@ impl Hart {
         for t in self.tlbs.iter_mut() {
             t.fill(TlbEntry::EMPTY);
         }
+        self.writes_dropped();
     }
 
     /// Forgets cached write permissions only, so the next store to every
@@ -122,6 +123,14 @@ impl Hart {
             for e in t.iter_mut() {
                 e.write = NO_TAG;
             }
+        }
+        self.writes_dropped();
+    }
+
+    fn writes_dropped(&mut self) {
+        if self.writes_cached {
+            self.writes_cached = false;
+            self.ram.note_write_translations(self.jit_hart());
         }
     }
 
@@ -297,8 +306,14 @@ impl Hart {
         };
         let vpn = va >> PAGE_SHIFT;
         let ram_page = ((page_pa - self.ram_base) >> PAGE_SHIFT) as usize;
-        let writable =
-            t.allow & 2 != 0 && !self.ram.write_needs_note(ram_page) && !self.ram.is_code(ram_page);
+        let mut writable = t.allow & 2 != 0;
+        if writable && !self.writes_cached {
+            // Before the code mark is read below: another hart that marks
+            // the page after this sees that this hart may cache writes.
+            self.write_epoch = self.ram.begin_write_translations(self.jit_hart());
+            self.writes_cached = true;
+        }
+        writable = writable && !self.ram.write_needs_note(ram_page) && !self.ram.is_code(ram_page);
         self.tlbs[ctx & 3][vpn as usize & TLB_MASK] = TlbEntry {
             read: if t.allow & 1 != 0 { vpn } else { NO_TAG },
             write: if writable { vpn } else { NO_TAG },

@@ -16,4 +16,6 @@ mod bitmap;
 mod ram;
 
 pub use bitmap::AtomicBitmap;
-pub use ram::{is_zero_page, GuestRam, MemoryError, MAX_CODE_HARTS, PAGE_SHIFT, PAGE_SIZE};
+pub use ram::{
+    is_zero_page, CodeMark, GuestRam, MemoryError, MAX_CODE_HARTS, PAGE_SHIFT, PAGE_SIZE,
+};

@@ -29,6 +29,17 @@ pub enum MemoryError {
     Madvise(std::io::Error),
 }
 
+/// What [`GuestRam::mark_code`] found and did.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeMark {
+    /// The page's marks before (bit per hart).
+    pub before: u8,
+    /// The mark epoch after the call.
+    pub epoch: u64,
+    /// The call advanced the epoch (from `epoch - 1`).
+    pub advanced: bool,
+}
+
 /// Guest RAM: `size` bytes at guest-physical `base`, one host mapping.
 pub struct GuestRam {
     base: u64,
@@ -45,6 +56,15 @@ pub struct GuestRam {
     code_stale: [Mutex<Vec<usize>>; MAX_CODE_HARTS],
     /// Bit per hart: its `code_stale` list is not empty.
     code_stale_any: AtomicU8,
+    /// Advances each time a page with no code mark gets one (see
+    /// [`mark_code`](Self::mark_code)).
+    mark_epoch: AtomicU64,
+    /// Per hart: the [`mark_epoch`](Self::mark_epoch) its cached write
+    /// translations are no older than; `u64::MAX` when it caches none.
+    write_seen: [AtomicU64; MAX_CODE_HARTS],
+    /// Bit per hart that keeps translated code (see
+    /// [`register_code_hart`](Self::register_code_hart)).
+    code_harts: AtomicU8,
 }
 
 // SAFETY: the mapping lives as long as the struct and is only reached through
@@ -91,6 +111,9 @@ impl GuestRam {
             code_epoch: AtomicU64::new(0),
             code_stale: Default::default(),
             code_stale_any: AtomicU8::new(0),
+            mark_epoch: AtomicU64::new(0),
+            write_seen: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            code_harts: AtomicU8::new(0),
         })
     }
 
@@ -257,9 +280,84 @@ impl GuestRam {
     /// page, so a store to it is seen ([`note_hart_store`](Self::note_hart_store));
     /// a change from outside the harts ([`write`](Self::write),
     /// [`discard`](Self::discard)) clears the marks and advances
-    /// [`code_epoch`](Self::code_epoch). Returns the marks before.
-    pub fn mark_code(&self, page: usize, hart: usize) -> u8 {
-        self.code[page].fetch_or(1 << (hart % MAX_CODE_HARTS), Ordering::AcqRel)
+    /// [`code_epoch`](Self::code_epoch).
+    ///
+    /// When the page had no mark, [`mark_epoch`](Self::mark_epoch)
+    /// advances: other harts may still hold write translations for it,
+    /// cached before the mark, which they drop once they see the new epoch
+    /// ([`note_write_translations`](Self::note_write_translations)).
+    /// Returns the marks before and the mark epoch after, with whether
+    /// this call advanced it from the one before.
+    pub fn mark_code(&self, page: usize, hart: usize) -> CodeMark {
+        let before = self.code[page].fetch_or(1 << (hart % MAX_CODE_HARTS), Ordering::SeqCst);
+        if before == 0 {
+            let e = self.mark_epoch.fetch_add(1, Ordering::SeqCst);
+            CodeMark {
+                before,
+                epoch: e + 1,
+                advanced: true,
+            }
+        } else {
+            CodeMark {
+                before,
+                epoch: self.mark_epoch.load(Ordering::SeqCst),
+                advanced: false,
+            }
+        }
+    }
+
+    /// Counts the pages that went from no code mark to one.
+    #[inline]
+    pub fn mark_epoch(&self) -> u64 {
+        self.mark_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Hart `hart` keeps translated code from this RAM: the others check
+    /// their code against its stores ([`code_writes_settled`](Self::code_writes_settled)).
+    pub fn register_code_hart(&self, hart: usize) {
+        self.code_harts
+            .fetch_or(1 << (hart % MAX_CODE_HARTS), Ordering::SeqCst);
+    }
+
+    /// True when a hart other than `hart` keeps translated code from this RAM.
+    pub fn other_code_harts(&self, hart: usize) -> bool {
+        self.code_harts.load(Ordering::SeqCst) & !(1 << (hart % MAX_CODE_HARTS)) != 0
+    }
+
+    /// Hart `hart` starts caching write translations: returns the mark
+    /// epoch they are made under. Every page marked up to that epoch is
+    /// seen marked by the hart's later checks, so it caches no write
+    /// translation for it.
+    pub fn begin_write_translations(&self, hart: usize) -> u64 {
+        let seen = &self.write_seen[hart % MAX_CODE_HARTS];
+        // Not "caches none" while the epoch is read: a hart that reads
+        // this slot after a mark sees either the epoch or this 0.
+        seen.store(0, Ordering::SeqCst);
+        let epoch = self.mark_epoch.load(Ordering::SeqCst);
+        seen.store(epoch, Ordering::SeqCst);
+        epoch
+    }
+
+    /// Hart `hart`'s cached write translations are no older than mark
+    /// epoch `epoch` (it marked the page of that epoch itself and dropped
+    /// its own write translations for it).
+    pub fn advance_write_translations(&self, hart: usize, epoch: u64) {
+        self.write_seen[hart % MAX_CODE_HARTS].store(epoch, Ordering::SeqCst);
+    }
+
+    /// Hart `hart` dropped every cached write translation.
+    pub fn note_write_translations(&self, hart: usize) {
+        self.write_seen[hart % MAX_CODE_HARTS].store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// True when no hart but `hart` can still store, unseen, through a
+    /// write translation cached before mark epoch `epoch`: each has
+    /// dropped such translations, or caches none.
+    pub fn code_writes_settled(&self, hart: usize, epoch: u64) -> bool {
+        let others = self.code_harts.load(Ordering::SeqCst) & !(1 << (hart % MAX_CODE_HARTS));
+        (0..MAX_CODE_HARTS)
+            .filter(|h| others & (1 << h) != 0)
+            .all(|h| self.write_seen[h].load(Ordering::SeqCst) >= epoch)
     }
 
     /// Clears hart `hart`'s mark on `page` (it dropped its translations).

@@ -214,7 +214,7 @@ pub fn run_vm(opts: RunOptions) -> Result<i32> {
     let j = outcome.jit;
     eprintln!("godwit: {}.", outcome.exit.describe());
     eprintln!(
-        "godwit: guest ended: {:?}; {} instructions in {secs:.2} s ({:.1} MIPS, {jit}; {} blocks translated, {} page invalidations, {} flushes, {} fence.i)",
+        "godwit: guest ended: {:?}; {} instructions in {secs:.2} s ({:.1} MIPS, {jit}; {} blocks translated, {} page invalidations, {} flushes, {} fence.i, {} code pages checked)",
         outcome.exit,
         outcome.instructions,
         outcome.instructions as f64 / secs.max(1e-9) / 1e6,
@@ -222,6 +222,7 @@ pub fn run_vm(opts: RunOptions) -> Result<i32> {
         j.invalidations,
         j.flushes,
         j.fence_i,
+        j.code_checks,
     );
     Ok(outcome.exit.status())
 }

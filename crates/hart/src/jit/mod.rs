@@ -39,7 +39,7 @@ use crate::hart::Hart;
 use crate::mmu::{TlbEntry, NO_TAG, TLB_MASK};
 use crate::rvc;
 use asm::{mem, mem_ix, Alu, Asm, Cc, Fixup, Mem, Shift, R};
-use godwit_memory::{GuestRam, PAGE_SHIFT};
+use godwit_memory::{GuestRam, PAGE_SHIFT, PAGE_SIZE};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -212,6 +212,9 @@ pub struct JitStats {
     pub flushes: u64,
     /// `fence.i` instructions executed.
     pub fence_i: u64,
+    /// Translated pages compared with their bytes as translated (pages
+    /// other harts could store to unseen; see `jit_fence_i`).
+    pub code_checks: u64,
 }
 
 /// The translated-code cache of one hart.
@@ -230,12 +233,27 @@ pub(crate) struct Jit {
     /// The hart id, for the code marks in guest RAM.
     hart: usize,
     seen_code_epoch: u64,
+    /// Pages translated while another hart might still store to them
+    /// unseen, through a write translation it cached before the page was
+    /// marked: their bytes as translated, checked at `fence.i` until every
+    /// other hart has dropped such translations.
+    unsettled: Vec<Unsettled>,
     pub stats: JitStats,
+}
+
+/// A page whose translation another hart's stores may not reach
+/// ([`Jit::unsettled`]).
+struct Unsettled {
+    page: usize,
+    /// Guest RAM's code-mark epoch when this hart marked it.
+    epoch: u64,
+    bytes: Box<[u8; PAGE_SIZE]>,
 }
 
 impl Jit {
     pub fn new(ram: Arc<GuestRam>, hart: usize) -> Jit {
         let mem = ExecMem::new(CODE_BYTES);
+        ram.register_code_hart(hart);
         Jit {
             enabled: mem.is_some(),
             mem,
@@ -244,6 +262,7 @@ impl Jit {
             page_blocks: HashMap::new(),
             pending: HashMap::new(),
             seen_code_epoch: ram.code_epoch(),
+            unsettled: Vec::new(),
             ram,
             hart,
             stats: JitStats::default(),
@@ -259,6 +278,7 @@ impl Jit {
         }
         self.page_blocks.clear();
         self.pending.clear();
+        self.unsettled.clear();
         if let Some(m) = &mut self.mem {
             m.clear();
         }
@@ -280,7 +300,38 @@ impl Jit {
         let ram_host = self.ram.host_ptr() as usize;
         self.pending
             .retain(|k, _| k.1.wrapping_sub(ram_host) >> PAGE_SHIFT != page);
+        self.unsettled.retain(|u| u.page != page);
         self.stats.invalidations += 1;
+    }
+
+    /// Checks the unsettled pages against their bytes as translated:
+    /// drops the blocks of those that changed, and forgets those that did
+    /// not once no other hart can store to them unseen any more (`all`:
+    /// check every one, as `fence.i` must; else only those).
+    fn check_unsettled(&mut self, all: bool) {
+        let mut now = [0u8; PAGE_SIZE];
+        let mut i = 0;
+        while i < self.unsettled.len() {
+            let u = &self.unsettled[i];
+            let settled = self.ram.code_writes_settled(self.hart, u.epoch);
+            if !all && !settled {
+                i += 1;
+                continue;
+            }
+            let (page, changed) = match self.ram.read_page(u.page, &mut now) {
+                Ok(()) => (u.page, now != *u.bytes),
+                Err(_) => (u.page, true),
+            };
+            self.stats.code_checks += 1;
+            if changed {
+                // Removes every entry of the page, this one included.
+                self.invalidate_page(page);
+            } else if settled {
+                self.unsettled.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -299,13 +350,6 @@ impl Hart {
         self.jit.enabled
     }
 
-    /// Drops every translated block (the code of other harts or devices
-    /// may have changed).
-    pub(crate) fn jit_flush(&mut self) {
-        self.jit.seen_code_epoch = self.ram.code_epoch();
-        self.jit.flush();
-    }
-
     /// Whether translated code runs.
     pub fn jit_enabled(&self) -> bool {
         self.jit.enabled
@@ -314,6 +358,23 @@ impl Hart {
     /// Translator counters.
     pub fn jit_stats(&self) -> JitStats {
         self.jit.stats
+    }
+
+    /// The hart id the code marks in guest RAM use.
+    pub(crate) fn jit_hart(&self) -> usize {
+        self.jit.hart
+    }
+
+    /// `fence.i`: afterwards the hart runs the code now in memory. Its own
+    /// stores to translated pages already dropped their blocks
+    /// ([`note_ram_write`](Self::note_ram_write)), and so did other harts'
+    /// stores seen at the code marks, once synchronized (`jit_sync`). What
+    /// is left are stores by another hart through a write translation it
+    /// cached before this hart marked the page: the pages still at risk of
+    /// those are compared with their bytes as translated.
+    pub(crate) fn jit_fence_i(&mut self) {
+        self.jit_sync();
+        self.jit.check_unsettled(true);
     }
 
     /// Notes a store to RAM page `page`: the dirty log and free map, and
@@ -330,11 +391,19 @@ impl Hart {
     /// translated code was changed from outside the harts (device DMA, a
     /// host-side load, a balloon discard), and the blocks of pages other
     /// harts stored to. Like hardware, the hart sees such a change once it
-    /// synchronizes, not mid-block; `fence.i` drops everything
-    /// ([`jit_flush`](Self::jit_flush)), which covers a store by another
-    /// hart through a write translation it cached before this hart
-    /// translated the page.
+    /// synchronizes, not mid-block; `fence.i` also checks the pages another
+    /// hart may have stored to unseen ([`jit_fence_i`](Self::jit_fence_i)).
+    ///
+    /// And the other way round: when another hart marked a page since this
+    /// one began caching write translations, this hart drops them, so its
+    /// later stores to the page are seen.
     pub(crate) fn jit_sync(&mut self) {
+        if self.writes_cached && self.ram.mark_epoch() != self.write_epoch {
+            self.tlb_flush_writes();
+        }
+        if !self.jit.unsettled.is_empty() {
+            self.jit.check_unsettled(false);
+        }
         let epoch = self.ram.code_epoch();
         if epoch != self.jit.seen_code_epoch {
             self.jit.seen_code_epoch = epoch;
@@ -418,8 +487,27 @@ impl Hart {
         };
         // Mark the page before reading it, so a change from outside the
         // hart during translation is seen at the next `jit_sync`.
-        if self.ram.mark_code(page, self.jit.hart) & (1 << (self.jit.hart % 8)) == 0 {
+        let mark = self.ram.mark_code(page, self.jit.hart);
+        if mark.before & (1 << (self.jit.hart % 8)) == 0 {
             self.drop_write_translations(page_host);
+            if mark.advanced && self.writes_cached && mark.epoch == self.write_epoch + 1 {
+                // No other hart marked a page meanwhile, and this one's
+                // write translations for the page are gone: the rest need
+                // not be dropped at the next slice.
+                self.write_epoch = mark.epoch;
+                self.ram
+                    .advance_write_translations(self.jit.hart, mark.epoch);
+            }
+            if self.ram.other_code_harts(self.jit.hart) {
+                // After the mark: its epoch, and the bytes the blocks are
+                // made from (or newer ones, which `fence.i` then finds
+                // changed, dropping the blocks: safe).
+                let epoch = mark.epoch;
+                let mut bytes = Box::new([0u8; PAGE_SIZE]);
+                if self.ram.read_page(page, &mut bytes).is_ok() {
+                    self.jit.unsettled.push(Unsettled { page, epoch, bytes });
+                }
+            }
         }
         let mut t = Translator::new(pc);
         let mut cur = pc;

@@ -483,6 +483,104 @@ fn a_store_by_another_hart_into_translated_code_is_executed() {
 }
 
 #[test]
+fn fence_i_keeps_the_code_no_one_changed() {
+    // Linux runs `fence.i` on every hart for each new executable page;
+    // code no hart wrote to must stay translated across it.
+    let (mut a, mut b, _ram) = two_harts(
+        &[i(0x13, 0, 5, 5, 1), i(0x13, 0, 5, 5, 1), jal(0, -8)],
+        &[jal(0, 0)],
+    );
+    b.run(&mut NoDevices, 10);
+    // Whole loop turns (3 instructions), so every slice starts at BASE.
+    a.run(&mut NoDevices, 999);
+    a.run(&mut NoDevices, 300);
+    let before = a.jit_stats();
+    assert!(before.blocks > 0);
+    for _ in 0..5 {
+        a.fence_i();
+        assert_eq!(a.pc, BASE);
+        a.run(&mut NoDevices, 300);
+    }
+    let after = a.jit_stats();
+    assert_eq!(after.blocks, before.blocks, "nothing translated again");
+    assert_eq!(after.flushes, before.flushes);
+    assert_eq!(after.invalidations, before.invalidations);
+}
+
+#[test]
+fn fence_i_sees_a_store_through_a_write_translation_cached_before_the_mark() {
+    // B caches a write translation for A's page (its first store there),
+    // then A translates code on that page, then B stores new code through
+    // the cached translation within the same slice, unseen by the code
+    // marks. A's `fence.i` must still run the new code.
+    const FLAG: u64 = DATA + 0x800;
+    let b_prog = [
+        s(2, 8, 10, 12),      // 0x00: sw x10, 12(x8): a data word on A's page
+        i(0x03, 2, 5, 11, 0), // 0x04: lw x5, 0(x11): wait for the flag
+        b(0, 5, 0, -4),       // 0x08: beq x5, x0, -4
+        s(2, 8, 9, 0),        // 0x0c: rewrite A's loop to count by 100
+        s(2, 8, 9, 4),        // 0x10
+        i(0x03, 2, 6, 11, 4), // 0x14: lw x6, 4(x11): wait for "done"
+        b(0, 6, 0, -4),       // 0x18: beq x6, x0, -4
+        0x1050_0073,          // 0x1c: wfi: B's run ends
+        jal(0, 0),
+    ];
+    let (mut a, mut b, ram) = two_harts(
+        &[i(0x13, 0, 5, 5, 1), i(0x13, 0, 5, 5, 1), jal(0, -8)],
+        &b_prog,
+    );
+    b.x[8] = BASE;
+    b.x[9] = u64::from(i(0x13, 0, 5, 5, 100));
+    b.x[10] = 0x5eed;
+    b.x[11] = FLAG;
+    let done = |ram: &GuestRam| ram.write(FLAG + 4, &1u32.to_le_bytes()).unwrap();
+    let bt = std::thread::spawn(move || {
+        // Bounded: the budget ends the slice if "done" never comes.
+        let exit = b.run(&mut NoDevices, 20_000_000_000);
+        (exit, b)
+    });
+    // Wait until B made its first store (it caches the write translation).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let word = |ram: &GuestRam, at: u64| {
+        let mut w = [0u8; 4];
+        ram.read(at, &mut w).unwrap();
+        u32::from_le_bytes(w)
+    };
+    while word(&ram, BASE + 12) != 0x5eed {
+        assert!(std::time::Instant::now() < deadline, "B did not start");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    a.run(&mut NoDevices, 1000);
+    assert!(a.x[5] > 600, "{}", a.x[5]);
+    ram.write(FLAG, &1u32.to_le_bytes()).unwrap();
+    while word(&ram, BASE + 4) != i(0x13, 0, 5, 5, 100) {
+        assert!(std::time::Instant::now() < deadline, "B did not store");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    a.pc = BASE;
+    a.x[5] = 0;
+    a.run(&mut NoDevices, 300);
+    let unseen = a.x[5] == 200;
+    a.fence_i();
+    a.pc = BASE;
+    a.x[5] = 0;
+    a.run(&mut NoDevices, 300);
+    let after_fence = a.x[5];
+    done(&ram);
+    let (exit, _b) = bt.join().unwrap();
+    assert_eq!(exit, Exit::Wfi, "B ended in wfi, not on its budget");
+    assert!(
+        unseen,
+        "B's stores were unseen before fence.i (the case under test)"
+    );
+    assert_eq!(
+        after_fence,
+        200 * 100,
+        "after fence.i A ran the code B wrote"
+    );
+}
+
+#[test]
 fn a_store_by_another_hart_breaks_a_reservation() {
     let lr_w = |rd: u32, rs1: u32| (0b00010 << 27) | (rs1 << 15) | (2 << 12) | (rd << 7) | 0x2f;
     let sc_w = |rd: u32, rs1: u32, rs2: u32| {

@@ -41,6 +41,10 @@ pub struct Args {
     /// Post-copy: do not push the vCPU's last-used pages first.
     #[arg(long)]
     no_hot_pages_first: bool,
+    /// Pre-copy and hybrid: throttle the vCPUs while the guest dirties
+    /// memory faster than the link sends it (auto-converge).
+    #[arg(long)]
+    auto_converge: bool,
     /// TLS identity folder (`godwit tls-gen`), as seen by the source VMM.
     #[arg(long, required_unless_present = "tls_plain")]
     tls_dir: Option<PathBuf>,
@@ -95,6 +99,9 @@ pub fn run(args: Args) -> Result<i32> {
         }
     }
     params["hot-pages-first"] = json!(!args.no_hot_pages_first);
+    if args.auto_converge {
+        params["auto-converge"] = json!(true);
+    }
     if args.no_free_page_hints {
         params["free-page-hints"] = json!(false);
     }
@@ -259,6 +266,32 @@ pub fn summary(r: &Value) -> String {
         u("network_faults"), u("local_faults"), u("faults_served_by_push"),
         f("fault_latency_us_p50"), f("fault_latency_us_p99"), f("fault_latency_us_max"), u("prepaging_hits")
     );
+    if r["auto_converge"].as_bool() == Some(true) {
+        let steps: Vec<String> = r["throttle_steps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        format!(
+                            "round {} {:.1}%",
+                            t["round"],
+                            t["permille"].as_f64().unwrap_or(0.0) / 10.0
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        s += &format!(
+            "  auto-converge: throttle max {:.1}% ({}), vCPU time lost {:.0} ms\n",
+            f("throttle_max_permille") / 10.0,
+            if steps.is_empty() {
+                "never needed".into()
+            } else {
+                steps.join(", ")
+            },
+            f("throttled_vcpu_ms"),
+        );
+    }
     s += &fault_path(&r["fault_breakdown"], u("demands_in_flight"));
     s += &format!(
         "  guest throughput ({}): before {}, during {}, after {}; guest bad pages {}",

@@ -142,9 +142,21 @@ fn migrate_and_check(
     mode: &str,
     prepaging: &str,
 ) -> Value {
+    migrate_and_check_with(name, workload, append, mode, prepaging, &[])
+}
+
+/// [`migrate_and_check`] with more `godwit migrate` arguments.
+fn migrate_and_check_with(
+    name: &str,
+    workload: &str,
+    append: &str,
+    mode: &str,
+    prepaging: &str,
+    extra: &[&str],
+) -> Value {
     let mut p = start_pair(name, workload, append, &[]);
     let last_src = line_json(&p.src.wait_for("GODWIT HB", Duration::from_secs(30)));
-    let out = migrate_cmd(&p, mode, prepaging, &[]);
+    let out = migrate_cmd(&p, mode, prepaging, extra);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "godwit migrate failed: {stderr}");
     let report: Value = serde_json::from_str(
@@ -238,6 +250,35 @@ fn precopy_memtouch_paced_writer() {
     );
     assert!(r["pages_precopy"].as_u64().unwrap() > 0, "{r}");
     assert!(r["rounds"].as_u64().unwrap() >= 1, "{r}");
+}
+
+#[test]
+fn precopy_auto_converge_throttles_a_busy_writer() {
+    // At 40 MB/s a guest rewriting 32 MiB as fast as it can outruns every
+    // round: auto-converge must throttle it, and the migration complete
+    // with every page right.
+    let r = migrate_and_check_with(
+        "pre-ac",
+        "memtouch",
+        "wws_mb=32 pages_per_s=0",
+        "precopy",
+        "none",
+        &["--auto-converge", "--max-bandwidth", "40000000"],
+    );
+    assert_eq!(r["auto_converge"], json!(true), "{r}");
+    let steps = r["throttle_steps"].as_array().expect("throttle steps");
+    assert!(!steps.is_empty(), "the throttle was never set: {r}");
+    let max = r["throttle_max_permille"].as_u64().unwrap();
+    assert!((200..=990).contains(&max), "{r}");
+    let permille: Vec<u64> = steps
+        .iter()
+        .map(|s| s["permille"].as_u64().unwrap())
+        .collect();
+    assert!(
+        permille.windows(2).all(|w| w[0] < w[1]),
+        "the throttle only rises: {r}"
+    );
+    assert!(r["throttled_vcpu_ms"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]

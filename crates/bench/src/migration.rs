@@ -456,55 +456,77 @@ impl Workload {
 struct Strategy {
     mode: &'static str,
     prepaging: Option<&'static str>,
+    /// Pre-copy with auto-converge (the vCPU throttle).
+    auto_converge: bool,
 }
 
 /// Every strategy the paper compares, in table order.
-const STRATEGIES: [Strategy; 7] = [
+const STRATEGIES: [Strategy; 8] = [
     Strategy {
         mode: "stop-and-copy",
         prepaging: None,
+        auto_converge: false,
     },
     Strategy {
         mode: "precopy",
         prepaging: None,
+        auto_converge: false,
+    },
+    Strategy {
+        mode: "precopy",
+        prepaging: None,
+        auto_converge: true,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("none"),
+        auto_converge: false,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("forward"),
+        auto_converge: false,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("dual"),
+        auto_converge: false,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("multi-pivot"),
+        auto_converge: false,
     },
     Strategy {
         mode: "hybrid",
         prepaging: None,
+        auto_converge: false,
     },
 ];
 
 /// The modes QEMU runs: pre-copy, post-copy switching at once (as Godwit's
 /// post-copy), and post-copy after the first pass (QEMU's usual recipe,
 /// Godwit's hybrid); see [`Switch::for_mode`].
-const QEMU_STRATEGIES: [Strategy; 3] = [
+const QEMU_STRATEGIES: [Strategy; 4] = [
     Strategy {
         mode: "precopy",
         prepaging: None,
+        auto_converge: false,
+    },
+    Strategy {
+        mode: "precopy",
+        prepaging: None,
+        auto_converge: true,
     },
     Strategy {
         mode: "postcopy",
         prepaging: None,
+        auto_converge: false,
     },
     Strategy {
         mode: "hybrid",
         prepaging: None,
+        auto_converge: false,
     },
 ];
 
@@ -554,9 +576,10 @@ impl Vmm {
 
 impl Strategy {
     fn id(&self) -> String {
-        match self.prepaging {
-            Some(p) => format!("{}-{p}", self.mode),
-            None => self.mode.into(),
+        match (self.prepaging, self.auto_converge) {
+            (Some(p), _) => format!("{}-{p}", self.mode),
+            (None, true) => format!("{}-ac", self.mode),
+            (None, false) => self.mode.into(),
         }
     }
 }
@@ -584,9 +607,18 @@ impl Cell {
 
     /// The table's strategy column when no report says better.
     fn strategy_label(&self) -> String {
+        let ac = if self.strategy.auto_converge {
+            "auto-converge"
+        } else {
+            ""
+        };
         match (self.vmm.is_qemu(), self.strategy.prepaging) {
+            (true, _) if self.strategy.auto_converge => {
+                format!("{}+{ac}", Switch::for_mode(self.strategy.mode).label())
+            }
             (true, _) => Switch::for_mode(self.strategy.mode).label().into(),
             (false, Some(p)) => p.into(),
+            (false, None) if self.strategy.auto_converge => ac.into(),
             (false, None) => "-".into(),
         }
     }
@@ -1077,6 +1109,9 @@ impl CellRun<'_> {
         if let Some(p) = cell.strategy.prepaging {
             migrate.args(["--prepaging", p]);
         }
+        if cell.strategy.auto_converge {
+            migrate.arg("--auto-converge");
+        }
         match &b.tls {
             Some((s, _)) => migrate.arg("--tls-dir").arg(s),
             None => migrate.arg("--tls-plain"),
@@ -1201,6 +1236,12 @@ impl CellRun<'_> {
             dst_q.execute(
                 "migrate-set-capabilities",
                 caps(&["postcopy-ram", "postcopy-blocktime"]),
+            )?;
+        }
+        if cell.strategy.auto_converge {
+            src_q.execute(
+                "migrate-set-capabilities",
+                json!({ "capabilities": [{ "capability": "auto-converge", "state": true }] }),
             )?;
         }
         dst_q.execute("migrate-incoming", json!({ "uri": uri }))?;
@@ -2498,7 +2539,7 @@ mod tests {
     #[test]
     fn matrices() {
         let quick = matrix(Preset::Quick);
-        assert_eq!(quick.len(), 14 + 2 * 3);
+        assert_eq!(quick.len(), 16 + 2 * 4);
         assert!(quick
             .iter()
             .all(|c| c.balloon && c.workload.wws_mb() == Some(64)));
@@ -2509,10 +2550,11 @@ mod tests {
             .collect();
         assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-precopy".to_string()));
         assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-rearm-postcopy".to_string()));
-        assert_eq!(select(quick, Some("qemu")).len(), 6);
+        assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-rearm-precopy-ac".to_string()));
+        assert_eq!(select(quick, Some("qemu")).len(), 8);
         let full = matrix(Preset::Full);
         // Godwit: every strategy everywhere; QEMU: the fixed-rate WWS sweep, balloon on.
-        assert_eq!(full.len(), (10 + 3) * 2 * 7 + 5 * 2 * 3);
+        assert_eq!(full.len(), (10 + 3) * 2 * 8 + 5 * 2 * 4);
         let ids: BTreeSet<String> = full.iter().map(Cell::id).collect();
         assert_eq!(ids.len(), full.len(), "cell ids are unique");
         assert!(ids.contains("memtouch-wws256-busy-noballoon-postcopy-multi-pivot"));

@@ -38,4 +38,6 @@ pub use error::{ConfigError, RestoreError, VmError};
 pub use godwit_devices::{BlockBackend, BlockCounters, DiskOpenError, FileDisk};
 pub use host::{DiskControlError, DiskInfo, HostDevice};
 pub use state::VmState;
-pub use vm::{GuestExit, Machine, PauseOutcome, RunOutcome, Vm, VmConfig, VmGone, VmHandle};
+pub use vm::{
+    GuestExit, Machine, PauseOutcome, RunOutcome, Vm, VmConfig, VmGone, VmHandle, MAX_THROTTLE,
+};

@@ -306,6 +306,8 @@ enum Out {
     Park,
     /// `wfi` with nothing pending: sleep until the next timer deadline.
     Wfi(Duration),
+    /// The throttle is on: sleep this long.
+    Throttle(Duration),
     /// The VM ends.
     Exit,
 }
@@ -326,6 +328,12 @@ pub(crate) fn vcpu_main(shared: &Shared, id: usize) {
         } else {
             run_hart(shared, &mut hart, id)
         };
+        if !matches!(out, Out::Exit) {
+            // Out for a while: no write translations held meanwhile, so
+            // the harts still running need not wait for this one before
+            // they trust the code they translate (`Hart::fence_i`).
+            hart.release_writes();
+        }
         sig.running.store(false, SeqCst);
         drop(hart);
         {
@@ -335,6 +343,7 @@ pub(crate) fn vcpu_main(shared: &Shared, id: usize) {
         match out {
             Out::Exit => return,
             Out::Wfi(d) => sig.nap(d),
+            Out::Throttle(d) => throttle_nap(shared, id, d),
             Out::Park => {
                 if shared.exited() {
                     return;
@@ -345,9 +354,36 @@ pub(crate) fn vcpu_main(shared: &Shared, id: usize) {
     }
 }
 
+/// How long a throttled vCPU runs between two sleeps.
+const THROTTLE_RUN: Duration = Duration::from_millis(5);
+
+/// Sleeps `d` for the throttle. Interrupts do not end it (they would cut
+/// every sleep short at the guest's timer rate), and requests wait as for
+/// any vCPU that is out; a stop, the VM's end or the throttle going off do.
+fn throttle_nap(shared: &Shared, id: usize, d: Duration) {
+    let start = Instant::now();
+    let until = start + d;
+    loop {
+        let now = Instant::now();
+        if now >= until
+            || shared.must_park(id)
+            || shared.exited()
+            || shared.ctl.throttle.load(SeqCst) == 0
+        {
+            break;
+        }
+        shared.sigs[id].nap(until - now);
+    }
+    shared
+        .ctl
+        .throttled_ns
+        .fetch_add(start.elapsed().as_nanos() as u64, SeqCst);
+}
+
 /// Runs slices until the hart must let go.
 fn run_hart(shared: &Shared, hart: &mut Hart, id: usize) -> Out {
     let sig = &shared.sigs[id];
+    let ran_since = Instant::now();
     let mut bus = HartBus {
         devices: &shared.devices,
         harts: shared.signals(),
@@ -373,7 +409,15 @@ fn run_hart(shared: &Shared, hart: &mut Hart, id: usize) -> Out {
             return Out::Exit;
         }
         match exit {
-            Exit::Budget => {}
+            Exit::Budget => {
+                let t = shared.ctl.throttle.load(Relaxed);
+                if t > 0 {
+                    let ran = ran_since.elapsed();
+                    if ran >= THROTTLE_RUN {
+                        return Out::Throttle(ran * t / (1000 - t.min(999)));
+                    }
+                }
+            }
             Exit::Sbi => {
                 let mut harts = VcpuHarts { shared, id };
                 match sbi::handle(hart, &mut bus, &mut harts) {

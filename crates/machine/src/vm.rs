@@ -27,7 +27,7 @@ use godwit_memory::GuestRam;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,15 @@ pub(crate) struct RunCtl {
     exited: AtomicBool,
     /// Console input held while paused.
     input: Mutex<VecDeque<u8>>,
+    /// vCPU throttle (auto-converge), per mille of each vCPU's time spent
+    /// asleep instead of running; 0: off.
+    pub throttle: AtomicU32,
+    /// Time vCPUs slept for the throttle, summed over vCPUs, ns.
+    pub throttled_ns: AtomicU64,
 }
+
+/// The strongest vCPU throttle, per mille ([`VmHandle::set_throttle`]).
+pub const MAX_THROTTLE: u32 = 990;
 
 /// Everything the threads of one VM share.
 pub(crate) struct Shared {
@@ -431,6 +439,7 @@ impl Vm {
             jit.invalidations += s.invalidations;
             jit.flushes += s.flushes;
             jit.fence_i += s.fence_i;
+            jit.code_checks += s.code_checks;
         }
         Ok(RunOutcome {
             exit,
@@ -699,6 +708,26 @@ impl VmHandle {
             shared: &self.shared,
         };
         Ok(f(&mut m))
+    }
+
+    /// Throttles every vCPU to `1 - permille / 1000` of its time (0: off,
+    /// at most [`MAX_THROTTLE`]): a running vCPU sleeps after each stretch
+    /// of running, as long as the stretch times `permille / (1000 -
+    /// permille)`. Pre-copy's auto-converge slows a guest that dirties
+    /// memory faster than the link sends it.
+    pub fn set_throttle(&self, permille: u32) {
+        let p = permille.min(MAX_THROTTLE);
+        self.shared.ctl.throttle.store(p, SeqCst);
+        if p == 0 {
+            for s in &self.shared.sigs {
+                s.kick();
+            }
+        }
+    }
+
+    /// Time the vCPUs slept for the throttle so far, summed over vCPUs.
+    pub fn throttled(&self) -> Duration {
+        Duration::from_nanos(self.shared.ctl.throttled_ns.load(SeqCst))
     }
 
     /// Whether the VM is paused.

@@ -13,6 +13,7 @@
 //! The protocol is in [`wire`], the post-copy push order in [`prepaging`],
 //! the `userfaultfd` wrapper in [`uffd`].
 
+pub mod converge;
 pub mod dest;
 pub mod prepaging;
 pub mod source;
@@ -69,6 +70,11 @@ pub trait SourceVm: Send + Sync {
     fn take_host_frames(&self) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         Ok(Vec::new())
     }
+    /// Throttles the vCPUs for pre-copy's auto-converge: `permille` of
+    /// their time asleep instead of running (0: off, at most
+    /// [`converge::MAX_THROTTLE`]). Returns the time the vCPUs slept for
+    /// the throttle so far, summed over vCPUs.
+    fn set_throttle(&self, permille: u32) -> anyhow::Result<Duration>;
 }
 
 /// The destination VM: built empty with the RAM size from the handshake,
@@ -166,6 +172,9 @@ pub struct Params {
     pub tls_plain: bool,
     /// Post-copy: push the pages the vCPU used last before anything else.
     pub hot_pages_first: bool,
+    /// Pre-copy and hybrid: throttle the vCPUs while the guest dirties
+    /// memory faster than the rounds send it (see [`converge`]).
+    pub auto_converge: bool,
 }
 
 impl Params {
@@ -197,6 +206,7 @@ impl Default for Params {
             tls_creds: None,
             tls_plain: false,
             hot_pages_first: true,
+            auto_converge: false,
         }
     }
 }

@@ -2,10 +2,10 @@
 //! mode. See [`crate::wire`] for the exchange.
 
 use crate::prepaging::PushOrder;
-use crate::stats::{Progress, Report, Status};
+use crate::stats::{Progress, Report, Status, ThrottleStep};
 use crate::transport::{Conn, Security};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{unix_ns, Mode, Params, SourceVm};
+use crate::{converge, unix_ns, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use std::io::{BufWriter, Write};
@@ -287,6 +287,7 @@ pub fn migrate(
         committed: false,
         logging: false,
         hinting: false,
+        throttle: 0,
     };
     let result = s.run(conns);
     if let Err(e) = &result {
@@ -311,11 +312,25 @@ struct Session<'a> {
     committed: bool,
     logging: bool,
     hinting: bool,
+    /// The auto-converge throttle in force, per mille.
+    throttle: u32,
 }
 
 impl Session<'_> {
+    /// Ends the throttle (the VM is paused, or the migration failed) and
+    /// notes what it cost the guest.
+    fn throttle_off(&mut self) -> Result<()> {
+        if self.throttle > 0 {
+            self.throttle = 0;
+            let slept = self.vm.set_throttle(0)?;
+            self.report.throttled_vcpu_ms = slept.as_secs_f64() * 1e3;
+        }
+        Ok(())
+    }
+
     /// After a failure: before the commit point the source runs on.
     fn unwind(&mut self, e: &anyhow::Error) {
+        let _ = self.throttle_off();
         if self.hinting {
             let _ = self.vm.stop_free_page_hints();
         }
@@ -355,6 +370,7 @@ impl Session<'_> {
         self.report.pause_latency_us = self.vm.pause()?.as_micros() as u64;
         self.report.paused_unix_ns = unix_ns();
         self.paused = true;
+        self.throttle_off()?;
         self.progress.set_status(Status::Device);
         if self.logging {
             or_into(&mut unsent, &self.vm.take_dirty_log()?);
@@ -455,6 +471,7 @@ impl Session<'_> {
         let progress = self.progress;
         self.vm.set_dirty_logging(true)?;
         self.logging = true;
+        self.report.auto_converge = p.auto_converge;
         if p.free_page_hints {
             self.hinting = self.vm.start_free_page_hints()?;
             self.report.free_page_hints = self.hinting;
@@ -479,8 +496,9 @@ impl Session<'_> {
         let mut rate = sent as f64 * PAGE as f64 / t.elapsed().as_secs_f64().max(1e-6);
         let mut prev = u64::MAX;
         let mut stuck = 0;
+        let mut round_secs = t.elapsed().as_secs_f64();
         loop {
-            let dirty = self.vm.take_dirty_log()?;
+            let mut dirty = self.vm.take_dirty_log()?;
             let todo = not_free(&dirty, self.ram);
             let n = todo.len() as u64;
             progress.dirty_last_round.store(n, Ordering::Relaxed);
@@ -492,10 +510,53 @@ impl Session<'_> {
             let fits = est_ms <= p.downtime_limit_ms as f64;
             let hybrid_switch = p.mode == Mode::Hybrid && rounds >= p.hybrid_rounds;
             let asked = progress.start_postcopy.load(Ordering::Relaxed);
-            if fits || hybrid_switch || asked || rounds >= p.max_rounds || stuck >= 2 {
+            // With auto-converge, rounds that do not shrink go on while
+            // the throttle can still rise.
+            let can_throttle = p.auto_converge && self.throttle < converge::MAX_THROTTLE;
+            if fits
+                || hybrid_switch
+                || asked
+                || rounds >= p.max_rounds
+                || (stuck >= 2 && !can_throttle)
+            {
                 unsent.copy_from_slice(&dirty);
                 return Ok(hybrid_switch || asked);
             }
+            if can_throttle {
+                // Measure the dirty rate over a short sample (its pages
+                // join this round's), then set the throttle from it.
+                let s = Instant::now();
+                std::thread::sleep(converge::SAMPLE);
+                let sample = self.vm.take_dirty_log()?;
+                let sample_secs = s.elapsed().as_secs_f64();
+                let sample_pages: u64 = sample.iter().map(|w| w.count_ones() as u64).sum();
+                or_into(&mut dirty, &sample);
+                let t = converge::next_throttle(
+                    self.throttle,
+                    &converge::RoundEnd {
+                        left_pages: n,
+                        sample_pages,
+                        sample_secs,
+                        link_pages_per_s: rate / PAGE as f64,
+                        limit_secs: p.downtime_limit_ms as f64 / 1e3,
+                    },
+                );
+                if t > self.throttle {
+                    self.throttle = t;
+                    self.vm.set_throttle(t)?;
+                    stuck = 0;
+                    let r = &mut *self.report;
+                    r.throttle_max_permille = r.throttle_max_permille.max(t);
+                    r.throttle_steps.push(ThrottleStep {
+                        round: rounds + 1,
+                        permille: t,
+                        sample_pages,
+                        left_pages: n,
+                        after_round_ms: round_secs * 1e3,
+                    });
+                }
+            }
+            let todo = not_free(&dirty, self.ram);
             if progress.cancel.load(Ordering::Relaxed) {
                 bail!("cancelled");
             }
@@ -507,6 +568,7 @@ impl Session<'_> {
                 &progress.pages_precopy,
                 true,
             )?;
+            round_secs = t.elapsed().as_secs_f64();
             out.send(&Msg::RoundEnd(rounds + 1))?;
             out.flush()?;
             progress.rounds.store(rounds as u64 + 1, Ordering::Relaxed);

@@ -225,6 +225,20 @@ impl Default for Progress {
     }
 }
 
+/// One change of the auto-converge throttle.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ThrottleStep {
+    /// The pre-copy round it applies to.
+    pub round: u32,
+    pub permille: u32,
+    /// Pages the guest dirtied in the dirty-rate sample.
+    pub sample_pages: u64,
+    /// Pages the round before left to send.
+    pub left_pages: u64,
+    /// How long the round before took, ms.
+    pub after_round_ms: f64,
+}
+
 /// The engine's part of "what every migration reports" (DESIGN.md). The
 /// VMM adds what the guest saw (heartbeats) before printing it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -288,6 +302,15 @@ pub struct Report {
     pub pages_written_during_postcopy: u64,
     /// Free page hints the guest gave at migration start.
     pub free_page_hints: bool,
+    /// Pre-copy auto-converge was asked for.
+    pub auto_converge: bool,
+    /// The strongest vCPU throttle it set, per mille (0: none).
+    pub throttle_max_permille: u32,
+    /// Time the vCPUs slept for the throttle, summed over vCPUs, ms: the
+    /// guest's CPU time lost to auto-converge.
+    pub throttled_vcpu_ms: f64,
+    /// Each throttle change.
+    pub throttle_steps: Vec<ThrottleStep>,
     pub max_bandwidth: u64,
     /// "TLS" or "plain TCP".
     pub security: String,

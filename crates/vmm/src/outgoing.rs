@@ -81,6 +81,10 @@ impl SourceVm for VmSource {
             })
             .unwrap_or(false))
     }
+    fn set_throttle(&self, permille: u32) -> Result<Duration> {
+        self.vm.set_throttle(permille);
+        Ok(self.vm.throttled())
+    }
     fn hot_pages(&self) -> Result<Vec<usize>> {
         self.vm.exec(|m| m.hot_pages()).map_err(gone)
     }

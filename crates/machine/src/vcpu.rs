@@ -355,7 +355,7 @@ pub(crate) fn vcpu_main(shared: &Shared, id: usize) {
 }
 
 /// How long a throttled vCPU runs between two sleeps.
-const THROTTLE_RUN: Duration = Duration::from_millis(5);
+const THROTTLE_RUN: Duration = Duration::from_millis(1);
 
 /// Sleeps `d` for the throttle. Interrupts do not end it (they would cut
 /// every sleep short at the guest's timer rate), and requests wait as for

@@ -41,6 +41,10 @@ pub struct Args {
     /// Post-copy: do not push the vCPU's last-used pages first.
     #[arg(long)]
     no_hot_pages_first: bool,
+    /// Post-copy: do not send the vCPUs' pages ahead, while the VM still
+    /// runs (they are still pushed first after the resume).
+    #[arg(long)]
+    no_hot_pages_ahead: bool,
     /// Pre-copy and hybrid: throttle the vCPUs while the guest dirties
     /// memory faster than the link sends it (auto-converge).
     #[arg(long)]
@@ -99,6 +103,7 @@ pub fn run(args: Args) -> Result<i32> {
         }
     }
     params["hot-pages-first"] = json!(!args.no_hot_pages_first);
+    params["hot-pages-ahead"] = json!(!args.no_hot_pages_ahead);
     if args.auto_converge {
         params["auto-converge"] = json!(true);
     }
@@ -256,8 +261,13 @@ pub fn summary(r: &Value) -> String {
         opt("guest_downtime_console_ms"),
     );
     s += &format!(
-        "  pages: pre-copy {} (rounds {}), stop-copy {}, pushed {}, demand {}, zero {}, free skipped {}, duplicates {}; state {} bytes; {:.1} MB on the wire\n",
-        u("pages_precopy"), u("rounds"), u("pages_stop_copy"), u("pages_pushed"), u("pages_demand"),
+        "  pages: pre-copy {} (rounds {}{}), stop-copy {}, pushed {}, demand {}, zero {}, free skipped {}, duplicates {}; state {} bytes; {:.1} MB on the wire\n",
+        u("pages_precopy"), u("rounds"),
+        match u("pages_hot_ahead") {
+            0 => String::new(),
+            n => format!("; the vCPUs' hot pages ahead: {n}"),
+        },
+        u("pages_stop_copy"), u("pages_pushed"), u("pages_demand"),
         u("pages_zero"), u("pages_free_skipped"), u("duplicate_pages"), u("state_bytes"),
         f("bytes_sent") / 1e6
     );

@@ -217,6 +217,12 @@ fn migrate_and_check_with(
             "every pending page crosses exactly once: {report}"
         );
         assert_eq!(report["prepaging"], json!(prepaging));
+        if mode == "postcopy" {
+            // The vCPUs' hot pages went ahead, before the pause, and only they.
+            let hot = report["pages_hot_ahead"].as_u64().unwrap();
+            assert!(hot > 0, "the hot set goes ahead: {report}");
+            assert_eq!(report["pages_precopy"].as_u64().unwrap(), hot, "{report}");
+        }
     }
     assert_eq!(qmp(&p.dst_sock, "quit", json!({}))["return"], json!({}));
     assert_eq!(p.dst.wait_exit(Duration::from_secs(30)), Some(0));

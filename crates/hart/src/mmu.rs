@@ -135,7 +135,9 @@ impl Hart {
     }
 
     /// The guest RAM pages (indices from the start of RAM) the TLBs map
-    /// right now: the pages the guest used last (code, stack, data). A
+    /// right now: the pages the guest used last (code, stack, data), and
+    /// the page-table pages a walk of each of them reads (a hart resumed
+    /// elsewhere starts with an empty TLB, so those come first). A
     /// migration sends these first so a guest resumed elsewhere finds its
     /// hot pages there.
     pub fn tlb_ram_pages(&self) -> Vec<usize> {
@@ -150,11 +152,35 @@ impl Hart {
                 if host >= base && host < base + size {
                     out.push((host - base) >> PAGE_SHIFT);
                 }
+                self.table_pages(vpn << PAGE_SHIFT, &mut out);
             }
         }
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Appends the RAM pages of the Sv39 tables a walk of `va` reads under
+    /// the current `satp` (root first), without touching any PTE.
+    fn table_pages(&self, va: u64, out: &mut Vec<usize>) {
+        if self.satp >> 60 == 0 {
+            return;
+        }
+        let mut table = (self.satp & ((1 << 44) - 1)) << PAGE_SHIFT;
+        for level in (0..3).rev() {
+            if !self.ram.contains(table, 1 << PAGE_SHIFT) {
+                return;
+            }
+            out.push(((table - self.ram_base) >> PAGE_SHIFT) as usize);
+            let vpn = (va >> (PAGE_SHIFT + 9 * level)) & 0x1ff;
+            let Some(pte) = self.phys_read_u64(table + vpn * 8) else {
+                return;
+            };
+            if pte & PTE_V == 0 || pte & (PTE_R | PTE_X) != 0 {
+                return;
+            }
+            table = ((pte >> 10) & ((1 << 44) - 1)) << PAGE_SHIFT;
+        }
     }
 
     /// Translates `va` for `access` at the data or fetch privilege.

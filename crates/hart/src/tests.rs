@@ -347,6 +347,34 @@ fn sv39_faults_permissions_and_ad_bits() {
 }
 
 #[test]
+fn the_hot_set_holds_the_tlb_pages_and_the_tables_that_map_them() {
+    let mut m = Machine::new();
+    let tables = BASE + 0x10_0000;
+    let code_va = 0x4000_0000u64;
+    map_page(&m, tables, code_va, BASE, 0xc0 | 0x2 | 0x8);
+    map_page(&m, tables, 0x4000_1000, BASE + 0x2_0000, 0xc0 | 0x2);
+    m.hart.satp = (8 << 60) | (tables >> 12);
+    m.hart.pc = code_va;
+    m.set(1, 0x4000_1000);
+    m.load(BASE, &[i(0x03, 3, 4, 1, 0)]);
+    m.steps(1);
+    assert_eq!(m.hart.pc, code_va + 4, "the load ran");
+    let page = |pa: u64| ((pa - BASE) >> 12) as usize;
+    let mut want = vec![
+        page(BASE),
+        page(BASE + 0x2_0000),
+        page(tables),
+        page(tables + 0x1000),
+        page(tables + 0x2000),
+    ];
+    want.sort_unstable();
+    assert_eq!(m.hart.tlb_ram_pages(), want);
+    // An empty TLB: nothing is hot.
+    m.hart.tlb_flush();
+    assert!(m.hart.tlb_ram_pages().is_empty());
+}
+
+#[test]
 fn timer_interrupt_and_sret_to_user() {
     let mut m = Machine::new();
     m.hart.stvec = BASE + 0x1000;

@@ -172,6 +172,10 @@ pub struct Params {
     pub tls_plain: bool,
     /// Post-copy: push the pages the vCPU used last before anything else.
     pub hot_pages_first: bool,
+    /// Post-copy (with `hot_pages_first`): also send the pages the vCPUs
+    /// use while the VM still runs, before the pause (with the dirty log on,
+    /// so only those written since are sent again).
+    pub hot_pages_ahead: bool,
     /// Pre-copy and hybrid: throttle the vCPUs while the guest dirties
     /// memory faster than the rounds send it (see [`converge`]).
     pub auto_converge: bool,
@@ -206,6 +210,7 @@ impl Default for Params {
             tls_creds: None,
             tls_plain: false,
             hot_pages_first: true,
+            hot_pages_ahead: true,
             auto_converge: false,
         }
     }

@@ -27,6 +27,11 @@ const PUSH_SNDBUF: usize = 256 << 10;
 /// Unsent bytes the push connection may hold in the kernel
 /// (`TCP_NOTSENT_LOWAT`).
 const PUSH_NOTSENT_LOWAT: libc::c_int = 16 << 10;
+/// Post-copy's hot pages sent ahead: the pause waits until at most this
+/// much of them is still unacknowledged...
+const HOT_AHEAD_QUEUED: usize = 32 << 10;
+/// ...but no longer than this after the last was written.
+const HOT_AHEAD_DRAIN: Duration = Duration::from_secs(2);
 
 fn connect(to: &str) -> Result<TcpStream> {
     let addrs: Vec<_> = to
@@ -361,6 +366,8 @@ impl Session<'_> {
         let mut switch_to_postcopy = self.params.mode == Mode::Postcopy;
         if iterate {
             switch_to_postcopy = self.precopy_rounds(&mut out, &mut unsent)?;
+        } else if switch_to_postcopy && self.params.hot_pages_first && self.params.hot_pages_ahead {
+            self.send_hot_ahead(&mut out, &main, &mut unsent)?;
         }
         if self.progress.cancel.load(Ordering::Relaxed) {
             bail!("cancelled");
@@ -460,6 +467,44 @@ impl Session<'_> {
         if r.resumed_unix_ns > r.paused_unix_ns {
             r.downtime_ms = (r.resumed_unix_ns - r.paused_unix_ns) as f64 / 1e6;
         }
+        Ok(())
+    }
+
+    /// Post-copy: sends the pages the vCPUs use now (their TLBs' pages and
+    /// the tables that map them) while the VM still runs, with the dirty
+    /// log on, so the guest's first steps after the resume find them. At
+    /// the pause only those written since are still to send. Leaves the
+    /// pages still to send in `unsent`.
+    fn send_hot_ahead(&mut self, out: &mut Out, main: &Conn, unsent: &mut [u64]) -> Result<()> {
+        self.vm.set_dirty_logging(true)?;
+        self.logging = true;
+        let pages = self.ram.pages();
+        unsent.iter_mut().for_each(|w| *w = u64::MAX);
+        let hot: Vec<usize> = self
+            .vm
+            .hot_pages()?
+            .into_iter()
+            .filter(|&p| p < pages && !self.ram.free_map().get(p))
+            .collect();
+        for &p in &hot {
+            unsent[p / 64] &= !(1u64 << (p % 64));
+        }
+        let t = Instant::now();
+        self.report.pages_hot_ahead = send_pages(
+            out,
+            self.ram,
+            hot.into_iter(),
+            &self.progress.pages_precopy,
+            true,
+        )?;
+        out.flush()?;
+        // Pause only once they have crossed: `Switch` must not queue behind
+        // them. Bounded: a slow link pauses with some still on the way.
+        let written = Instant::now();
+        while written.elapsed() < HOT_AHEAD_DRAIN && main.unacked_bytes()? > HOT_AHEAD_QUEUED {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.report.hot_ahead_ms = t.elapsed().as_secs_f64() * 1e3;
         Ok(())
     }
 

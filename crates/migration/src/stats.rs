@@ -316,8 +316,15 @@ pub struct Report {
     pub security: String,
     /// Post-copy links lost and re-established.
     pub recoveries: u64,
-    /// Post-copy: pages the vCPU used last, pushed before the rest.
+    /// Post-copy: pages the vCPUs used last (and their page tables), sent
+    /// before the rest.
     pub pages_hot_first: u64,
+    /// Post-copy: the vCPUs' pages sent while the VM still ran, before the
+    /// pause (counted in `pages_precopy` too).
+    pub pages_hot_ahead: u64,
+    /// Post-copy: how long sending them took, until the link had carried
+    /// them (the VM ran meanwhile), ms.
+    pub hot_ahead_ms: f64,
     /// Frames that reached the source's NICs after the pause, handed to
     /// the destination before `Go`.
     pub frames_forwarded: u64,

@@ -227,6 +227,19 @@ impl Conn {
         Ok(())
     }
 
+    /// Bytes written to the socket that the peer has not acknowledged yet
+    /// (Linux `SIOCOUTQ`): what is still queued on this host or on the link.
+    pub fn unacked_bytes(&self) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) on a TCP socket stores one c_int
+        // through the pointer, which points at a live c_int.
+        let rc = unsafe { libc::ioctl(self.tcp.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as usize)
+    }
+
     /// Marks the connection as the fault path: its packets carry the
     /// interactive priority (`SO_PRIORITY` 6, `TC_PRIO_INTERACTIVE`), which
     /// a host's priority queueing (Linux's `pfifo_fast` and `prio` map it

@@ -139,6 +139,9 @@ pub struct MigrationParameters {
     /// Post-copy: push the vCPUs' last-used pages first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_pages_first: Option<bool>,
+    /// Post-copy: also send the vCPUs' pages before the pause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_pages_ahead: Option<bool>,
     /// Pre-copy: throttle the vCPUs while the guest outruns the link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_converge: Option<bool>,
@@ -182,6 +185,9 @@ impl MigrationParameters {
         }
         if let Some(v) = self.hot_pages_first {
             n.hot_pages_first = v;
+        }
+        if let Some(v) = self.hot_pages_ahead {
+            n.hot_pages_ahead = v;
         }
         if let Some(v) = self.auto_converge {
             n.auto_converge = v;

@@ -732,7 +732,7 @@ fn web_setup_cmd() -> String {
     }
     let _ = write!(
         s,
-        " && sync && echo GWAPP-FILES $(find {WEB_ROOT} -type f | wc -l)"
+        " && sync && echo GWAPP-FILES-$((1 + 1)) $(find {WEB_ROOT} -type f | wc -l)"
     );
     s
 }
@@ -875,7 +875,7 @@ impl<'a> Run<'a> {
             }
             App::Web => {
                 self.procs[SRC].type_line(&web_setup_cmd())?;
-                let l = self.procs[SRC].wait_for("GWAPP-FILES ", Duration::from_secs(300))?;
+                let l = self.procs[SRC].wait_for("GWAPP-FILES-2 ", Duration::from_secs(300))?;
                 let want: u32 = WEB_SET.iter().map(|w| w.2).sum();
                 let got: Option<u32> = l.split_whitespace().last().and_then(|w| w.parse().ok());
                 if got != Some(want) {
@@ -886,11 +886,11 @@ impl<'a> Run<'a> {
         }
         // What the guest uses (free -m, from the console).
         self.procs[SRC]
-            .type_line("echo GWAPP-MEM $(free -m | awk '/^Mem:/ {print $3, $6, $7}')")?;
-        if let Ok(l) = self.procs[SRC].wait_for("GWAPP-MEM ", Duration::from_secs(30)) {
+            .type_line("echo GWAPP-MEM-$((1 + 1)) $(free -m | awk '/^Mem:/ {print $3, $6, $7}')")?;
+        if let Ok(l) = self.procs[SRC].wait_for("GWAPP-MEM-2 ", Duration::from_secs(30)) {
             let w: Vec<f64> = l
                 .split_whitespace()
-                .skip_while(|w| *w != "GWAPP-MEM")
+                .skip_while(|w| !w.ends_with("GWAPP-MEM-2"))
                 .skip(1)
                 .filter_map(|w| w.parse().ok())
                 .collect();

@@ -15,6 +15,7 @@
 //!   every hop (`godwit soak`).
 //! - [`stats`]: the statistics every table uses, defined once.
 
+pub mod apps;
 pub mod cpu;
 pub mod debian;
 pub mod migration;

@@ -108,6 +108,12 @@ enum Preset {
     /// millisecond on each) through the migration; every mode, and QEMU
     /// with the same NIC setup; 3 runs. Needs the testbed (root).
     Net,
+    /// Applications in the Debian guest (2 vCPUs, 512 MiB, shared disk,
+    /// NIC on the VM network): redis under redis-benchmark (`kv`), nginx
+    /// under wrk (`web`); stop-and-copy, pre-copy, post-copy none/dual;
+    /// 1 run. Needs the testbed (root), wrk and redis-tools
+    /// ([`crate::apps`]).
+    Apps,
 }
 
 /// Migrate the same guest with every mode and pre-paging strategy, over the
@@ -171,9 +177,26 @@ pub struct Args {
     /// The QEMU executable of the QEMU cells.
     #[arg(long, default_value = "qemu-system-riscv64")]
     qemu: PathBuf,
+    /// Apps preset: MiB of values loaded into redis before the kv cells.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    kv_mib: u32,
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    if args.preset == Preset::Apps {
+        return crate::apps::run(&crate::apps::Options {
+            out: args.out.clone(),
+            runs: args.runs.unwrap_or(1),
+            link: args.link.config()?,
+            pace_pct: args.pace_pct,
+            mem: args.mem,
+            cpus: args.cpus,
+            only: args.only.clone(),
+            list: args.list,
+            fail_fast: args.fail_fast,
+            kv_mib: args.kv_mib,
+        });
+    }
     let mut all = matrix(args.preset);
     if args.no_qemu {
         all.retain(|c| c.vmm == Vmm::Godwit);
@@ -210,6 +233,7 @@ pub fn run(args: Args) -> Result<i32> {
     let runs = args.runs.unwrap_or(match args.preset {
         Preset::Quick => 1,
         Preset::Full | Preset::Net => 3,
+        Preset::Apps => 1,
     });
     eprintln!(
         "bench: preset {}, {} cell(s) × {runs} run(s); guest {} MiB, {} vCPU(s), heartbeat {} ms, warm-up {} s, after-run {} s",
@@ -320,6 +344,7 @@ fn preset_name(p: Preset) -> &'static str {
         Preset::Quick => "quick",
         Preset::Full => "full",
         Preset::Net => "net",
+        Preset::Apps => "apps",
     }
 }
 
@@ -655,6 +680,8 @@ fn matrix(preset: Preset) -> Vec<Cell> {
             (w, &[true, false])
         }
         Preset::Net => (vec![Workload::Netserve], &[true]),
+        // Its own matrix: crate::apps.
+        Preset::Apps => (Vec::new(), &[]),
     };
     let mut cells = Vec::new();
     for &balloon in balloons {

@@ -180,9 +180,12 @@ pub fn load(
     } else {
         2 << 20
     };
-    let kernel_entry = ram.base() + text_offset;
-    let kernel_end = kernel_entry + hdr.image_size;
-    if text_offset + hdr.image_size + DTB_RESERVE > size {
+    // The header's sizes come from the file: checked sums, so that one
+    // near `u64::MAX` is "too big", not an overflow.
+    let needed = text_offset
+        .checked_add(hdr.image_size)
+        .and_then(|n| n.checked_add(DTB_RESERVE));
+    if needed.is_none_or(|n| n > size) {
         return Err(LoadError::TooBig {
             path: kernel_path.into(),
             what: "kernel",
@@ -190,6 +193,9 @@ pub fn load(
             ram: size,
         });
     }
+    // Both fit in RAM now (checked just above).
+    let kernel_entry = ram.base() + text_offset;
+    let kernel_end = kernel_entry + hdr.image_size;
     ram.write(kernel_entry, kernel)?;
     let ram_end = ram.base() + size;
     let dtb = (ram_end - DTB_RESERVE) & !0xfff;
@@ -201,7 +207,7 @@ pub fn load(
             match start {
                 // Keep clear of the kernel and the memory it uses right after
                 // its image (early page tables, BSS), roughly 1/4 of the image.
-                Some(s) if s >= kernel_end + hdr.image_size / 4 + (2 << 20) => {
+                Some(s) if s >= kernel_end.saturating_add(hdr.image_size / 4 + (2 << 20)) => {
                     ram.write(s, bytes)?;
                     Some((s, s + len))
                 }
@@ -209,7 +215,7 @@ pub fn load(
                     return Err(LoadError::TooBig {
                         path: "initrd".into(),
                         what: "kernel + initrd",
-                        size: hdr.image_size + len,
+                        size: hdr.image_size.saturating_add(len),
                         ram: size,
                     })
                 }
@@ -288,6 +294,25 @@ mod tests {
             read_bounded(&me, 16),
             Err(LoadError::FileTooBig { .. })
         ));
+    }
+
+    /// Found by fuzzing (issue 18 §4; target `loader`): an
+    /// `Image` header whose `image_size` is near `u64::MAX` overflowed
+    /// `text_offset + image_size` (a panic with overflow checks, a kernel
+    /// "placed" past the end of RAM without them).
+    #[test]
+    fn huge_image_size_is_too_big_not_an_overflow() {
+        let ram = GuestRam::new(0x8000_0000, 4 << 20).unwrap();
+        for claimed in [u64::MAX, u64::MAX - (2 << 20), u64::MAX - DTB_RESERVE + 1] {
+            let mut k = image(8192);
+            k[16..24].copy_from_slice(&claimed.to_le_bytes());
+            assert_eq!(parse_image("k", &k).unwrap().image_size, claimed);
+            let e = load(&ram, "k", &k, Some(&[1u8; 100]));
+            assert!(
+                matches!(e, Err(LoadError::TooBig { what: "kernel", .. })),
+                "{claimed:#x}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -169,20 +169,33 @@ pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
         path: p.clone(),
         err,
     };
-    let bad = |why: &str| SnapshotError::Format {
-        path: p.clone(),
-        why: why.to_string(),
-    };
     let file = std::fs::File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    read_from(BufReader::with_capacity(1 << 20, file), file_len, &p)
+}
+
+/// Reads a snapshot held in memory, as [`load`] reads a file (for the
+/// fuzz targets in `fuzz/`).
+#[doc(hidden)]
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    read_from(bytes, bytes.len() as u64, "<memory>")
+}
+
+/// Reads a snapshot of `len` bytes from `r`. Every length in it is
+/// checked against the bytes that are left before anything is allocated
+/// by it: the file is outside input.
+fn read_from(mut r: impl BufRead, len: u64, p: &str) -> Result<Snapshot, SnapshotError> {
+    let bad = |why: &str| SnapshotError::Format {
+        path: p.to_string(),
+        why: why.to_string(),
+    };
     let mut magic = [0u8; 16];
     r.read_exact(&mut magic).map_err(|_| bad("too short"))?;
     if magic != MAGIC {
         return Err(bad("wrong magic"));
     }
     let mut header = String::new();
-    (&mut r)
+    let header_len = (&mut r)
         .take(4096)
         .read_line(&mut header)
         .map_err(|_| bad("unreadable header"))?;
@@ -194,35 +207,45 @@ pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
             header["format"]
         )));
     }
-    let read_u64 = |r: &mut BufReader<std::fs::File>| -> Result<u64, SnapshotError> {
+    // Bytes of the file not read yet.
+    let mut left = len.saturating_sub(MAGIC.len() as u64 + header_len as u64);
+    let read_u64 = |r: &mut dyn BufRead, left: &mut u64| -> Result<u64, SnapshotError> {
         let mut b = [0u8; 8];
         r.read_exact(&mut b).map_err(|_| bad("truncated"))?;
+        *left = left.saturating_sub(8);
         Ok(u64::from_le_bytes(b))
     };
-    let state_len = read_u64(&mut r)?;
-    if state_len > file_len {
+    let state_len = read_u64(&mut r, &mut left)?;
+    if state_len > left {
         return Err(bad("state length beyond the end of the file"));
     }
+    left -= state_len;
     let mut state = vec![0u8; state_len as usize];
     r.read_exact(&mut state)
         .map_err(|_| bad("truncated state"))?;
     let state = VmState::decode(&state).map_err(|err| SnapshotError::State {
-        path: p.clone(),
+        path: p.to_string(),
         err,
     })?;
-    let words = read_u64(&mut r)?;
+    let words = read_u64(&mut r, &mut left)?;
+    // The state's RAM size is as much outside input as the rest: the
+    // bitmap it implies must be in the file before it is allocated.
+    if words.checked_mul(8).is_none_or(|b| b > left) {
+        return Err(bad("page bitmap beyond the end of the file"));
+    }
     if words != state.board.ram_bytes.div_ceil(PAGE_SIZE as u64 * 64) {
         return Err(bad("page bitmap does not match the RAM size"));
     }
     let mut stored = Vec::with_capacity(words as usize);
     for _ in 0..words {
-        stored.push(read_u64(&mut r)?);
+        stored.push(read_u64(&mut r, &mut left)?);
     }
-    let count: u64 = stored.iter().map(|w| w.count_ones() as u64).sum();
-    if count * PAGE_SIZE as u64 > file_len {
+    let count: u64 = stored.iter().map(|w| u64::from(w.count_ones())).sum();
+    let page_bytes = count.checked_mul(PAGE_SIZE as u64);
+    let Some(page_bytes) = page_bytes.filter(|&b| b <= left) else {
         return Err(bad("more pages than the file holds"));
-    }
-    let mut pages = vec![0u8; (count as usize) * PAGE_SIZE];
+    };
+    let mut pages = vec![0u8; page_bytes as usize];
     r.read_exact(&mut pages)
         .map_err(|_| bad("truncated pages"))?;
     Ok(Snapshot {
@@ -240,5 +263,84 @@ impl Snapshot {
             ram.write(gpa, &self.pages[n * PAGE_SIZE..(n + 1) * PAGE_SIZE])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::BoardConfig;
+    use godwit_devices::{Clint, Plic, Uart16550};
+    use godwit_hart::GuestClock;
+
+    fn tiny_state(ram_bytes: u64) -> VmState {
+        VmState {
+            board: BoardConfig {
+                harts: 1,
+                ram_bytes,
+                devices: vec![],
+            },
+            harts: vec![],
+            clock: GuestClock::starting_now().save(),
+            uart: Uart16550::new(Box::new(std::io::sink())).state(),
+            plic: Plic::new(1, 2).state(),
+            clint: Clint::new(1, Box::new(|| 0)).state(),
+            devices: vec![],
+            free_pages: vec![],
+            cmdline: String::new(),
+        }
+    }
+
+    /// A snapshot of `state`: the bitmap words `words` and `pages` pages.
+    fn file(state: &VmState, words: &[u64], pages: usize) -> Vec<u8> {
+        let state = state.encode();
+        let mut f = MAGIC.to_vec();
+        f.extend_from_slice(b"{\"format\":1}\n");
+        f.extend_from_slice(&(state.len() as u64).to_le_bytes());
+        f.extend_from_slice(&state);
+        f.extend_from_slice(&(words.len() as u64).to_le_bytes());
+        for w in words {
+            f.extend_from_slice(&w.to_le_bytes());
+        }
+        f.extend(std::iter::repeat_n(7u8, pages * PAGE_SIZE));
+        f
+    }
+
+    #[test]
+    fn decodes_what_it_should() {
+        let s = tiny_state(1 << 20);
+        let snap = decode(&file(&s, &[0, 0, 0, 0b101], 2)).unwrap();
+        assert_eq!(snap.state.board.ram_bytes, 1 << 20);
+        let ram = GuestRam::new(0x8000_0000, 1 << 20).unwrap();
+        snap.fill_ram(&ram).unwrap();
+        assert_eq!(ram.read_le::<1>(0x8000_0000 + 194 * 4096).unwrap(), [7]);
+        // Truncated anywhere: an error, never a panic.
+        let f = file(&s, &[0, 0, 0, 0b101], 2);
+        for cut in (0..f.len()).step_by(97) {
+            assert!(decode(&f[..cut]).is_err(), "{cut}");
+        }
+    }
+
+    /// Found by fuzzing (issue 18 §4; target `snapshot_file`): the page
+    /// bitmap was allocated with as many words as the state's claimed RAM
+    /// size implies before anything checked the file holds them. A state
+    /// claiming 16 EiB of RAM made the reader reserve 512 TiB (the
+    /// process aborted); the bitmap is now checked against the file first.
+    #[test]
+    fn bitmap_is_checked_against_the_file_before_it_is_allocated() {
+        let huge = u64::MAX - (PAGE_SIZE as u64 - 1);
+        let words = huge.div_ceil(PAGE_SIZE as u64 * 64);
+        let mut f = file(&tiny_state(huge), &[], 0);
+        let at = f.len() - 8;
+        f[at..].copy_from_slice(&words.to_le_bytes());
+        let e = decode(&f).err().expect("refused").to_string();
+        assert!(e.contains("bitmap beyond the end of the file"), "{e}");
+        // A bitmap of the right size for a claimed 1 TiB of RAM, of which
+        // the file holds four words.
+        let mut f = file(&tiny_state(1 << 40), &[1; 4], 0);
+        let at = f.len() - 5 * 8;
+        f[at..at + 8].copy_from_slice(&(1u64 << 22).to_le_bytes());
+        let e = decode(&f).err().expect("refused").to_string();
+        assert!(e.contains("bitmap beyond the end of the file"), "{e}");
     }
 }

@@ -321,7 +321,9 @@ impl Msg {
                 if n > MAX_BATCH {
                     return bad(format!("batch of {n} pages (most is {MAX_BATCH})"));
                 }
-                let mut out = Vec::with_capacity(n);
+                // Room for what the bytes left can hold (5 bytes a page at
+                // least), not for what the count claims.
+                let mut out = Vec::with_capacity(n.min(r.left() / 5));
                 for _ in 0..n {
                     let index = r.u32()?;
                     if index as usize >= pages {
@@ -379,7 +381,7 @@ impl Msg {
                 if n > MAX_BATCH {
                     return bad(format!("demand for {n} pages (most is {MAX_BATCH})"));
                 }
-                let mut out = Vec::with_capacity(n);
+                let mut out = Vec::with_capacity(n.min(r.left() / 4));
                 for _ in 0..n {
                     let p = r.u32()?;
                     if p as usize >= pages {
@@ -416,7 +418,9 @@ impl Msg {
                 if n > MAX_FRAMES {
                     return bad(format!("{n} frames (most is {MAX_FRAMES})"));
                 }
-                let mut frames = Vec::with_capacity(n);
+                // At least 6 bytes a frame (NIC, length): room for what the
+                // bytes left can hold, not for what the count claims.
+                let mut frames = Vec::with_capacity(n.min(r.left() / 6));
                 for _ in 0..n {
                     let nic = r.u16()?;
                     let len = r.u32()? as usize;
@@ -493,6 +497,10 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(s)
     }
+    /// Bytes not read yet.
+    fn left(&self) -> usize {
+        self.b.len() - self.at
+    }
     fn rest(&mut self) -> &'a [u8] {
         let s = &self.b[self.at..];
         self.at = self.b.len();
@@ -540,6 +548,9 @@ pub fn send(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
     w.write_all(&msg.encode())
 }
 
+/// The first step [`recv`] reads a frame body in.
+const READ_STEP: usize = 64 << 10;
+
 /// Reads one frame and decodes it (see [`Msg::decode`] for `pages`).
 pub fn recv(r: &mut impl Read, pages: usize) -> Result<Msg, WireError> {
     let mut len = [0u8; 4];
@@ -553,17 +564,74 @@ pub fn recv(r: &mut impl Read, pages: usize) -> Result<Msg, WireError> {
     if len == 0 || len > MAX_FRAME {
         return bad(format!("frame of {len} bytes (must be 1..={MAX_FRAME})"));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => WireError::Closed,
-        _ => WireError::Io(e),
-    })?;
+    // The body is read in steps that at most double what already arrived,
+    // so a peer that announces a large frame and sends little costs memory
+    // in proportion to what it sent, not to what it announced.
+    let mut body = Vec::new();
+    while body.len() < len {
+        let at = body.len();
+        let step = (len - at).min(at.max(READ_STEP));
+        body.resize(at + step, 0);
+        r.read_exact(&mut body[at..]).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => WireError::Closed,
+            _ => WireError::Io(e),
+        })?;
+    }
     Msg::decode(&body, pages)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// Counts the bytes each thread asks the allocator for, so a test can
+    /// check what decoding an input costs (tests run on their own threads).
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn count(n: usize) {
+        let _ = ALLOCATED.try_with(|a| a.set(a.get().saturating_add(n)));
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator;
+    // the counting touches only a const-initialised thread-local `Cell`,
+    // which never allocates.
+    unsafe impl GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(layout.size());
+            // SAFETY: the caller's obligations are System's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count(layout.size());
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count(new_size.saturating_sub(layout.size()));
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: CountingAlloc = CountingAlloc;
+
+    /// `f`'s result and the bytes it allocated on this thread.
+    fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = ALLOCATED.with(Cell::get);
+        let out = f();
+        (out, ALLOCATED.with(Cell::get) - before)
+    }
 
     fn round_trip(m: Msg, pages: usize) {
         let bytes = m.encode();
@@ -703,6 +771,44 @@ mod tests {
         let m = Msg::Frames(vec![(1, vec![7; 60]), (0, vec![1; 3])]).encode();
         for cut in 0..m.len() {
             assert!(recv(&mut &m[..cut], pages).is_err());
+        }
+    }
+
+    /// Found by fuzzing (issue 18 §4; the `wire_recv` target's allocation
+    /// meter flags it): a 9-byte input that announced a frame of
+    /// `MAX_FRAME` bytes made `recv` allocate 64 MiB before reading any.
+    #[test]
+    fn recv_allocates_by_what_arrives_not_by_what_is_announced() {
+        let mut m = (MAX_FRAME as u32).to_le_bytes().to_vec();
+        m.extend([T_STATE, 0, 0, 0, 0]);
+        let (got, bytes) = allocated_by(|| recv(&mut &m[..], 16));
+        assert!(matches!(got, Err(WireError::Closed)), "{got:?}");
+        assert!(
+            bytes <= 2 * READ_STEP,
+            "{bytes} bytes allocated for 9 received"
+        );
+        // Frames longer than a step still arrive whole.
+        for len in [READ_STEP - 5, READ_STEP, 3 * READ_STEP + 7, (1 << 20) + 3] {
+            let state: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            round_trip(Msg::State(state), 16);
+        }
+    }
+
+    /// Found by fuzzing (issue 18 §4; target `wire_msg`): a `Frames` body
+    /// of three bytes announcing 8192 frames reserved room for 8192 of
+    /// them (256 KiB); `Pages` and `Demand` reserved by their counts too.
+    #[test]
+    fn counts_do_not_reserve_beyond_the_bytes_that_follow() {
+        for t in [T_FRAMES, T_PAGES, T_DEMAND] {
+            let n = if t == T_FRAMES { MAX_FRAMES } else { MAX_BATCH } as u16;
+            let mut b = vec![t];
+            b.extend_from_slice(&n.to_le_bytes());
+            let (got, bytes) = allocated_by(|| Msg::decode(&b, 1024));
+            assert!(got.is_err());
+            assert!(
+                bytes < 512,
+                "type {t}: {bytes} bytes allocated for 3 received"
+            );
         }
     }
 

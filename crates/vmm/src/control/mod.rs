@@ -209,6 +209,28 @@ pub trait ControlTarget: Send + Sync + 'static {
     fn execute(&self, name: &str, args: &Map<String, Value>) -> Result<Value, CommandError>;
 }
 
+/// Serves `input` as the byte stream of one connection that has not
+/// negotiated yet, with requests of at most `max` bytes, as the server
+/// does, and returns the replies in order (for the fuzz targets in
+/// `fuzz/`).
+#[doc(hidden)]
+pub fn serve_bytes(input: &[u8], max: usize, target: &dyn ControlTarget) -> Vec<Value> {
+    let mut replies = Vec::new();
+    let negotiated = std::sync::atomic::AtomicBool::new(false);
+    server::serve_requests(
+        &mut &input[..],
+        max,
+        target,
+        &negotiated,
+        || false,
+        |reply| {
+            replies.push(reply.clone());
+            true
+        },
+    );
+    replies
+}
+
 /// One line read by [`read_line_bounded`].
 #[derive(Debug, PartialEq)]
 pub(crate) enum Line {

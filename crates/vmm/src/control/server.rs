@@ -508,20 +508,40 @@ fn serve_connection(stream: &UnixStream, conn: &Conn, target: &dyn ControlTarget
         return;
     }
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    serve_requests(
+        &mut reader,
+        MAX_LINE_BYTES,
+        target,
+        &conn.negotiated,
+        || shared.stopping.load(Ordering::SeqCst),
+        |reply| conn.send(reply).is_ok(),
+    );
+}
+
+/// Reads requests from `reader` (at most `max` bytes each) and hands each
+/// reply to `send`, until end of stream, a read error, a request too long,
+/// `stopping()`, or `send` returning false.
+pub(super) fn serve_requests<R: BufRead>(
+    reader: &mut R,
+    max: usize,
+    target: &dyn ControlTarget,
+    negotiated: &AtomicBool,
+    stopping: impl Fn() -> bool,
+    mut send: impl FnMut(&Value) -> bool,
+) {
     loop {
-        let line = match read_request(&mut reader, MAX_LINE_BYTES) {
+        let line = match read_request(reader, max) {
             Ok(line) => line,
             Err(_) => return,
         };
-        if shared.stopping.load(Ordering::SeqCst) {
+        if stopping() {
             return;
         }
         let (bytes, last) = match line {
             Line::Eof => return,
             Line::TooLong => {
-                let desc =
-                    format!("request longer than {MAX_LINE_BYTES} bytes; closing the connection");
-                let _ = conn.send(&make_reply(Err(CommandError::generic(desc)), None));
+                let desc = format!("request longer than {max} bytes; closing the connection");
+                send(&make_reply(Err(CommandError::generic(desc)), None));
                 return;
             }
             Line::Complete(bytes) => (bytes, false),
@@ -529,8 +549,8 @@ fn serve_connection(stream: &UnixStream, conn: &Conn, target: &dyn ControlTarget
             // answer it if it is a whole request, then stop.
             Line::Unterminated(bytes) => (bytes, true),
         };
-        if let Some(reply) = handle_line(&bytes, target, &conn.negotiated) {
-            if conn.send(&reply).is_err() {
+        if let Some(reply) = handle_line(&bytes, target, negotiated) {
+            if !send(&reply) {
                 return;
             }
         }

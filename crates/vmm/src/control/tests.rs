@@ -819,3 +819,29 @@ fn idle_connections_are_closed_and_make_room() {
         json!({"return": {}})
     );
 }
+
+#[test]
+fn serve_bytes_answers_as_a_connection_does() {
+    let fake = Fake {
+        calls: Mutex::new(Vec::new()),
+    };
+    let input = b"{\"execute\":\"query-status\"}\n{\"execute\":\"qmp_capabilities\"}\
+        {\"execute\":\"echo\",\"arguments\":{\"a\":1},\"id\":7}\n\n[1] {\"execute\":\"query-status\"";
+    let replies = serve_bytes(input, MAX_LINE_BYTES, &fake);
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    assert_eq!(error_of(&replies[0]).0, "CommandNotFound");
+    assert_eq!(replies[1], json!({"return": {}}));
+    assert_eq!(replies[2], json!({"id": 7, "return": {"a": 1}}));
+    assert_eq!(error_of(&replies[3]).0, "GenericError");
+    // The unterminated last request is answered too (as an invalid one).
+    assert_eq!(error_of(&replies[4]).0, "GenericError");
+    // A request over the limit ends the stream with an error.
+    let replies = serve_bytes(
+        b"{\"execute\":\"echo\",\"arguments\":{\"x\":\"long\"}}",
+        16,
+        &fake,
+    );
+    assert_eq!(replies.len(), 1);
+    assert!(error_of(&replies[0]).1.contains("longer than 16 bytes"));
+    assert_eq!(fake.calls().len(), 1);
+}

@@ -135,19 +135,7 @@ fn matrix() -> Vec<Cell> {
 }
 
 fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
-    let Some(only) = only else { return cells };
-    let words: Vec<&str> = only
-        .split(',')
-        .map(str::trim)
-        .filter(|w| !w.is_empty())
-        .collect();
-    cells
-        .into_iter()
-        .filter(|c| {
-            let id = c.id();
-            words.iter().all(|w| id.contains(w))
-        })
-        .collect()
+    crate::migration::select_by_id(cells, only, Cell::id)
 }
 
 pub fn run(o: &Options) -> Result<i32> {

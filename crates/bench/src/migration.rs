@@ -710,16 +710,26 @@ fn matrix(preset: Preset) -> Vec<Cell> {
 
 /// The cells whose id contains every comma-separated word of `only`.
 fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
-    let Some(only) = only else { return cells };
+    select_by_id(cells, only, Cell::id)
+}
+
+/// The items whose `id` contains every comma-separated word of `only`
+/// (`--only` of every preset); all of them without `only`.
+pub(crate) fn select_by_id<T>(
+    items: Vec<T>,
+    only: Option<&str>,
+    id: impl Fn(&T) -> String,
+) -> Vec<T> {
+    let Some(only) = only else { return items };
     let words: Vec<&str> = only
         .split(',')
         .map(str::trim)
         .filter(|w| !w.is_empty())
         .collect();
-    cells
+    items
         .into_iter()
         .filter(|c| {
-            let id = c.id();
+            let id = id(c);
             words.iter().all(|w| id.contains(w))
         })
         .collect()

@@ -75,11 +75,7 @@ fn check(msg: &Msg, pages: usize) {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let sel = input.u8();
-    let mut pages = usize::from(input.u16());
-    if sel & 1 != 0 {
-        pages <<= 12;
-    }
+    let (sel, pages) = input.selector_and_pages();
     let mut body = input.rest().to_vec();
     if sel & 2 != 0 {
         fix_crc(&mut body);

@@ -15,11 +15,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let sel = input.u8();
-    let mut pages = usize::from(input.u16());
-    if sel & 1 != 0 {
-        pages <<= 12;
-    }
+    let (_, pages) = input.selector_and_pages();
     let mut stream = input.rest();
     loop {
         let before = stream.len();

@@ -48,6 +48,14 @@ impl<'a> Input<'a> {
     pub fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.array())
     }
+
+    /// The wire targets' prologue: a selector byte, then the RAM's page
+    /// count as a u16, times 4096 when the selector's bit 0 is set.
+    pub fn selector_and_pages(&mut self) -> (u8, usize) {
+        let sel = self.u8();
+        let pages = usize::from(self.u16());
+        (sel, if sel & 1 != 0 { pages << 12 } else { pages })
+    }
 }
 
 /// Writes what [`Input`] reads, for building seeds.

@@ -51,7 +51,7 @@ fn crc32fast_hash(b: &[u8]) -> u32 {
 
 fn check(msg: &Msg, pages: usize) {
     match msg {
-        Msg::Pages(p) => {
+        Msg::Pages(p) | Msg::CkptPages(p) => {
             assert!(p.len() <= MAX_BATCH);
             assert!(p.iter().all(|p| (p.index as usize) < pages));
         }

@@ -124,6 +124,23 @@ pub fn messages() -> Vec<(&'static str, Msg, usize)> {
         ("error", Msg::Error("disk full".into()), 100),
         ("resume", Msg::Resume(vec![0xff00, 0x1]), 100),
         (
+            "protect",
+            Msg::Protect {
+                interval_ms: 50,
+                fence_ms: 1000,
+            },
+            100,
+        ),
+        (
+            "checkpoint",
+            Msg::Checkpoint {
+                seq: 3,
+                state: vec![5; 64],
+            },
+            100,
+        ),
+        ("checkpoint-ack", Msg::CheckpointAck(3), 100),
+        (
             "frames",
             Msg::Frames(vec![(0, vec![0; 12 + 60]), (1, vec![0xab; 12 + 1514])]),
             100,

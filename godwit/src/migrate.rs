@@ -49,6 +49,15 @@ pub struct Args {
     /// memory faster than the link sends it (auto-converge).
     #[arg(long)]
     auto_converge: bool,
+    /// Post-copy and hybrid: protect the VM against the loss of the
+    /// destination. The destination sends checkpoints back; if it is
+    /// silent this many ms (and no --resume reconnects it in that time),
+    /// the VM resumes here from the last one. 0: off.
+    #[arg(long, value_name = "MS")]
+    failover_timeout: Option<u64>,
+    /// With --failover-timeout: ms between the destination's checkpoints.
+    #[arg(long, value_name = "MS")]
+    checkpoint_interval: Option<u64>,
     /// TLS identity folder (`godwit tls-gen`), as seen by the source VMM.
     #[arg(long, required_unless_present = "tls_plain")]
     tls_dir: Option<PathBuf>,
@@ -91,6 +100,8 @@ pub fn run(args: Args) -> Result<i32> {
     set(&mut params, "downtime-limit", args.downtime_limit);
     set(&mut params, "max-rounds", args.max_rounds);
     set(&mut params, "hybrid-rounds", args.hybrid_rounds);
+    set(&mut params, "failover-timeout", args.failover_timeout);
+    set(&mut params, "checkpoint-interval", args.checkpoint_interval);
     match &args.tls_dir {
         Some(d) => {
             let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
@@ -129,6 +140,19 @@ fn follow(c: &mut ControlClient, args: &Args) -> Result<i32> {
         if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
             break q;
         }
+        if status == "postcopy-paused" && q["failover_armed"] == true {
+            // Not for good: the source resumes the VM from its last
+            // checkpoint unless --resume reconnects the destination first.
+            if last_line.elapsed() >= Duration::from_secs(1) {
+                eprintln!(
+                    "godwit: post-copy paused: {}; waiting for --resume or the failover timeout",
+                    q["error"].as_str().unwrap_or("the link broke")
+                );
+                last_line = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
         if status == "postcopy-paused" {
             if tty {
                 eprintln!();
@@ -162,6 +186,12 @@ fn follow(c: &mut ControlClient, args: &Args) -> Result<i32> {
         eprintln!();
     }
     if q["status"] != "completed" {
+        if let (Some(path), true) = (&args.json, q["report"].is_object()) {
+            // A failover's report: what the checkpoints cost and how long
+            // the VM was away.
+            std::fs::write(path, serde_json::to_string_pretty(&q["report"])? + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         bail!(
             "migration {}: {} (the source VM keeps running)",
             q["status"].as_str().unwrap_or("failed"),

@@ -48,7 +48,7 @@ pub use virtio::block::{
     Block, BlockBackend, BlockCounters, BlockError, BlockState, DiskOpenError, FileDisk,
 };
 pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
-pub use virtio::net::{rarp_frame, Net, NetBackend, NetConfig, NetCounters, NetState};
+pub use virtio::net::{rarp_frame, HeldStats, Net, NetBackend, NetConfig, NetCounters, NetState};
 pub use virtio::queue::{Descriptor, DescriptorChain, QueueState, SplitQueue};
 pub use virtio::{DeviceEvents, DeviceState, VirtioDevice};
 

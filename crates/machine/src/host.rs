@@ -477,3 +477,73 @@ mod tests {
         assert!(e.contains("is 2097152 bytes"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod load_state_tests {
+    use crate::board::{BoardConfig, DeviceConfig};
+    use crate::state::HartRun;
+    use crate::{Vm, VmConfig};
+
+    #[test]
+    fn a_state_loads_into_the_paused_vm_in_place() {
+        let path = std::env::temp_dir().join(format!("godwit-ls-kernel-{}", std::process::id()));
+        let mut v = vec![0u8; 8192];
+        v[8..16].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        v[16..24].copy_from_slice(&8192u64.to_le_bytes());
+        v[48..56].copy_from_slice(b"RISCV\0\0\0");
+        v[56..60].copy_from_slice(b"RSC\x05");
+        std::fs::write(&path, &v).unwrap();
+        let board = |harts| BoardConfig {
+            harts,
+            ram_bytes: 64 << 20,
+            devices: vec![DeviceConfig::Balloon],
+        };
+        let boot = |harts| {
+            Vm::boot(VmConfig {
+                board: board(harts),
+                kernel: path.clone(),
+                initrd: None,
+                bios: None,
+                cmdline: String::new(),
+                console: Box::new(std::io::sink()),
+            })
+            .unwrap()
+        };
+        let vm = boot(2);
+        let h = vm.handle();
+        let before = h.exec(|m| m.save_state()).unwrap();
+        // Change what a checkpoint restores: registers, HSM, the free map.
+        let mut other = before.clone();
+        other.harts[0].cpu.pc += 0x40;
+        other.harts[0].cpu.x[5] = 0xdead_beef;
+        other.harts[1].run = HartRun::Started;
+        other.free_pages[0] = 0b1011;
+        assert!(
+            h.load_state(&other).is_err(),
+            "a running VM does not take a state"
+        );
+        vm.set_paused(true);
+        h.load_state(&other).unwrap();
+        let now = h.exec(|m| m.save_state()).unwrap();
+        assert_eq!(format!("{:?}", now.harts), format!("{:?}", other.harts));
+        assert_eq!(now.free_pages[0], 0b1011);
+        assert_eq!(
+            format!("{:?}", (&now.plic, &now.clint, &now.devices)),
+            format!("{:?}", (&other.plic, &other.clint, &other.devices))
+        );
+        h.load_state(&before).unwrap();
+        assert_eq!(
+            format!("{:?}", h.exec(|m| m.save_state()).unwrap().harts),
+            format!("{:?}", before.harts)
+        );
+        // A state of another board is refused, and nothing changes.
+        let one = boot(1).handle().exec(|m| m.save_state()).unwrap();
+        let e = h.load_state(&one).unwrap_err().to_string();
+        assert!(e.contains("harts"), "{e}");
+        assert_eq!(
+            format!("{:?}", h.exec(|m| m.save_state()).unwrap().harts),
+            format!("{:?}", before.harts)
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}

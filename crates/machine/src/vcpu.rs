@@ -139,6 +139,18 @@ impl HartSignal {
         !self.running.load(SeqCst) || self.served.load(SeqCst) >= ticket
     }
 
+    /// Sets the hart's HSM state from a saved state (the VM is stopped).
+    pub fn set_run_state(&self, run: HartRun) {
+        self.hsm.store(
+            match run {
+                HartRun::Started => HSM_STARTED,
+                HartRun::Stopped => HSM_STOPPED,
+            },
+            Release,
+        );
+        self.kick();
+    }
+
     /// The hart's HSM state for a saved state.
     pub fn run_state(&self) -> HartRun {
         match self.hsm.load(Acquire) {

@@ -647,6 +647,58 @@ impl<'a> Machine<'a> {
     }
 }
 
+impl Machine<'_> {
+    /// Replaces the state of this VM, paused, with `state` (taken from the
+    /// same board), in place: every hart, its HSM state, the UART, PLIC,
+    /// CLINT, every device and the free map. Guest RAM must already hold
+    /// the memory that goes with it. The clock is not set back: the caller
+    /// makes sure this VM's clock has reached the state's time
+    /// ([`VmHandle::clock_ns`]), so the guest never sees time go back.
+    /// Every part is checked before any is changed where the device allows;
+    /// a device that refuses its part leaves the VM paused and its state
+    /// mixed, so the caller must not resume it then.
+    pub fn load_state(&mut self, state: &VmState) -> Result<(), RestoreError> {
+        let shared = self.shared;
+        shared.board.compare(&state.board)?;
+        if state.harts.len() != self.stopped.harts.len()
+            || state.devices.len() != shared.devices.slots.len()
+        {
+            return Err(RestoreError::Inconsistent(format!(
+                "the state has {} harts and {} devices, this VM {} and {}",
+                state.harts.len(),
+                state.devices.len(),
+                self.stopped.harts.len(),
+                shared.devices.slots.len()
+            )));
+        }
+        let d = &shared.devices;
+        lock(&d.plic).restore(&state.plic)?;
+        lock(&d.clint).restore(&state.clint)?;
+        for (slot, s) in d.slots.iter().zip(&state.devices) {
+            lock(&slot.transport).restore(s)?;
+        }
+        lock(&d.uart).restore(&state.uart);
+        for ((hart, sig), s) in self
+            .stopped
+            .harts
+            .iter_mut()
+            .zip(&shared.sigs)
+            .zip(&state.harts)
+        {
+            hart.restore(&s.cpu);
+            sig.set_run_state(s.run);
+        }
+        shared.ram.free_map().load_from(&state.free_pages);
+        let sigs = shared.signals();
+        d.sync_clint(sigs);
+        d.sync_uart(sigs);
+        for slot in 0..d.slots.len() {
+            d.sync_slot(sigs, slot);
+        }
+        Ok(())
+    }
+}
+
 /// What [`VmHandle::pause_within`] achieved.
 #[derive(Debug, Clone)]
 pub struct PauseOutcome {
@@ -799,6 +851,22 @@ impl VmHandle {
         }
         self.shared.set_exit(GuestExit::Quit);
         Ok(())
+    }
+
+    /// Guest time now, in nanoseconds.
+    pub fn clock_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+
+    /// Loads `state` into this paused VM in place ([`Machine::load_state`]).
+    pub fn load_state(&self, state: &VmState) -> Result<(), RestoreError> {
+        if !self.is_paused() {
+            return Err(RestoreError::Inconsistent(
+                "a state can only be loaded into a paused VM".into(),
+            ));
+        }
+        self.exec(|m| m.load_state(state))
+            .map_err(|e| RestoreError::Inconsistent(e.to_string()))?
     }
 
     /// The complete machine state; the VM must be paused.

@@ -8,7 +8,7 @@ use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
 use crate::{unix_ns, DestVm, Status};
 use anyhow::{anyhow, bail, Context, Result};
-use godwit_memory::{AtomicBitmap, GuestRam};
+use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
@@ -388,6 +388,37 @@ pub struct Received {
     pub report: Value,
 }
 
+/// A post-copy protected by checkpoints (`Msg::Protect`).
+#[derive(Clone, Copy, Debug)]
+struct Protect {
+    interval: Duration,
+    /// Without a word from the source this long, the VM stops here for good.
+    fence: Duration,
+}
+
+/// Longest pause a checkpoint waits for the vCPUs to stop (one may wait
+/// for a page); past it the checkpoint is skipped.
+const CHECKPOINT_STOP_LIMIT: Duration = Duration::from_millis(200);
+
+/// The checkpoints' side of a protected post-copy.
+#[derive(Default)]
+struct Checkpoints {
+    /// Highest checkpoint the source has confirmed.
+    acked: AtomicU64,
+    /// The releaser waits here for `acked` to move.
+    moved: (Mutex<()>, Condvar),
+    /// Pages the guest wrote since the switch (the dirty log the
+    /// checkpoints take, for the pre-paging hits).
+    written: Mutex<Vec<u64>>,
+    taken: AtomicU64,
+    skipped: AtomicU64,
+    pages: AtomicU64,
+    bytes: AtomicU64,
+    pause_us: Mutex<Vec<f64>>,
+    /// Stopped here for good: the source may have resumed the VM.
+    fenced: AtomicBool,
+}
+
 /// Shared state of post-copy receipt.
 struct Post<'a> {
     vm: &'a dyn DestVm,
@@ -420,9 +451,198 @@ struct Post<'a> {
     demand_to: Mutex<Option<Arc<Conn>>>,
     /// The current link broke (post-copy pauses until the source is back).
     link_broken: AtomicBool,
+    /// Checkpoints back to the source, if the post-copy is protected.
+    protect: Option<Protect>,
+    ckpt: Checkpoints,
+    /// Where checkpoints go (the current link's main connection).
+    ckpt_to: Mutex<Option<Arc<Conn>>>,
+    /// When the source was last heard from (any message).
+    last_heard: Mutex<Instant>,
 }
 
 impl Post<'_> {
+    fn heard(&self) {
+        *self.last_heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    fn ack(&self, seq: u64) {
+        if self.ckpt.acked.fetch_max(seq, Ordering::AcqRel) < seq {
+            let (m, c) = &self.ckpt.moved;
+            let _g = m.lock().unwrap_or_else(|e| e.into_inner());
+            c.notify_all();
+        }
+    }
+
+    /// Takes a checkpoint every interval and sends it to the source until
+    /// every page is here; stops the VM for good (fence) when the source
+    /// has not been heard from for the fence time.
+    fn checkpoint_loop(&self, p: Protect, links: &Links) {
+        let pages = self.ram.pages();
+        let words = pages.div_ceil(64);
+        let mut seq = 0u64;
+        // Each checkpoint's dirty set until the source confirms it: a
+        // checkpoint cut by a broken link is sent again, whole, in the
+        // first one after the reconnection.
+        let mut unacked: std::collections::VecDeque<(u64, Vec<u64>)> = Default::default();
+        let mut resend = false;
+        let mut next = Instant::now() + p.interval;
+        while !self.finished.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(5)));
+                continue;
+            }
+            next = now + p.interval;
+            if self.silent_for() > p.fence {
+                self.ckpt.fenced.store(true, Ordering::Release);
+                self.vm.fence();
+                self.fail(format!(
+                    "nothing from the source for {} ms: the VM is stopped here for good (fenced),                      the source resumes it from its last checkpoint",
+                    p.fence.as_millis()
+                ));
+                links.shutdown();
+                return;
+            }
+            let acked = self.ckpt.acked.load(Ordering::Acquire);
+            while unacked.front().is_some_and(|(s, _)| *s <= acked) {
+                unacked.pop_front();
+            }
+            let to = self
+                .ckpt_to
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let Some(to) = to.filter(|_| !self.link_broken.load(Ordering::Acquire)) else {
+                resend = true;
+                continue;
+            };
+            match self.take_checkpoint(seq + 1, &mut unacked, resend, words) {
+                Ok(Some((list, state))) => {
+                    seq += 1;
+                    resend = false;
+                    if self.send_checkpoint(&to, seq, list, state).is_err() {
+                        self.link_lost();
+                        resend = true;
+                    }
+                }
+                Ok(None) => {
+                    self.ckpt.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.fail(format!("cannot take a checkpoint: {e:#}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One checkpoint, in one pause: the pages written since the last one
+    /// (and, after a broken link, those of checkpoints not confirmed), the
+    /// state, and the output epoch. `None`: the VM did not stop in time.
+    #[allow(clippy::type_complexity)]
+    fn take_checkpoint(
+        &self,
+        seq: u64,
+        unacked: &mut std::collections::VecDeque<(u64, Vec<u64>)>,
+        resend: bool,
+        words: usize,
+    ) -> Result<Option<(Vec<Page>, Vec<u8>)>> {
+        let t = Instant::now();
+        if !self.vm.pause_checkpoint(CHECKPOINT_STOP_LIMIT)? {
+            return Ok(None);
+        }
+        let taken = (|| {
+            let mut dirty = self.vm.take_dirty_log()?;
+            dirty.resize(words, 0);
+            {
+                let mut w = self.ckpt.written.lock().unwrap_or_else(|e| e.into_inner());
+                w.resize(words, 0);
+                for (a, b) in w.iter_mut().zip(&dirty) {
+                    *a |= b;
+                }
+            }
+            let mut set = dirty.clone();
+            if resend {
+                for (_, d) in unacked.iter() {
+                    for (a, b) in set.iter_mut().zip(d) {
+                        *a |= b;
+                    }
+                }
+            }
+            let mut list = Vec::new();
+            for p in AtomicBitmap::iter_set(&set).filter(|&p| p < self.ram.pages()) {
+                let mut d = Box::new([0u8; PAGE]);
+                self.ram.read_page(p, &mut d)?;
+                let data = (!is_zero_page(&d)).then_some(d);
+                list.push(Page {
+                    index: p as u32,
+                    data,
+                });
+            }
+            let state = self.vm.save_state()?;
+            self.vm.mark_output(seq);
+            unacked.push_back((seq, dirty));
+            Ok::<_, anyhow::Error>((list, state))
+        })();
+        self.vm.resume_checkpoint()?;
+        let taken = taken?;
+        self.ckpt
+            .pause_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(t.elapsed().as_secs_f64() * 1e6);
+        self.ckpt.taken.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(taken))
+    }
+
+    fn send_checkpoint(&self, to: &Conn, seq: u64, list: Vec<Page>, state: Vec<u8>) -> Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, to);
+        let mut bytes = 0usize;
+        self.ckpt
+            .pages
+            .fetch_add(list.len() as u64, Ordering::Relaxed);
+        let mut list = list;
+        while !list.is_empty() {
+            let rest = list.split_off(list.len().min(wire::MAX_BATCH));
+            let frame = Msg::CkptPages(std::mem::replace(&mut list, rest)).encode();
+            bytes += frame.len();
+            w.write_all(&frame)?;
+        }
+        let frame = Msg::Checkpoint { seq, state }.encode();
+        bytes += frame.len();
+        w.write_all(&frame)?;
+        w.flush()?;
+        self.ckpt.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends the held output as the source confirms checkpoints (on a
+    /// thread of its own: a NIC may hold its device while it waits for a
+    /// page).
+    fn release_loop(&self) {
+        let mut released = 0u64;
+        while !self.finished.load(Ordering::Acquire) && !self.ckpt.fenced.load(Ordering::Acquire) {
+            let acked = self.ckpt.acked.load(Ordering::Acquire);
+            if acked > released {
+                self.vm.release_output(Some(acked));
+                released = acked;
+                continue;
+            }
+            let (m, c) = &self.ckpt.moved;
+            let g = m.lock().unwrap_or_else(|e| e.into_inner());
+            if self.ckpt.acked.load(Ordering::Acquire) == released {
+                let _ = c.wait_timeout(g, Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Places a page that `arrived` (its message was read) on the push
     /// stream or as a demand reply.
     fn install(&self, page: Page, via_push: bool, arrived: Instant) -> Result<()> {
@@ -621,6 +841,7 @@ impl Incoming {
         let have = AtomicBitmap::new(pages);
         let mut rounds = 0u32;
         let mut pages_received = 0u64;
+        let mut protect = None;
         let started = Instant::now();
         loop {
             let msg = match wire::recv(&mut &*main, pages) {
@@ -645,6 +866,21 @@ impl Incoming {
                     }
                 }
                 Msg::RoundEnd(n) => rounds = n,
+                Msg::Protect {
+                    interval_ms,
+                    fence_ms,
+                } => {
+                    if !(1..=60_000).contains(&interval_ms) || fence_ms <= interval_ms {
+                        bail!(
+                            "the source asked for checkpoints every {interval_ms} ms with a fence of \
+                             {fence_ms} ms (the interval must be 1..60000 ms and the fence longer)"
+                        );
+                    }
+                    protect = Some(Protect {
+                        interval: Duration::from_millis(interval_ms.into()),
+                        fence: Duration::from_millis(fence_ms.into()),
+                    });
+                }
                 Msg::State(state) => {
                     vm.set_status(Status::Device);
                     vm.load_state(&state).context("cannot load the VM state")?;
@@ -677,6 +913,7 @@ impl Incoming {
                         state,
                         pending,
                         (rounds, pages_received),
+                        protect,
                         after_window,
                         guest,
                     );
@@ -723,6 +960,7 @@ fn postcopy(
     state: Vec<u8>,
     pending_words: Vec<u64>,
     (rounds, pages_received): (u32, u64),
+    protect: Option<Protect>,
     after_window: Duration,
     guest: &dyn Fn(u128, u128) -> Value,
 ) -> Result<Received> {
@@ -766,11 +1004,21 @@ fn postcopy(
         failure: Mutex::new(None),
         demand_to: Mutex::new(None),
         link_broken: AtomicBool::new(false),
+        protect,
+        ckpt: Checkpoints::default(),
+        ckpt_to: Mutex::new(None),
+        last_heard: Mutex::new(Instant::now()),
     };
     let main: &Conn = &first.0;
     wire::send(&mut &*main, &Msg::Ready)?;
     wait_go(vm, main, pages)?;
     vm.set_dirty_logging(true)?;
+    if protect.is_some() {
+        // Nothing the guest sends here is seen outside before the source
+        // has a checkpoint that covers it.
+        vm.hold_output()?;
+    }
+    post.heard();
     vm.set_status(Status::PostcopyActive);
     let t_go = Instant::now();
     let mut recoveries = 0u64;
@@ -786,6 +1034,11 @@ fn postcopy(
             }
             r
         });
+        if let Some(p) = protect {
+            let post = &post;
+            scope.spawn(move || post.checkpoint_loop(p, links));
+            scope.spawn(move || post.release_loop());
+        }
         let _ = post.resumed_at.set(Instant::now());
         let resume = vm.resume();
         let resumed = unix_ns();
@@ -795,6 +1048,8 @@ fn postcopy(
             f.set_read_timeout(None)?;
             post.link_broken.store(false, Ordering::Release);
             *post.demand_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
+            *post.ckpt_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+            post.heard();
             if recoveries > 0 {
                 // Demands the old link swallowed go out again.
                 let again: Vec<u32> = AtomicBitmap::iter_set(&post.requested.snapshot())
@@ -815,12 +1070,17 @@ fn postcopy(
                         match wire::recv(&mut r, pages) {
                             Ok(Msg::Pages(list)) => {
                                 let arrived = Instant::now();
+                                post.heard();
                                 for pg in list {
                                     if let Err(e) = post.install(pg, false, arrived) {
                                         post.fail(format!("{e:#}"));
                                         return;
                                     }
                                 }
+                            }
+                            Ok(Msg::CheckpointAck(seq)) if post.protect.is_some() => {
+                                post.heard();
+                                post.ack(seq);
                             }
                             Ok(m) => {
                                 post.fail(format!("unexpected {} on the fault connection", m.name()));
@@ -895,8 +1155,14 @@ fn postcopy(
         Ok((resumed, completed, t_go.elapsed().as_millis() as u64, m))
     });
     let (resumed, completed, postcopy_ms, main) = result?;
-    let written = vm.take_dirty_log()?;
+    let mut written = vm.take_dirty_log()?;
     vm.set_dirty_logging(false)?;
+    {
+        let w = post.ckpt.written.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, b) in written.iter_mut().zip(w.iter()) {
+            *a |= b;
+        }
+    }
     let mut hits = 0u64;
     let mut written_n = 0u64;
     for p in AtomicBitmap::iter_set(&written) {
@@ -908,8 +1174,35 @@ fn postcopy(
             hits += 1;
         }
     }
-    vm.set_status(Status::Completed);
-    wire::send(&mut &*main, &Msg::Complete)?;
+    if let Some(p) = protect {
+        // The source confirms that it will not resume the VM any more;
+        // only then does the VM's output go out unheld. Without that word
+        // within the fence time the source may resume it: stop here.
+        wire::send(&mut &*main, &Msg::Complete)?;
+        main.set_read_timeout(Some(p.fence))?;
+        let confirmed = loop {
+            match wire::recv(&mut &*main, pages) {
+                Ok(Msg::CheckpointAck(u64::MAX)) => break true,
+                Ok(Msg::CheckpointAck(_)) => continue,
+                _ => break false,
+            }
+        };
+        if !confirmed {
+            vm.fence();
+            vm.set_status(Status::Failed);
+            bail!(
+                "every page is here, but the source did not confirm the end of the migration \
+                 within {} ms: the VM is stopped here for good (fenced)",
+                p.fence.as_millis()
+            );
+        }
+        main.set_read_timeout(Some(PEER_TIMEOUT))?;
+        vm.release_output(None);
+        vm.set_status(Status::Completed);
+    } else {
+        vm.set_status(Status::Completed);
+        wire::send(&mut &*main, &Msg::Complete)?;
+    }
     std::thread::sleep(after_window);
     let lat = post
         .latencies_us
@@ -940,10 +1233,34 @@ fn postcopy(
         "prepaging_hits": hits,
         "pages_written_during_postcopy": written_n,
         "recoveries": recoveries,
+        "checkpoints": checkpoint_report(&post, vm),
         "guest": guest(resumed, completed),
     });
     wire::send(&mut &*main, &Msg::Report(report.to_string()))?;
     Ok(Received { report })
+}
+
+/// The checkpoints' figures for the report (null without protection).
+fn checkpoint_report(post: &Post, vm: &dyn DestVm) -> Value {
+    let Some(p) = post.protect else {
+        return Value::Null;
+    };
+    let c = &post.ckpt;
+    let pause = c.pause_us.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (p50, p99, max) = latency_summary(pause);
+    json!({
+        "interval_ms": p.interval.as_millis() as u64,
+        "fence_ms": p.fence.as_millis() as u64,
+        "taken": c.taken.load(Ordering::Relaxed),
+        "skipped": c.skipped.load(Ordering::Relaxed),
+        "acked": c.acked.load(Ordering::Relaxed),
+        "pages": c.pages.load(Ordering::Relaxed),
+        "bytes": c.bytes.load(Ordering::Relaxed),
+        "pause_us_p50": p50,
+        "pause_us_p99": p99,
+        "pause_us_max": max,
+        "held_output": vm.held_output(),
+    })
 }
 
 /// Waits until every pending page is in, the link breaks, or something
@@ -983,6 +1300,14 @@ fn accept_resume(gate: &Gate, session: u64, post: &Post) -> Result<(Arc<Conn>, A
         if post.vm.aborted() {
             bail!("no source came back before the operator ended the migration");
         }
+        if let Some(why) = post
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            bail!("post-copy failed at the destination: {why}");
+        }
         let Some(a) = gate.next(Some(Duration::from_millis(100)))? else {
             continue;
         };
@@ -1010,11 +1335,15 @@ fn receive_push(post: &Post, main: &Conn, pages: usize) -> Result<()> {
         match wire::recv(&mut &*main, pages) {
             Ok(Msg::Pages(list)) => {
                 let arrived = Instant::now();
+                post.heard();
                 for pg in list {
                     post.install(pg, true, arrived)?;
                 }
             }
-            Ok(Msg::PushDone) => return Ok(()),
+            Ok(Msg::PushDone) => {
+                post.heard();
+                return Ok(());
+            }
             Ok(m) => bail!("unexpected {} from the source during post-copy", m.name()),
             Err(e) => return Err(anyhow!(e).context("the push stream from the source broke")),
         }

@@ -24,6 +24,7 @@ pub mod wire;
 
 use godwit_memory::GuestRam;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -75,6 +76,21 @@ pub trait SourceVm: Send + Sync {
     /// [`converge::MAX_THROTTLE`]). Returns the time the vCPUs slept for
     /// the throttle so far, summed over vCPUs.
     fn set_throttle(&self, permille: u32) -> anyhow::Result<Duration>;
+    /// Post-copy with failover: the destination was lost, and the paused VM
+    /// (its RAM already holding the checkpoint's pages) takes the state of
+    /// the last complete checkpoint, which the destination saved. It is
+    /// resumed with [`resume`](Self::resume) after. Its clock must not go
+    /// back: wait until it has reached the checkpoint's time.
+    fn load_checkpoint(&self, state: &[u8]) -> anyhow::Result<()> {
+        let _ = state;
+        anyhow::bail!("this VM cannot be resumed from a checkpoint")
+    }
+    /// Whether the VM can be protected by post-copy checkpoints; `Err`
+    /// says why not (a writable disk: its writes at the destination would
+    /// reach the shared image before the checkpoint that covers them).
+    fn can_fail_over(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The destination VM: built empty with the RAM size from the handshake,
@@ -108,6 +124,44 @@ pub trait DestVm: Send + Sync {
     fn aborted(&self) -> bool {
         false
     }
+    /// Post-copy with checkpoints: pauses the VM for one (vCPUs and devices
+    /// stopped within `limit`). False: they did not stop in time (a vCPU
+    /// waits for a page) and the VM runs again; no checkpoint now.
+    fn pause_checkpoint(&self, limit: Duration) -> anyhow::Result<bool> {
+        let _ = limit;
+        anyhow::bail!("this VM cannot take checkpoints")
+    }
+    /// The machine state of the VM paused by
+    /// [`pause_checkpoint`](Self::pause_checkpoint).
+    fn save_state(&self) -> anyhow::Result<Vec<u8>> {
+        anyhow::bail!("this VM cannot take checkpoints")
+    }
+    /// Ends a checkpoint's pause.
+    fn resume_checkpoint(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// From now on the VM's network output waits in its NICs, tagged by
+    /// epoch (0 first), until released.
+    fn hold_output(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// In a checkpoint's pause: output from now on belongs to `epoch`.
+    fn mark_output(&self, epoch: u64) {
+        let _ = epoch;
+    }
+    /// Sends the held output of epochs before `epoch` (its checkpoint is
+    /// safe at the source); `None`: all of it, and output is not held any
+    /// more.
+    fn release_output(&self, epoch: Option<u64>) {
+        let _ = epoch;
+    }
+    /// What holding output did, for the report.
+    fn held_output(&self) -> Value {
+        Value::Null
+    }
+    /// The source may resume the VM from a checkpoint now: stop it here
+    /// for good (what it sent since the last safe checkpoint is dropped).
+    fn fence(&self) {}
 }
 
 /// How the VM moves.
@@ -179,6 +233,14 @@ pub struct Params {
     /// Pre-copy and hybrid: throttle the vCPUs while the guest dirties
     /// memory faster than the rounds send it (see [`converge`]).
     pub auto_converge: bool,
+    /// Post-copy and hybrid: protect the VM against the loss of the
+    /// destination. After the switch the destination sends checkpoints
+    /// back; if the source hears nothing from it for this many ms (and no
+    /// `migrate --resume` reconnects within that time), the source resumes
+    /// the VM from the last complete checkpoint. 0: off.
+    pub failover_ms: u64,
+    /// With `failover_ms`: ms between the destination's checkpoints.
+    pub checkpoint_ms: u64,
 }
 
 impl Params {
@@ -212,6 +274,8 @@ impl Default for Params {
             hot_pages_first: true,
             hot_pages_ahead: true,
             auto_converge: false,
+            failover_ms: 0,
+            checkpoint_ms: 50,
         }
     }
 }

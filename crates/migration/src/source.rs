@@ -11,7 +11,7 @@ use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -273,6 +273,12 @@ pub fn migrate(
     progress
         .pages_total
         .store(ram.pages() as u64, Ordering::Relaxed);
+    if params.failover_ms > 0 {
+        check_failover(vm, params)?;
+        report.failover.armed = true;
+        report.failover.timeout_ms = params.failover_ms;
+        report.failover.checkpoint_interval_ms = params.checkpoint_ms;
+    }
     let session = (unix_ns() as u64) ^ ((std::process::id() as u64) << 32);
     let conns = handshake(to, vm, params, sec, session, false)?;
     report.security = sec.name().into();
@@ -293,14 +299,140 @@ pub fn migrate(
         logging: false,
         hinting: false,
         throttle: 0,
+        backup: Backup::new(),
+        released: false,
     };
     let result = s.run(conns);
     if let Err(e) = &result {
         s.unwind(e);
     }
     result?;
-    report.status = "completed".into();
+    report.status = if report.failover.failed_over {
+        "failed-over".into()
+    } else {
+        "completed".into()
+    };
     Ok(report)
+}
+
+/// Failover's parameters, checked before anything is sent.
+fn check_failover(vm: &dyn SourceVm, params: &Params) -> Result<()> {
+    if !matches!(params.mode, Mode::Postcopy | Mode::Hybrid) {
+        bail!(
+            "failover protects a post-copy: it needs mode postcopy or hybrid, not {}",
+            params.mode
+        );
+    }
+    if !(1..=60_000).contains(&params.checkpoint_ms) {
+        bail!(
+            "checkpoint interval {} ms: it must be 1..60000 ms",
+            params.checkpoint_ms
+        );
+    }
+    if params.failover_ms < 4 * params.checkpoint_ms || params.failover_ms > 3_600_000 {
+        bail!(
+            "failover timeout {} ms: it must be at least 4 checkpoint intervals ({} ms) and at most an hour \
+             (the destination stops the VM after half of it without a word from the source, \
+             before the source may resume it)",
+            params.failover_ms,
+            4 * params.checkpoint_ms
+        );
+    }
+    vm.can_fail_over()
+        .context("this VM cannot be protected by failover")
+}
+
+/// The source's copy of a post-copy protected by checkpoints: its RAM
+/// (which it keeps) plus the destination's checkpoints applied to it.
+struct Backup {
+    /// The last complete checkpoint: its number, state, and when it came.
+    last: Mutex<Option<(u64, Vec<u8>, Instant)>>,
+    /// When the destination last said anything.
+    heard: Mutex<Instant>,
+    checkpoints: AtomicU64,
+    pages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Backup {
+    fn new() -> Backup {
+        Backup {
+            last: Mutex::new(None),
+            heard: Mutex::new(Instant::now()),
+            checkpoints: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn heard(&self) {
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn last_heard(&self) -> Instant {
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |l| l.0)
+    }
+
+    /// Reads the destination's checkpoints on `main` until `Complete`. A
+    /// checkpoint's pages are kept aside until its end arrives, then
+    /// written into this RAM (they are pages the destination has, so the
+    /// push never reads them) and confirmed on the fault connection. A
+    /// checkpoint cut short by a broken link is dropped (the destination
+    /// sends its pages again in the next one).
+    fn receive(&self, main: &Conn, ram: &GuestRam, acks: &Mutex<Out>, pages: usize) -> Result<()> {
+        let mut staged: Vec<Page> = Vec::new();
+        loop {
+            let msg = wire::recv(&mut &*main, pages)
+                .map_err(|e| anyhow!(e).context("the destination went silent or its link broke"))?;
+            self.heard();
+            match msg {
+                Msg::CkptPages(list) => {
+                    if staged.len() + list.len() > pages {
+                        bail!("the destination sent a checkpoint with more pages than RAM has");
+                    }
+                    self.bytes
+                        .fetch_add((list.len() * (PAGE + 5)) as u64, Ordering::Relaxed);
+                    staged.extend(list);
+                }
+                Msg::Checkpoint { seq, state } => {
+                    if seq <= self.last_seq() {
+                        bail!(
+                            "the destination sent checkpoint {seq} after {}",
+                            self.last_seq()
+                        );
+                    }
+                    self.bytes.fetch_add(state.len() as u64, Ordering::Relaxed);
+                    self.pages.fetch_add(staged.len() as u64, Ordering::Relaxed);
+                    for pg in staged.drain(..) {
+                        let gpa = ram.base() + pg.index as u64 * PAGE as u64;
+                        match &pg.data {
+                            Some(d) => ram.write(gpa, &d[..])?,
+                            None => ram.write(gpa, &[0u8; PAGE])?,
+                        }
+                    }
+                    *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((seq, state, Instant::now()));
+                    self.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    let mut out = acks.lock().unwrap_or_else(|e| e.into_inner());
+                    out.send(&Msg::CheckpointAck(seq))?;
+                    out.flush()?;
+                }
+                Msg::Complete => return Ok(()),
+                m => bail!(
+                    "the destination sent {} during a protected post-copy",
+                    m.name()
+                ),
+            }
+        }
+    }
 }
 
 struct Session<'a> {
@@ -319,6 +451,11 @@ struct Session<'a> {
     hinting: bool,
     /// The auto-converge throttle in force, per mille.
     throttle: u32,
+    /// Post-copy with failover: the destination's checkpoints.
+    backup: Backup,
+    /// Post-copy with failover: the source told the destination that it
+    /// will not resume the VM (after `Complete`); no failover after that.
+    released: bool,
 }
 
 impl Session<'_> {
@@ -437,8 +574,10 @@ impl Session<'_> {
         } else {
             self.postcopy(&mut out, reader, &fault, remaining, state, pages)?;
         }
-        self.progress.set_status(Status::Completed);
-        self.progress.pages_remaining.store(0, Ordering::Relaxed);
+        if !self.report.failover.failed_over {
+            self.progress.set_status(Status::Completed);
+            self.progress.pages_remaining.store(0, Ordering::Relaxed);
+        }
 
         // The destination's report: its side of the figures (post-copy
         // read it on whichever connection it ended with).
@@ -651,6 +790,12 @@ impl Session<'_> {
         progress
             .pages_remaining
             .store(remaining.len() as u64, Ordering::Relaxed);
+        if self.params.failover_ms > 0 {
+            out.send(&Msg::Protect {
+                interval_ms: self.params.checkpoint_ms as u32,
+                fence_ms: (self.params.failover_ms / 2) as u32,
+            })?;
+        }
         out.send(&Msg::Switch {
             state,
             pending: pending.snapshot(),
@@ -667,6 +812,10 @@ impl Session<'_> {
         self.committed = true;
         out.send(&Msg::Go)?;
         out.flush()?;
+        self.backup.heard();
+        progress
+            .failover_armed
+            .store(self.params.failover_ms > 0, Ordering::Relaxed);
         progress.set_status(Status::PostcopyActive);
         // From here the VM runs at the destination: a broken link pauses the
         // transfer (both sides keep their state) until `migrate --resume`.
@@ -688,6 +837,31 @@ impl Session<'_> {
                     fault.shutdown(Shutdown::Both);
                     return Ok(());
                 }
+                Err(e) if self.params.failover_ms > 0 && !self.released => {
+                    main.shutdown(Shutdown::Both);
+                    fault.shutdown(Shutdown::Both);
+                    let why = format!("post-copy link lost: {e:#}");
+                    let deadline =
+                        self.backup.last_heard() + Duration::from_millis(self.params.failover_ms);
+                    eprintln!(
+                        "godwit: {why}; unless the destination is reconnected within {} ms of its last word \
+                         (`godwit migrate --resume --to HOST:PORT`), the VM resumes here from checkpoint {}",
+                        self.params.failover_ms,
+                        self.backup.last_seq()
+                    );
+                    progress.note_error(why.clone());
+                    progress.set_status(Status::PostcopyPaused);
+                    drop(out);
+                    match self.reconnect(&pending, &done, pages, Some(deadline)) {
+                        Some(c) => {
+                            next = Some(c);
+                            self.backup.heard();
+                            progress.recoveries.fetch_add(1, Ordering::Relaxed);
+                            progress.set_status(Status::PostcopyActive);
+                        }
+                        None => return self.fail_over(&why),
+                    }
+                }
                 Err(e) => {
                     main.shutdown(Shutdown::Both);
                     fault.shutdown(Shutdown::Both);
@@ -699,7 +873,7 @@ impl Session<'_> {
                     progress.note_error(why);
                     progress.set_status(Status::PostcopyPaused);
                     drop(out);
-                    next = Some(self.reconnect(&pending, &done, pages));
+                    next = self.reconnect(&pending, &done, pages, None);
                     progress.recoveries.fetch_add(1, Ordering::Relaxed);
                     progress.set_status(Status::PostcopyActive);
                 }
@@ -722,10 +896,58 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The destination was lost for good: the VM resumes here from the last
+    /// complete checkpoint (its pages are in this RAM already), or from the
+    /// state of the switch when none came.
+    fn fail_over(&mut self, why: &str) -> Result<()> {
+        let lost_at = self.backup.last_heard();
+        let last = self
+            .backup
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let seq = last.as_ref().map_or(0, |l| l.0);
+        if let Some((_, state, _)) = &last {
+            self.vm.load_checkpoint(state).with_context(|| {
+                format!("the destination is lost and checkpoint {seq} cannot be loaded; the VM stays paused here")
+            })?;
+        }
+        self.vm
+            .resume()
+            .context("the destination is lost and the VM cannot resume here")?;
+        let f = &mut self.report.failover;
+        f.failed_over = true;
+        f.resumed_from_checkpoint = seq;
+        f.failover_ms = lost_at.elapsed().as_secs_f64() * 1e3;
+        f.checkpoint_age_ms = last.as_ref().map_or(0.0, |l| {
+            lost_at.saturating_duration_since(l.2).as_secs_f64() * 1e3
+        });
+        f.checkpoints = self.backup.checkpoints.load(Ordering::Relaxed);
+        f.checkpoint_pages = self.backup.pages.load(Ordering::Relaxed);
+        f.checkpoint_bytes = self.backup.bytes.load(Ordering::Relaxed);
+        let msg = format!(
+            "{why}; the destination did not come back within {} ms: the VM runs here again, \
+             from checkpoint {seq} ({:.0} ms after the destination's last word)",
+            self.params.failover_ms, f.failover_ms
+        );
+        eprintln!("godwit: {msg}");
+        self.report.error = Some(msg.clone());
+        self.progress.fail(msg);
+        Ok(())
+    }
+
     /// Waits for `migrate --resume` and reconnects to the destination, which
     /// says which pages it has; the others are sent again. Retries until it
-    /// works (the VM cannot run anywhere else now).
-    fn reconnect(&mut self, pending: &AtomicBitmap, done: &AtomicBitmap, pages: usize) -> Conns {
+    /// works (the VM cannot run anywhere else now), or until `deadline`
+    /// (failover: the VM can run here again): then `None`.
+    fn reconnect(
+        &mut self,
+        pending: &AtomicBitmap,
+        done: &AtomicBitmap,
+        pages: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Conns> {
         let progress = self.progress;
         loop {
             let to = loop {
@@ -736,6 +958,9 @@ impl Session<'_> {
                     .take();
                 if let Some(to) = asked {
                     break to;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             };
@@ -760,7 +985,7 @@ impl Session<'_> {
                     }
                     progress.pages_remaining.store(missing, Ordering::Relaxed);
                     eprintln!("godwit: post-copy resumed to {to}; {missing} pages still to send");
-                    return c;
+                    return Some(c);
                 }
                 Err(e) => {
                     let why = format!("cannot resume the post-copy to {to}: {e:#}");
@@ -797,18 +1022,73 @@ impl Session<'_> {
         let pacer = (self.params.max_bandwidth > 0)
             .then(|| Pacer::new(self.params.max_bandwidth * 95 / 100));
         fault.set_read_timeout(None)?;
+        let protected = self.params.failover_ms > 0;
+        if protected {
+            // The destination sends a checkpoint every interval: silence
+            // this long means it is gone.
+            main.set_read_timeout(Some(Duration::from_millis(self.params.failover_ms)))?;
+        }
         let order = Mutex::new(PushOrder::new(self.params.prepaging, pages));
         let ram = self.ram;
         let start = progress.started;
-        std::thread::scope(|scope| -> Result<String> {
-            let demand = scope.spawn(|| serve_demand(fault, ram, done, &order, progress, pages));
+        let replies = Mutex::new(Out {
+            w: BufWriter::with_capacity(64 << 10, fault),
+            progress,
+        });
+        let backup = &self.backup;
+        let interval = Duration::from_millis(self.params.checkpoint_ms.max(1));
+        let stop = AtomicBool::new(false);
+        let r = std::thread::scope(|scope| -> Result<String> {
+            let demand =
+                scope.spawn(|| serve_demand(fault, &replies, ram, done, &order, progress, pages));
+            let checkpoints = protected.then(|| {
+                // The destination's word that this side lives, between
+                // checkpoints too: without it for its fence time, it stops.
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(interval.min(Duration::from_millis(100)));
+                        let mut out = replies.lock().unwrap_or_else(|e| e.into_inner());
+                        if out.send(&Msg::CheckpointAck(backup.last_seq())).is_err()
+                            || out.flush().is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                scope.spawn(|| {
+                    let r = backup.receive(main, ram, &replies, pages);
+                    if r.is_err() {
+                        // The push stops too (its writes fail).
+                        main.shutdown(Shutdown::Both);
+                    }
+                    r
+                })
+            });
             let hot = std::mem::take(&mut self.hot);
             let pushed = push(out, ram, done, &order, &hot, progress, pacer);
             // Wait for the destination to have every page.
-            let r = pushed.and_then(|()| match expect(main, pages, "Complete")? {
-                Msg::Complete => Ok(()),
-                m => bail!("the destination sent {} instead of Complete", m.name()),
-            });
+            let r = match checkpoints {
+                Some(reader) => {
+                    if pushed.is_err() {
+                        main.shutdown(Shutdown::Both);
+                    }
+                    let got = reader
+                        .join()
+                        .map_err(|_| anyhow!("the checkpoint thread panicked"))?;
+                    pushed.and(got).and_then(|()| {
+                        // The commit of a protected post-copy: from here the
+                        // VM is the destination's alone.
+                        self.released = true;
+                        out.send(&Msg::CheckpointAck(u64::MAX))?;
+                        out.flush()
+                    })
+                }
+                None => pushed.and_then(|()| match expect(main, pages, "Complete")? {
+                    Msg::Complete => Ok(()),
+                    m => bail!("the destination sent {} instead of Complete", m.name()),
+                }),
+            };
+            stop.store(true, Ordering::Release);
             if r.is_ok() {
                 self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
             }
@@ -828,7 +1108,12 @@ impl Session<'_> {
                 Msg::Report(json) => Ok(json),
                 m => bail!("the destination sent {} instead of its report", m.name()),
             }
-        })
+        });
+        let f = &mut self.report.failover;
+        f.checkpoints = self.backup.checkpoints.load(Ordering::Relaxed);
+        f.checkpoint_pages = self.backup.pages.load(Ordering::Relaxed);
+        f.checkpoint_bytes = self.backup.bytes.load(Ordering::Relaxed);
+        r
     }
 
     fn merge_dest_report(&mut self, json: &str) {
@@ -970,6 +1255,7 @@ struct Served {
 /// served, ahead of anything pushed. Returns when the connection closes.
 fn serve_demand(
     fault: &Conn,
+    replies: &Mutex<Out>,
     ram: &GuestRam,
     done: &AtomicBitmap,
     order: &Mutex<PushOrder>,
@@ -978,10 +1264,6 @@ fn serve_demand(
 ) -> Result<Served> {
     crate::fault_path_priority();
     let mut r = fault;
-    let mut out = Out {
-        w: BufWriter::with_capacity(64 << 10, fault),
-        progress,
-    };
     let mut served = Served::default();
     loop {
         let msg = match wire::recv(&mut r, pages) {
@@ -1020,8 +1302,11 @@ fn serve_demand(
                 .pages_demand
                 .fetch_add(reply.len() as u64, Ordering::Relaxed);
             let reply_pages: Vec<usize> = reply.iter().map(|p| p.index as usize).collect();
-            out.send(&Msg::Pages(reply))?;
-            out.flush()?;
+            {
+                let mut out = replies.lock().unwrap_or_else(|e| e.into_inner());
+                out.send(&Msg::Pages(reply))?;
+                out.flush()?;
+            }
             served.service_us.push(read.elapsed().as_secs_f64() * 1e6);
             // Move the push's pivot only after the reply is on its way.
             let mut order = order.lock().unwrap_or_else(|e| e.into_inner());

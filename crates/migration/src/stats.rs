@@ -88,6 +88,9 @@ pub struct Progress {
     pub resume_to: Mutex<Option<String>>,
     /// Post-copy links re-established after a failure.
     pub recoveries: AtomicU64,
+    /// A post-copy with failover: a lost destination ends with the VM
+    /// running here again (a paused post-copy is then not for good).
+    pub failover_armed: AtomicBool,
     error: Mutex<Option<String>>,
     /// Called with every new status (the VMM turns it into a QMP
     /// `MIGRATION` event).
@@ -122,6 +125,7 @@ impl Progress {
             start_postcopy: AtomicBool::new(false),
             resume_to: Mutex::new(None),
             recoveries: AtomicU64::new(0),
+            failover_armed: AtomicBool::new(false),
             error: Mutex::new(None),
             on_status: Mutex::new(None),
         }
@@ -214,6 +218,7 @@ impl Progress {
             "rounds": g(&self.rounds),
             "dirty_pages_last_round": g(&self.dirty_last_round),
             "recoveries": g(&self.recoveries),
+            "failover_armed": self.failover_armed.load(Ordering::Relaxed),
             "error": self.error(),
         })
     }
@@ -328,10 +333,35 @@ pub struct Report {
     /// Frames that reached the source's NICs after the pause, handed to
     /// the destination before `Go`.
     pub frames_forwarded: u64,
+    /// Post-copy with failover: the source's side of the checkpoints.
+    pub failover: Failover,
     pub error: Option<String>,
     /// Everything the destination reported (its engine figures and what its
     /// VMM saw of the guest), as it sent it.
     pub destination: serde_json::Value,
+}
+
+/// A post-copy protected by checkpoints, as the source saw it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Failover {
+    /// Protection was on (`failover_ms` > 0).
+    pub armed: bool,
+    /// The timeout and the destination's checkpoint interval, ms.
+    pub timeout_ms: u64,
+    pub checkpoint_interval_ms: u64,
+    /// Complete checkpoints received, their pages and bytes on the wire.
+    pub checkpoints: u64,
+    pub checkpoint_pages: u64,
+    pub checkpoint_bytes: u64,
+    /// The destination was lost and the VM runs here again.
+    pub failed_over: bool,
+    /// The checkpoint it resumed from (0: the state of the switch itself).
+    pub resumed_from_checkpoint: u64,
+    /// From the last word of the destination to the VM running here, ms.
+    pub failover_ms: f64,
+    /// Guest time between that checkpoint and the loss of the destination:
+    /// at most what the guest's work since is lost, ms.
+    pub checkpoint_age_ms: f64,
 }
 
 /// The `q`-quantile (0 ≤ q ≤ 1) of the sorted values `sorted`, by nearest

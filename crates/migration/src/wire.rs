@@ -50,7 +50,9 @@ use std::io::{self, Read, Write};
 /// Protocol version; both sides must speak exactly this one.
 /// Version 2: the handshake carries the board description.
 /// Version 3: `Frames` before `Go`.
-pub const VERSION: u32 = 3;
+/// Version 4: post-copy checkpoints back to the source (`Protect`,
+/// `CkptPages`, `Checkpoint`, `CheckpointAck`).
+pub const VERSION: u32 = 4;
 /// Handshake magic.
 pub const MAGIC: [u8; 8] = *b"GODWITMG";
 /// Guest page size on the wire.
@@ -127,6 +129,26 @@ pub enum Msg {
     /// VM paused (NIC ordinal, frame with its virtio-net header), for the
     /// destination to deliver to the guest before anything newer.
     Frames(Vec<(u16, Vec<u8>)>),
+    /// Before `Switch`: protect the post-copy with checkpoints. The
+    /// destination takes one every `interval_ms` and sends it back; it holds
+    /// the VM's network output until the source has one that covers it, and
+    /// stops the VM for good if it cannot reach the source for `fence_ms`
+    /// (the source then resumes it from its last checkpoint).
+    Protect {
+        interval_ms: u32,
+        fence_ms: u32,
+    },
+    /// Destination to source: pages the guest wrote at the destination,
+    /// part of the checkpoint the next `Checkpoint` ends.
+    CkptPages(Vec<Page>),
+    /// Destination to source: ends checkpoint `seq` (the VM state taken in
+    /// the same pause as its pages).
+    Checkpoint {
+        seq: u64,
+        state: Vec<u8>,
+    },
+    /// Source to destination: checkpoint `seq` is complete at the source.
+    CheckpointAck(u64),
 }
 
 /// A decoding error: the peer sent something this side cannot accept.
@@ -161,6 +183,10 @@ const T_CANCEL: u8 = 14;
 const T_ERROR: u8 = 15;
 const T_RESUME: u8 = 16;
 const T_FRAMES: u8 = 17;
+const T_PROTECT: u8 = 18;
+const T_CKPT_PAGES: u8 = 19;
+const T_CHECKPOINT: u8 = 20;
+const T_CHECKPOINT_ACK: u8 = 21;
 
 /// Most frames in one `Frames` message.
 pub const MAX_FRAMES: usize = 8192;
@@ -195,12 +221,16 @@ impl Msg {
                 b.push(T_REFUSE);
                 put_text(&mut b, s);
             }
-            Msg::Pages(pages) => {
+            Msg::Pages(pages) | Msg::CkptPages(pages) => {
                 debug_assert!(
                     pages.len() <= MAX_BATCH,
                     "batch larger than the protocol allows"
                 );
-                b.push(T_PAGES);
+                b.push(if matches!(self, Msg::Pages(_)) {
+                    T_PAGES
+                } else {
+                    T_CKPT_PAGES
+                });
                 let start = b.len();
                 b.extend_from_slice(&(pages.len() as u16).to_le_bytes());
                 for p in pages {
@@ -280,6 +310,27 @@ impl Msg {
                 let crc = crc32fast::hash(&b[start..]);
                 b.extend_from_slice(&crc.to_le_bytes());
             }
+            Msg::Protect {
+                interval_ms,
+                fence_ms,
+            } => {
+                b.push(T_PROTECT);
+                b.extend_from_slice(&interval_ms.to_le_bytes());
+                b.extend_from_slice(&fence_ms.to_le_bytes());
+            }
+            Msg::Checkpoint { seq, state } => {
+                b.push(T_CHECKPOINT);
+                b.extend_from_slice(&seq.to_le_bytes());
+                let mut h = crc32fast::Hasher::new();
+                h.update(&seq.to_le_bytes());
+                h.update(state);
+                b.extend_from_slice(&h.finalize().to_le_bytes());
+                b.extend_from_slice(state);
+            }
+            Msg::CheckpointAck(seq) => {
+                b.push(T_CHECKPOINT_ACK);
+                b.extend_from_slice(&seq.to_le_bytes());
+            }
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
@@ -316,7 +367,7 @@ impl Msg {
             }
             T_ACCEPT => Msg::Accept,
             T_REFUSE => Msg::Refuse(r.text()?),
-            T_PAGES => {
+            T_PAGES | T_CKPT_PAGES => {
                 let n = r.u16()? as usize;
                 if n > MAX_BATCH {
                     return bad(format!("batch of {n} pages (most is {MAX_BATCH})"));
@@ -345,8 +396,29 @@ impl Msg {
                 if crc32fast::hash(covered) != crc {
                     return bad("page batch checksum mismatch (corrupted in transit)");
                 }
-                Msg::Pages(out)
+                if t == T_PAGES {
+                    Msg::Pages(out)
+                } else {
+                    Msg::CkptPages(out)
+                }
             }
+            T_PROTECT => Msg::Protect {
+                interval_ms: r.u32()?,
+                fence_ms: r.u32()?,
+            },
+            T_CHECKPOINT => {
+                let seq = r.u64()?;
+                let crc = r.u32()?;
+                let state = r.rest().to_vec();
+                let mut h = crc32fast::Hasher::new();
+                h.update(&seq.to_le_bytes());
+                h.update(&state);
+                if h.finalize() != crc {
+                    return bad("checkpoint checksum mismatch (corrupted in transit)");
+                }
+                Msg::Checkpoint { seq, state }
+            }
+            T_CHECKPOINT_ACK => Msg::CheckpointAck(r.u64()?),
             T_ROUND_END => Msg::RoundEnd(r.u32()?),
             T_STATE => {
                 let crc = r.u32()?;
@@ -467,6 +539,10 @@ impl Msg {
             Msg::Error(_) => "Error",
             Msg::Resume(_) => "Resume",
             Msg::Frames(_) => "Frames",
+            Msg::Protect { .. } => "Protect",
+            Msg::CkptPages(_) => "CkptPages",
+            Msg::Checkpoint { .. } => "Checkpoint",
+            Msg::CheckpointAck(_) => "CheckpointAck",
         }
     }
 }
@@ -674,6 +750,19 @@ mod tests {
             Msg::Resume(vec![7, 1 << 35]),
             Msg::Frames(vec![]),
             Msg::Frames(vec![(0, vec![0; 12]), (3, vec![0xab; 1514])]),
+            Msg::Protect {
+                interval_ms: 50,
+                fence_ms: 1000,
+            },
+            Msg::Checkpoint {
+                seq: 7,
+                state: vec![9; 100],
+            },
+            Msg::CkptPages(vec![Page {
+                index: 3,
+                data: None,
+            }]),
+            Msg::CheckpointAck(u64::MAX),
         ] {
             round_trip(m, 100);
         }

@@ -128,7 +128,18 @@ fn msg(pages: usize) -> BoxedStrategy<Msg> {
         hello().prop_map(Msg::Hello).boxed(),
         Just(Msg::Accept).boxed(),
         text().prop_map(Msg::Refuse).boxed(),
-        batch.prop_map(Msg::Pages).boxed(),
+        batch.clone().prop_map(Msg::Pages).boxed(),
+        batch.prop_map(Msg::CkptPages).boxed(),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(interval_ms, fence_ms)| Msg::Protect {
+                interval_ms,
+                fence_ms,
+            })
+            .boxed(),
+        (any::<u64>(), state.clone())
+            .prop_map(|(seq, state)| Msg::Checkpoint { seq, state })
+            .boxed(),
+        any::<u64>().prop_map(Msg::CheckpointAck).boxed(),
         any::<u32>().prop_map(Msg::RoundEnd).boxed(),
         state.clone().prop_map(Msg::State).boxed(),
         Just(Msg::Ready).boxed(),
@@ -177,7 +188,12 @@ fn checksummed_msg() -> impl Strategy<Value = (usize, Msg)> {
     sized_msg().prop_filter("a checksummed message", |(_, m)| {
         matches!(
             m,
-            Msg::Pages(_) | Msg::State(_) | Msg::Switch { .. } | Msg::Resume(_)
+            Msg::Pages(_)
+                | Msg::CkptPages(_)
+                | Msg::State(_)
+                | Msg::Switch { .. }
+                | Msg::Resume(_)
+                | Msg::Checkpoint { .. }
         )
     })
 }
@@ -192,7 +208,7 @@ fn recv_bytes(bytes: &[u8], pages: usize) -> Result<Msg, WireError> {
 /// decodes to the same message.
 fn assert_valid(m: &Msg, body: &[u8], pages: usize) {
     match m {
-        Msg::Pages(list) => {
+        Msg::Pages(list) | Msg::CkptPages(list) => {
             assert!(list.len() <= MAX_BATCH);
             assert!(list.iter().all(|p| (p.index as usize) < pages));
         }

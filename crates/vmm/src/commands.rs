@@ -145,6 +145,13 @@ pub struct MigrationParameters {
     /// Pre-copy: throttle the vCPUs while the guest outruns the link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_converge: Option<bool>,
+    /// Post-copy: resume the VM here from the destination's last
+    /// checkpoint if the destination is silent this long, ms; 0: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_timeout: Option<u64>,
+    /// With failover: ms between the destination's checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval: Option<u64>,
 }
 
 impl MigrationParameters {
@@ -191,6 +198,12 @@ impl MigrationParameters {
         }
         if let Some(v) = self.auto_converge {
             n.auto_converge = v;
+        }
+        if let Some(v) = self.failover_timeout {
+            n.failover_ms = v;
+        }
+        if let Some(v) = self.checkpoint_interval {
+            n.checkpoint_ms = v;
         }
         *p = n;
         Ok(())

@@ -72,6 +72,8 @@ struct VmDest {
     started: Mutex<Option<mpsc::Sender<VmThread>>>,
     /// The control socket's target once the VM exists.
     control: Arc<DestControl>,
+    /// The VM is paused for a checkpoint (not by the operator).
+    checkpoint_paused: Mutex<bool>,
 }
 
 impl VmDest {
@@ -137,6 +139,94 @@ impl DestVm for VmDest {
         self.handle()?
             .exec(|m| m.take_dirty_log())
             .map_err(|e| anyhow!(e))
+    }
+    fn pause_checkpoint(&self, limit: Duration) -> Result<bool> {
+        let vm = self.handle()?;
+        let was = vm.is_paused();
+        let p = vm.pause_within(limit).map_err(|e| anyhow!(e))?;
+        if p.vcpus.is_empty() && p.devices.is_empty() {
+            *self
+                .checkpoint_paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = !was;
+            return Ok(true);
+        }
+        if !was {
+            vm.resume().map_err(|e| anyhow!(e))?;
+        }
+        Ok(false)
+    }
+    fn save_state(&self) -> Result<Vec<u8>> {
+        Ok(self
+            .handle()?
+            .save_state()
+            .map_err(|e| anyhow!(e))?
+            .encode())
+    }
+    fn resume_checkpoint(&self) -> Result<()> {
+        // Only a pause the checkpoint made: one the operator asked for stays.
+        let ours = std::mem::take(
+            &mut *self
+                .checkpoint_paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if ours {
+            self.handle()?.resume().map_err(|e| anyhow!(e))?;
+        }
+        Ok(())
+    }
+    fn hold_output(&self) -> Result<()> {
+        let vm = self.handle()?;
+        for slot in crate::netdev::nic_slots(vm.board()) {
+            vm.with_device::<Net, _>(slot, |n| n.hold_output());
+        }
+        Ok(())
+    }
+    fn mark_output(&self, epoch: u64) {
+        if let Ok(vm) = self.handle() {
+            for slot in crate::netdev::nic_slots(vm.board()) {
+                vm.with_device::<Net, _>(slot, |n| n.mark_output(epoch));
+            }
+        }
+    }
+    fn release_output(&self, epoch: Option<u64>) {
+        if let Ok(vm) = self.handle() {
+            for slot in crate::netdev::nic_slots(vm.board()) {
+                vm.with_device::<Net, _>(slot, |n| n.release_output(epoch));
+            }
+        }
+    }
+    fn held_output(&self) -> Value {
+        let Ok(vm) = self.handle() else {
+            return Value::Null;
+        };
+        let mut nics = Vec::new();
+        for slot in crate::netdev::nic_slots(vm.board()) {
+            if let Some(s) = vm.with_device::<Net, _>(slot, |n| n.held_stats()) {
+                let mean = if s.released > 0 {
+                    s.wait_us_sum / s.released as f64
+                } else {
+                    0.0
+                };
+                nics.push(json!({
+                    "frames_released": s.released,
+                    "frames_dropped": s.dropped,
+                    "frames_waiting": s.waiting,
+                    "wait_us_mean": mean,
+                    "wait_us_max": s.wait_us_max,
+                }));
+            }
+        }
+        Value::Array(nics)
+    }
+    fn fence(&self) {
+        if let Ok(vm) = self.handle() {
+            // Paused for good: a vCPU inside an access to a page that never
+            // comes stops when (if) it completes; nothing it sends leaves.
+            let _ = vm.pause_within(Duration::from_millis(100));
+            self.control.emit("STOP", json!({ "reason": "fenced" }));
+        }
     }
     fn deliver_host_frames(&self, frames: Vec<(u16, Vec<u8>)>) -> Result<()> {
         crate::netdev::deliver_frames(&self.handle()?, frames)
@@ -425,6 +515,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
         vm: Mutex::new(None),
         started: Mutex::new(Some(tx)),
         control: control.clone(),
+        checkpoint_paused: Mutex::new(false),
     };
     let received = incoming.run(&dvm, opts.report_after, &|resumed, completed| {
         console::dest_view(&beats, resumed, completed)

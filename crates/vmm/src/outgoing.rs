@@ -88,6 +88,43 @@ impl SourceVm for VmSource {
     fn hot_pages(&self) -> Result<Vec<usize>> {
         self.vm.exec(|m| m.hot_pages()).map_err(gone)
     }
+    /// Loads the destination's last checkpoint into the paused VM, once
+    /// this host's guest clock has reached the checkpoint's time (the
+    /// guest never sees time go back; the hosts' clocks differ by little).
+    fn load_checkpoint(&self, state: &[u8]) -> Result<()> {
+        let st = godwit_machine::VmState::decode(state)?;
+        let passed = godwit_migration::unix_ns().saturating_sub(u128::from(st.clock.host_unix_ns));
+        let target = u128::from(st.clock.guest_ns) + passed;
+        let waited = std::time::Instant::now();
+        while u128::from(self.vm.clock_ns()) < target {
+            let behind = target - u128::from(self.vm.clock_ns());
+            if waited.elapsed() > CLOCK_WAIT_LIMIT {
+                anyhow::bail!(
+                    "this host's guest clock is {:.1} s behind the checkpoint's (the hosts' wall clocks differ)",
+                    behind as f64 / 1e9
+                );
+            }
+            std::thread::sleep(Duration::from_nanos(behind.min(10_000_000) as u64));
+        }
+        self.vm.load_state(&st).map_err(|e| anyhow!(e))
+    }
+    fn can_fail_over(&self) -> Result<()> {
+        for d in &self.vm.board().devices {
+            if let godwit_machine::DeviceConfig::Block {
+                readonly: false,
+                id,
+                ..
+            } = d
+            {
+                anyhow::bail!(
+                    "disk '{id}' is writable: the destination's writes would reach the shared image \
+                     before the checkpoint that covers them (failover covers RAM, CPU, devices and \
+                     network output; attach disks read-only, or migrate without failover)"
+                );
+            }
+        }
+        Ok(())
+    }
     fn stop_free_page_hints(&self) -> Result<()> {
         // DONE lets the guest reuse its hinted pages: first every vCPU
         // drops its write translations, so those writes clear the free bits.
@@ -98,6 +135,9 @@ impl SourceVm for VmSource {
         Ok(())
     }
 }
+
+/// Longest the source waits for its guest clock to reach a checkpoint's.
+const CLOCK_WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// One outgoing migration.
 pub struct OutgoingMigration {
@@ -156,6 +196,9 @@ impl OutgoingMigration {
                 let start = godwit_migration::unix_ns();
                 let r = source::migrate(&src, &to, &params, &security, &j.progress);
                 let result = match r {
+                    // A failover ends `Ok` too: the engine marked the
+                    // migration failed, the VM runs here again, and the
+                    // report says how.
                     Ok(report) => Ok(full_report(report, &beats, start)),
                     Err(e) => {
                         let cancelled = j.progress.cancel.load(std::sync::atomic::Ordering::SeqCst);

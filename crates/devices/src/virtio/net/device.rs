@@ -78,6 +78,35 @@ pub trait NetBackend: Send {
     fn set_offloads(&mut self, csum: bool, tso4: bool, tso6: bool) -> io::Result<()>;
 }
 
+/// Most frames held back for a checkpoint ([`Net::hold_output`]); beyond
+/// them a frame is dropped, as a full switch port would (TCP sends it
+/// again).
+pub const MAX_HELD: usize = 16_384;
+
+/// What [`Net::hold_output`] held back so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HeldStats {
+    /// Frames held and then sent.
+    pub released: u64,
+    /// Frames dropped because [`MAX_HELD`] were waiting.
+    pub dropped: u64,
+    /// Frames still waiting.
+    pub waiting: u64,
+    /// Time the released frames waited, summed, µs.
+    pub wait_us_sum: f64,
+    /// The longest a released frame waited, µs.
+    pub wait_us_max: f64,
+}
+
+/// The guest's output, held until a checkpoint that covers it is safe.
+struct HeldOutput {
+    /// (epoch, when held, frame with its header).
+    frames: std::collections::VecDeque<(u64, std::time::Instant, Vec<u8>)>,
+    /// The tag of frames held from now on.
+    epoch: u64,
+    stats: HeldStats,
+}
+
 /// How the device is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -109,6 +138,10 @@ pub struct Net {
     config_pending: bool,
     counters: NetCounters,
     buf: Vec<u8>,
+    /// Output held back for checkpoints (none: frames go out at once).
+    held_tx: Option<HeldOutput>,
+    /// What the last hold held (kept after it ends).
+    held_stats: HeldStats,
 }
 
 impl Net {
@@ -140,6 +173,8 @@ impl Net {
             config_pending: false,
             counters: NetCounters::default(),
             buf: vec![0; MAX_FRAME],
+            held_tx: None,
+            held_stats: HeldStats::default(),
         }
     }
 
@@ -174,6 +209,76 @@ impl Net {
     /// the VMM's own announcements.
     pub fn send_host_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         self.backend.send(frame)
+    }
+
+    /// From now on the guest's frames wait in the device instead of going
+    /// to the backend, tagged with the epoch they were sent in (0 first),
+    /// until [`release_output`](Self::release_output) lets them go: the
+    /// output of a VM protected by checkpoints must not be seen outside
+    /// before a checkpoint that covers it is safe (the VM may be resumed
+    /// from that checkpoint elsewhere).
+    pub fn hold_output(&mut self) {
+        if self.held_tx.is_none() {
+            self.held_tx = Some(HeldOutput {
+                frames: Default::default(),
+                epoch: 0,
+                stats: HeldStats::default(),
+            });
+        }
+    }
+
+    /// Frames the guest sends from now on belong to `epoch` (the VM is
+    /// paused for checkpoint `epoch`: everything sent before has a
+    /// smaller tag). Nothing while output is not held.
+    pub fn mark_output(&mut self, epoch: u64) {
+        if let Some(h) = &mut self.held_tx {
+            h.epoch = h.epoch.max(epoch);
+        }
+    }
+
+    /// Sends the held frames of epochs before `epoch` (checkpoint `epoch`
+    /// covers them and is safe); `None`: every held frame, and output is
+    /// no longer held.
+    pub fn release_output(&mut self, epoch: Option<u64>) {
+        let Some(mut h) = self.held_tx.take() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        while let Some((tag, _, _)) = h.frames.front() {
+            if epoch.is_some_and(|e| *tag >= e) {
+                break;
+            }
+            let Some((_, at, frame)) = h.frames.pop_front() else {
+                break;
+            };
+            let us = now.saturating_duration_since(at).as_secs_f64() * 1e6;
+            h.stats.released += 1;
+            h.stats.wait_us_sum += us;
+            h.stats.wait_us_max = h.stats.wait_us_max.max(us);
+            match self.backend.send(&frame) {
+                Ok(()) => {
+                    self.counters.tx_frames += 1;
+                    self.counters.tx_bytes += (frame.len() - HDR_LEN) as u64;
+                }
+                Err(_) => self.counters.backend_errors += 1,
+            }
+        }
+        h.stats.waiting = h.frames.len() as u64;
+        self.held_stats = h.stats;
+        if epoch.is_some() {
+            self.held_tx = Some(h);
+        }
+    }
+
+    /// What holding output did (the current or the last hold).
+    pub fn held_stats(&self) -> HeldStats {
+        match &self.held_tx {
+            Some(h) => HeldStats {
+                waiting: h.frames.len() as u64,
+                ..h.stats
+            },
+            None => self.held_stats,
+        }
     }
 
     /// Queues `frame` (with its header), which reached this VM's NIC at the
@@ -261,6 +366,16 @@ impl Net {
         let mut used = false;
         while let Some(chain) = q.pop(ram) {
             match gather(&chain, ram, &mut self.buf) {
+                Some(n) if self.held_tx.is_some() => {
+                    if let Some(h) = &mut self.held_tx {
+                        if h.frames.len() < MAX_HELD {
+                            let at = std::time::Instant::now();
+                            h.frames.push_back((h.epoch, at, self.buf[..n].to_vec()));
+                        } else {
+                            h.stats.dropped += 1;
+                        }
+                    }
+                }
                 Some(n) => match self.backend.send(&self.buf[..n]) {
                     Ok(()) => {
                         self.counters.tx_frames += 1;

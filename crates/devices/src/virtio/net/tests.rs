@@ -380,3 +380,60 @@ fn forwarded_frames_come_before_the_backend_and_bad_ones_are_dropped() {
     assert_eq!(n.take_backend_frames(10), vec![frame(3, 3)]);
     assert!(n.take_backend_frames(10).is_empty());
 }
+
+#[test]
+fn held_output_leaves_only_when_its_checkpoint_is_safe() {
+    let (mut d, w) = up(false);
+    let send = |d: &mut TestDriver, f: &[u8]| {
+        let a = d.alloc(f.len() as u64, 8);
+        d.ram.write(a, f).unwrap();
+        d.add(1, &[(a, f.len() as u32, false)]);
+        d.kick(1);
+    };
+    let (a, b, c) = (frame(60, 1), frame(61, 2), frame(62, 3));
+    d.dev.device_as_mut::<Net>().unwrap().hold_output();
+    send(&mut d, &a);
+    // Checkpoint 1 is taken: `a` is covered by it, what follows is not.
+    d.dev.device_as_mut::<Net>().unwrap().mark_output(1);
+    send(&mut d, &b);
+    d.dev.device_as_mut::<Net>().unwrap().mark_output(2);
+    send(&mut d, &c);
+    assert!(
+        w.lock().unwrap().from_guest.is_empty(),
+        "nothing leaves while held"
+    );
+    assert_eq!(d.used(1).len(), 3, "the guest got its buffers back");
+    let n = d.dev.device_as_mut::<Net>().unwrap();
+    n.release_output(Some(1));
+    assert_eq!(w.lock().unwrap().from_guest, vec![a.clone()]);
+    n.release_output(Some(1));
+    assert_eq!(w.lock().unwrap().from_guest.len(), 1, "released once");
+    n.release_output(Some(2));
+    assert_eq!(w.lock().unwrap().from_guest, vec![a.clone(), b.clone()]);
+    let s = n.held_stats();
+    assert_eq!((s.released, s.waiting, s.dropped), (2, 1, 0));
+    // The end of the hold lets everything go and sends at once after.
+    n.release_output(None);
+    assert_eq!(
+        w.lock().unwrap().from_guest,
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+    send(&mut d, &a);
+    assert_eq!(w.lock().unwrap().from_guest.len(), 4);
+    let n = d.dev.device_as_mut::<Net>().unwrap();
+    assert_eq!(n.held_stats().released, 3);
+    assert_eq!(n.counters().tx_frames, 4);
+    // Bounded: beyond MAX_HELD frames are dropped and counted.
+    n.hold_output();
+    let a = d.alloc(70, 8);
+    d.ram.write(a, &frame(50, 9)).unwrap();
+    for _ in 0..MAX_HELD + 3 {
+        d.add(1, &[(a, 70, false)]);
+        d.kick(1);
+        let _ = d.used(1);
+    }
+    let n = d.dev.device_as_mut::<Net>().unwrap();
+    assert_eq!(n.held_stats().dropped, 3);
+    n.release_output(None);
+    assert_eq!(w.lock().unwrap().from_guest.len(), 4 + MAX_HELD);
+}

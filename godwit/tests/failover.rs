@@ -1,0 +1,285 @@
+//! Post-copy with failover: the destination sends checkpoints back, and
+//! when it dies the VM runs on at the source from the last one; a
+//! destination that loses its source stops the VM (fences) before the
+//! source may resume it.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Failover timeout and checkpoint interval of these tests, ms.
+const FAILOVER_MS: u64 = 1000;
+const CHECKPOINT_MS: u64 = 50;
+
+fn source(sock: &Path, workload: &str, cpus: &str, append: &str) -> Running {
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--cpus",
+        cpus,
+        "--control",
+        sock.to_str().unwrap(),
+        "--workload",
+        workload,
+        "--append",
+        append,
+    ]);
+    vm.wait_for("GODWIT READY", Duration::from_secs(60));
+    for _ in 0..3 {
+        vm.wait_for("GODWIT HB", Duration::from_secs(30));
+    }
+    vm
+}
+
+fn receiver(to: &str, sock: &Path) -> Running {
+    Running::start(&[
+        "receive",
+        "--listen",
+        to,
+        "--control",
+        sock.to_str().unwrap(),
+        "--tls-plain",
+        "--report-after-ms",
+        "300",
+    ])
+}
+
+/// A protected post-copy at 4 MB/s (the push takes several seconds).
+fn start_protected_postcopy(sock: &Path, to: &str) {
+    let r = qmp(
+        sock,
+        "migrate-set-parameters",
+        json!({"mode": "postcopy", "prepaging": "dual", "max-bandwidth": 4_000_000,
+               "tls-plain": true, "failover-timeout": FAILOVER_MS,
+               "checkpoint-interval": CHECKPOINT_MS}),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(sock, "migrate", json!({ "uri": format!("tcp:{to}") }));
+    assert!(r.get("return").is_some(), "{r}");
+    let q = wait_migration(
+        sock,
+        &["postcopy-active", "completed", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(q["return"]["status"], json!("postcopy-active"), "{q}");
+}
+
+fn seq_of(line: &str) -> u64 {
+    line_json(line)["seq"]
+        .as_u64()
+        .expect("a heartbeat has a seq")
+}
+
+/// The last heartbeat `r` printed (it has exited: every line is in).
+fn last_beat(r: &Running) -> Option<u64> {
+    r.seen
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("GODWIT HB"))
+        .map(|l| seq_of(l))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KillAt {
+    /// As soon as the source says post-copy is active.
+    Switch,
+    /// 1.5 s into the push.
+    MidPush,
+    /// With less than a fifth of the pages still to send.
+    NearEnd,
+}
+
+/// Kills the destination with SIGKILL at `at` of a protected post-copy of
+/// `workload`: the source resumes the VM from the last checkpoint, the
+/// guest finds its memory intact and goes on from where the destination
+/// left it.
+fn destination_dies(name: &str, workload: &str, cpus: &str, append: &str, at: KillAt) {
+    guest_image();
+    let dir = temp_dir(name);
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, workload, cpus, append);
+    let last_src = seq_of(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+    let mut dst = receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    start_protected_postcopy(&ss, &to);
+    let first = qmp(&ss, "query-migrate", json!({}))["return"]["pages_remaining"]
+        .as_u64()
+        .unwrap_or(0);
+    match at {
+        KillAt::Switch => {}
+        KillAt::MidPush => std::thread::sleep(Duration::from_millis(1500)),
+        KillAt::NearEnd => {
+            let end = Instant::now() + Duration::from_secs(60);
+            loop {
+                let q = qmp(&ss, "query-migrate", json!({}));
+                let left = q["return"]["pages_remaining"].as_u64().unwrap_or(0);
+                assert_eq!(q["return"]["status"], json!("postcopy-active"), "{q}");
+                if left * 5 < first || Instant::now() > end {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // What the source printed before its pause is all in by now.
+    let mut last_src = last_src;
+    while let Ok(l) = src.lines.try_recv() {
+        if l.starts_with("GODWIT HB") {
+            last_src = seq_of(&l);
+        }
+    }
+    dst.child.kill().unwrap();
+    assert_eq!(dst.wait_exit(Duration::from_secs(10)), None, "killed");
+    let at_dst = last_beat(&dst);
+    let q = wait_migration(&ss, &["failed", "completed"], Duration::from_secs(30));
+    assert_eq!(q["return"]["status"], json!("failed"), "{q}");
+    let f = &q["return"]["report"]["failover"];
+    assert_eq!(f["failed_over"], json!(true), "{q}");
+    let from = f["resumed_from_checkpoint"].as_u64().unwrap();
+    if at != KillAt::Switch {
+        assert!(from >= 1, "no checkpoint reached the source: {q}");
+        assert!(f["checkpoint_pages"].as_u64().unwrap() > 0, "{q}");
+    }
+    assert_eq!(
+        qmp(&ss, "query-status", json!({}))["return"]["status"],
+        json!("running")
+    );
+    // The guest goes on at the source: its checks find nothing wrong, and
+    // its heartbeats continue from the checkpoint, not from the switch.
+    let first_back = seq_of(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+    assert!(first_back > last_src, "{first_back} after {last_src}");
+    if let (Some(d), true) = (at_dst, at != KillAt::Switch) {
+        assert!(
+            first_back + 10 >= d && first_back <= d + 1,
+            "the destination's last beat was {d}, the source goes on at {first_back} \
+             (beat {last_src} before the switch)"
+        );
+    }
+    for _ in 0..5 {
+        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "corruption after the failover: {hb}");
+    }
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn destination_killed_just_after_the_switch() {
+    destination_dies(
+        "fo-switch",
+        "memtouch",
+        "1",
+        "wws_mb=32 pages_per_s=2000",
+        KillAt::Switch,
+    );
+}
+
+#[test]
+fn destination_killed_mid_push_with_two_vcpus() {
+    destination_dies("fo-mid-smp", "smp", "2", "hb_ms=100", KillAt::MidPush);
+}
+
+#[test]
+fn destination_killed_mid_push() {
+    destination_dies(
+        "fo-mid",
+        "memtouch",
+        "1",
+        "wws_mb=32 pages_per_s=2000",
+        KillAt::MidPush,
+    );
+}
+
+#[test]
+fn destination_killed_near_the_end() {
+    destination_dies(
+        "fo-end",
+        "memtouch",
+        "1",
+        "wws_mb=32 pages_per_s=2000",
+        KillAt::NearEnd,
+    );
+}
+
+/// The source stops (SIGSTOP) mid-push: the destination hears nothing,
+/// stops the VM for good (fences) and exits with an error; the source,
+/// continued, finds the destination gone and resumes the VM itself. The
+/// VM never runs in both places.
+#[test]
+fn a_destination_without_its_source_fences_before_the_source_resumes() {
+    guest_image();
+    let dir = temp_dir("fo-fence");
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
+    let mut dst = receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    start_protected_postcopy(&ss, &to);
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = src.child.id().to_string();
+    assert!(bounded(5, "kill", &["-STOP", &pid]).status.success());
+    let stopped = Instant::now();
+    let code = dst.wait_exit(Duration::from_secs(20));
+    let fenced_after = stopped.elapsed();
+    assert!(bounded(5, "kill", &["-CONT", &pid]).status.success());
+    assert_eq!(code, Some(1), "the destination must fail");
+    assert!(
+        dst.seen.iter().any(|l| l.contains("fenced")),
+        "the destination says it fenced: {:#?}",
+        dst.seen.iter().rev().take(10).collect::<Vec<_>>()
+    );
+    assert!(
+        fenced_after < Duration::from_millis(FAILOVER_MS),
+        "fenced after {fenced_after:?}, not before the source's timeout"
+    );
+    let q: Value = wait_migration(&ss, &["failed", "completed"], Duration::from_secs(30));
+    assert_eq!(q["return"]["status"], json!("failed"), "{q}");
+    assert_eq!(
+        q["return"]["report"]["failover"]["failed_over"],
+        json!(true)
+    );
+    for _ in 0..5 {
+        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "corruption after the failover: {hb}");
+    }
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// Failover is refused where it cannot keep its promise, before anything
+/// is sent: pre-copy, a timeout shorter than four checkpoints.
+#[test]
+fn failover_is_refused_for_precopy_and_for_a_timeout_too_short() {
+    guest_image();
+    let dir = temp_dir("fo-refuse");
+    let ss = dir.join("src.sock");
+    let to = format!("127.0.0.1:{}", free_port());
+    let _src = source(&ss, "memtouch", "1", "wws_mb=8 pages_per_s=100");
+    for (params, says) in [
+        (
+            json!({"mode": "precopy", "failover-timeout": 1000, "tls-plain": true}),
+            "needs mode postcopy or hybrid",
+        ),
+        (
+            json!({"mode": "postcopy", "failover-timeout": 100, "checkpoint-interval": 50, "tls-plain": true}),
+            "at least 4 checkpoint intervals",
+        ),
+    ] {
+        let r = qmp(&ss, "migrate-set-parameters", params);
+        assert!(r.get("return").is_some(), "{r}");
+        let r = qmp(&ss, "migrate", json!({ "uri": format!("tcp:{to}") }));
+        assert!(r.get("return").is_some(), "{r}");
+        let q = wait_migration(&ss, &["failed", "completed"], Duration::from_secs(30));
+        assert_eq!(q["return"]["status"], json!("failed"), "{q}");
+        let e = q["return"]["error"].as_str().unwrap_or("");
+        assert!(e.contains(says), "{e}");
+        assert_eq!(
+            qmp(&ss, "query-status", json!({}))["return"]["status"],
+            json!("running")
+        );
+    }
+}

@@ -319,3 +319,55 @@ pub fn bounded(secs: u32, program: &str, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
+
+/// A TCP relay standing in for the network between the hosts: `cut` breaks
+/// every connection through it at once (as a failed link would).
+pub struct Relay {
+    pub port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(to: &str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c2, s2, to) = (conns.clone(), stop.clone(), to.to_string());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::SeqCst) {
+                let Ok((a, _)) = l.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                a.set_nonblocking(false).unwrap();
+                let Ok(b) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (a.try_clone().unwrap(), b.try_clone().unwrap()),
+                    (b.try_clone().unwrap(), a.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut c = c2.lock().unwrap();
+                c.push(a);
+                c.push(b);
+            }
+        });
+        Relay { port, conns, stop }
+    }
+
+    pub fn cut(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}

@@ -283,3 +283,106 @@ fn failover_is_refused_for_precopy_and_for_a_timeout_too_short() {
         );
     }
 }
+
+/// A protected post-copy that nobody disturbs completes as any post-copy:
+/// the destination took checkpoints and the source confirmed them, every
+/// page crossed once, and the guest runs on at the destination intact.
+#[test]
+fn a_protected_postcopy_completes_and_reports_its_checkpoints() {
+    guest_image();
+    let dir = temp_dir("fo-complete");
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "memtouch", "2", "wws_mb=32 pages_per_s=2000");
+    let mut dst = receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    start_protected_postcopy(&ss, &to);
+    let q = wait_migration(&ss, &["completed", "failed"], Duration::from_secs(90));
+    assert_eq!(q["return"]["status"], json!("completed"), "{q}");
+    let r = &q["return"]["report"];
+    assert_eq!(r["duplicate_pages"], json!(0), "{r}");
+    assert_eq!(r["guest_bad"], json!(0), "{r}");
+    let f = &r["failover"];
+    assert_eq!(
+        (f["armed"].clone(), f["failed_over"].clone()),
+        (json!(true), json!(false))
+    );
+    let c = &r["destination"]["checkpoints"];
+    let taken = c["taken"].as_u64().unwrap();
+    assert!(taken >= 2, "{c}");
+    assert_eq!(
+        f["checkpoints"].as_u64().unwrap(),
+        c["acked"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(c["pause_us_p50"].as_f64().unwrap() > 0.0, "{c}");
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    for _ in 0..5 {
+        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "corruption at the destination: {hb}");
+    }
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// The link breaks and is back (`--resume`) within the failover timeout:
+/// the post-copy goes on and completes at the destination, whose first
+/// checkpoint after the break carries everything not confirmed before it.
+#[test]
+fn a_link_cut_that_heals_within_the_timeout_completes_at_the_destination() {
+    guest_image();
+    let dir = temp_dir("fo-heal");
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let dst_addr = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
+    let mut dst = receiver(&dst_addr, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    let link1 = Relay::start(&dst_addr);
+    // A longer timeout: the reconnection below must fit in it.
+    let r = qmp(
+        &ss,
+        "migrate-set-parameters",
+        json!({"mode": "postcopy", "prepaging": "dual", "max-bandwidth": 4_000_000,
+               "tls-plain": true, "failover-timeout": 8000, "checkpoint-interval": CHECKPOINT_MS}),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(
+        &ss,
+        "migrate",
+        json!({ "uri": format!("tcp:127.0.0.1:{}", link1.port) }),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let q = wait_migration(&ss, &["postcopy-active", "failed"], Duration::from_secs(60));
+    assert_eq!(q["return"]["status"], json!("postcopy-active"), "{q}");
+    std::thread::sleep(Duration::from_millis(1500));
+    link1.cut();
+    let q = wait_migration(&ss, &["postcopy-paused", "failed"], Duration::from_secs(30));
+    assert_eq!(q["return"]["status"], json!("postcopy-paused"), "{q}");
+    let link2 = Relay::start(&dst_addr);
+    let r = qmp(
+        &ss,
+        "migrate",
+        json!({ "uri": format!("tcp:127.0.0.1:{}", link2.port), "resume": true }),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let q = wait_migration(&ss, &["completed", "failed"], Duration::from_secs(90));
+    assert_eq!(q["return"]["status"], json!("completed"), "{q}");
+    let r = &q["return"]["report"];
+    assert_eq!(r["recoveries"], json!(1), "{r}");
+    assert_eq!(r["duplicate_pages"], json!(0), "{r}");
+    assert_eq!(r["failover"]["failed_over"], json!(false), "{r}");
+    assert!(
+        r["destination"]["checkpoints"]["acked"].as_u64().unwrap() >= 2,
+        "{r}"
+    );
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    for _ in 0..5 {
+        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "corruption after the recovery: {hb}");
+    }
+    assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
+    link2.cut();
+}

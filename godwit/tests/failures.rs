@@ -183,58 +183,6 @@ fn soak_back_and_forth_in_every_mode() {
     );
 }
 
-/// A TCP relay standing in for the network between the hosts: `cut` breaks
-/// every connection through it at once (as a failed link would).
-struct Relay {
-    port: u16,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Relay {
-    fn start(to: &str) -> Relay {
-        use std::sync::atomic::Ordering;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        let port = l.local_addr().unwrap().port();
-        l.set_nonblocking(true).unwrap();
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c2, s2, to) = (conns.clone(), stop.clone(), to.to_string());
-        std::thread::spawn(move || {
-            while !s2.load(Ordering::SeqCst) {
-                let Ok((a, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                a.set_nonblocking(false).unwrap();
-                let Ok(b) = std::net::TcpStream::connect(&to) else {
-                    continue;
-                };
-                for (mut from, mut into) in [
-                    (a.try_clone().unwrap(), b.try_clone().unwrap()),
-                    (b.try_clone().unwrap(), a.try_clone().unwrap()),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut into);
-                        let _ = into.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-                let mut c = c2.lock().unwrap();
-                c.push(a);
-                c.push(b);
-            }
-        });
-        Relay { port, conns, stop }
-    }
-
-    fn cut(&self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
 /// The link breaks in the middle of a post-copy: both sides keep their
 /// state, the guest waits at the destination only for pages it lacks, and
 /// `godwit migrate --resume` over a new link finishes the migration with

@@ -174,6 +174,13 @@ pub struct Args {
     /// Leave out the QEMU cells.
     #[arg(long)]
     no_qemu: bool,
+    /// Godwit's post-copy and hybrid cells: protect the VM with failover
+    /// (checkpoints back to the source), this timeout in ms.
+    #[arg(long, value_name = "MS")]
+    failover: Option<u64>,
+    /// With --failover: ms between the destination's checkpoints.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    checkpoint_ms: u64,
     /// The QEMU executable of the QEMU cells.
     #[arg(long, default_value = "qemu-system-riscv64")]
     qemu: PathBuf,
@@ -800,6 +807,8 @@ struct Bench {
     max_bandwidth: Option<u64>,
     /// TLS identity folders (source, destination), or plain TCP.
     tls: Option<(PathBuf, PathBuf)>,
+    /// Failover's timeout and checkpoint interval for post-copy, ms.
+    failover: Option<(u64, u64)>,
     /// The guest image (QEMU is given it explicitly).
     kernel: PathBuf,
     initrd: PathBuf,
@@ -881,6 +890,7 @@ impl Bench {
             started_unix_s: unix_time_s(),
             max_bandwidth,
             tls,
+            failover: args.failover.map(|t| (t, args.checkpoint_ms)),
             kernel,
             initrd,
             qemu,
@@ -1148,6 +1158,12 @@ impl CellRun<'_> {
         }
         if cell.strategy.auto_converge {
             migrate.arg("--auto-converge");
+        }
+        if let (Some((timeout, interval)), "postcopy" | "hybrid") = (b.failover, cell.strategy.mode)
+        {
+            migrate
+                .args(["--failover-timeout", &timeout.to_string()])
+                .args(["--checkpoint-interval", &interval.to_string()]);
         }
         match &b.tls {
             Some((s, _)) => migrate.arg("--tls-dir").arg(s),

@@ -33,6 +33,16 @@
 //!                                                      ◀───────────── Report(json)
 //! ```
 //!
+//! A post-copy protected by failover (`Protect` just before `Switch`) adds,
+//! while the VM runs at the destination:
+//!
+//! ```text
+//!                                ◀──main──── CkptPages ... Checkpoint(seq, state)   every interval
+//!  CheckpointAck(seq) ──fault──▶                                   (also repeated as a heartbeat)
+//!                                ◀──main──── Complete
+//!  CheckpointAck(MAX) ──main───▶            the source will not resume the VM any more
+//! ```
+//!
 //! Demand replies travel on their own connection, so they never wait behind
 //! pushed pages in a socket buffer; the push connection is additionally paced
 //! (`SO_MAX_PACING_RATE`) under the link rate so it never fills the link's

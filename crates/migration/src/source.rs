@@ -345,8 +345,8 @@ fn check_failover(vm: &dyn SourceVm, params: &Params) -> Result<()> {
 /// The source's copy of a post-copy protected by checkpoints: its RAM
 /// (which it keeps) plus the destination's checkpoints applied to it.
 struct Backup {
-    /// The last complete checkpoint: its number, state, and when it came.
-    last: Mutex<Option<(u64, Vec<u8>, Instant)>>,
+    /// The last complete checkpoint: its number and state.
+    last: Mutex<Option<(u64, Vec<u8>)>>,
     /// When the destination last said anything.
     heard: Mutex<Instant>,
     checkpoints: AtomicU64,
@@ -418,8 +418,7 @@ impl Backup {
                             None => ram.write(gpa, &[0u8; PAGE])?,
                         }
                     }
-                    *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((seq, state, Instant::now()));
+                    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((seq, state));
                     self.checkpoints.fetch_add(1, Ordering::Relaxed);
                     // A confirmation that cannot be sent is not an error
                     // here: the destination closes the fault connection
@@ -914,7 +913,7 @@ impl Session<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let seq = last.as_ref().map_or(0, |l| l.0);
-        if let Some((_, state, _)) = &last {
+        if let Some((_, state)) = &last {
             self.vm.load_checkpoint(state).with_context(|| {
                 format!("the destination is lost and checkpoint {seq} cannot be loaded; the VM stays paused here")
             })?;
@@ -926,9 +925,6 @@ impl Session<'_> {
         f.failed_over = true;
         f.resumed_from_checkpoint = seq;
         f.failover_ms = lost_at.elapsed().as_secs_f64() * 1e3;
-        f.checkpoint_age_ms = last.as_ref().map_or(0.0, |l| {
-            lost_at.saturating_duration_since(l.2).as_secs_f64() * 1e3
-        });
         f.checkpoints = self.backup.checkpoints.load(Ordering::Relaxed);
         f.checkpoint_pages = self.backup.pages.load(Ordering::Relaxed);
         f.checkpoint_bytes = self.backup.bytes.load(Ordering::Relaxed);

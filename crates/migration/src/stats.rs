@@ -359,9 +359,6 @@ pub struct Failover {
     pub resumed_from_checkpoint: u64,
     /// From the last word of the destination to the VM running here, ms.
     pub failover_ms: f64,
-    /// Guest time between that checkpoint and the loss of the destination:
-    /// at most what the guest's work since is lost, ms.
-    pub checkpoint_age_ms: f64,
 }
 
 /// The `q`-quantile (0 ≤ q ≤ 1) of the sorted values `sorted`, by nearest

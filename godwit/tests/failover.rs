@@ -386,3 +386,53 @@ fn a_link_cut_that_heals_within_the_timeout_completes_at_the_destination() {
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
     link2.cut();
 }
+
+/// The destination's host stops answering without closing anything
+/// (SIGSTOP, as a hung or partitioned host): the source, hearing nothing
+/// for the timeout, resumes the VM; when the destination runs again it
+/// finds its source silent, stops the VM for good and exits with an error,
+/// and nothing it held back leaves.
+#[test]
+fn a_silent_destination_is_given_up_and_fences_when_it_wakes() {
+    guest_image();
+    let dir = temp_dir("fo-silent");
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = source(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
+    let mut dst = receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    start_protected_postcopy(&ss, &to);
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = dst.child.id().to_string();
+    assert!(bounded(5, "kill", &["-STOP", &pid]).status.success());
+    let stopped = Instant::now();
+    let q = wait_migration(&ss, &["failed", "completed"], Duration::from_secs(30));
+    let took = stopped.elapsed();
+    assert_eq!(q["return"]["status"], json!("failed"), "{q}");
+    assert_eq!(
+        q["return"]["report"]["failover"]["failed_over"],
+        json!(true),
+        "{q}"
+    );
+    assert!(
+        took >= Duration::from_millis(FAILOVER_MS - 100),
+        "the source gave up after {took:?}, before its timeout"
+    );
+    for _ in 0..3 {
+        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "corruption after the failover: {hb}");
+    }
+    assert!(bounded(5, "kill", &["-CONT", &pid]).status.success());
+    assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(1));
+    assert!(
+        dst.seen.iter().any(|l| l.contains("fenced")),
+        "the destination says it fenced: {:#?}",
+        dst.seen.iter().rev().take(10).collect::<Vec<_>>()
+    );
+    for _ in 0..3 {
+        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], json!(0), "{hb}");
+    }
+    assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+}

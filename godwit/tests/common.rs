@@ -371,3 +371,41 @@ impl Relay {
         }
     }
 }
+
+/// `godwit run` of `workload` (256 MiB, `cpus` vCPUs) with a control socket
+/// at `sock`, once it is ready and has beaten three times.
+pub fn start_vm(sock: &Path, workload: &str, cpus: &str, append: &str) -> Running {
+    let mut vm = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--cpus",
+        cpus,
+        "--control",
+        sock.to_str().unwrap(),
+        "--workload",
+        workload,
+        "--append",
+        append,
+    ]);
+    vm.wait_for("GODWIT READY", std::time::Duration::from_secs(60));
+    for _ in 0..3 {
+        vm.wait_for("GODWIT HB", std::time::Duration::from_secs(30));
+    }
+    vm
+}
+
+/// `godwit receive` on `to` over plain TCP, control socket at `sock`,
+/// reporting 300 ms after completion.
+pub fn start_receiver(to: &str, sock: &Path) -> Running {
+    Running::start(&[
+        "receive",
+        "--listen",
+        to,
+        "--control",
+        sock.to_str().unwrap(),
+        "--tls-plain",
+        "--report-after-ms",
+        "300",
+    ])
+}

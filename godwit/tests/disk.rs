@@ -324,3 +324,96 @@ fn disk_migrates_with_stop_and_copy() {
 fn disk_migrates_with_hybrid() {
     disk_migration("diskmig-hyb", "hybrid");
 }
+
+/// Post-copy with failover and a writable disk: the destination holds the
+/// guest's writes until the checkpoint that covers them is safe at the
+/// source; killed mid-push, it leaves the image as the checkpoint does, the
+/// source resumes the VM from it and the guest goes on appending, and a
+/// read-only boot afterwards finds every record whose sync returned.
+#[test]
+fn a_disk_survives_the_destination_dying_in_a_protected_postcopy() {
+    guest_image();
+    let dir = temp_dir("disk-failover");
+    let img = image(&dir, "log.img", 256 << 20);
+    let drive = format!("file={img}");
+    let (src_sock, dst_sock) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--control",
+        src_sock.to_str().unwrap(),
+        "--drive",
+        &drive,
+        "--workload",
+        "diskcheck",
+        "--append",
+        "hb_ms=100",
+    ]);
+    let mut dst = Running::start(&[
+        "receive",
+        "--listen",
+        &to,
+        "--tls-plain",
+        "--control",
+        dst_sock.to_str().unwrap(),
+        "--drive",
+        &drive,
+    ]);
+    let mut before = -1;
+    while before < 100 {
+        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(60)));
+        before = hb["acked_seq"].as_i64().unwrap_or(-1);
+    }
+    let r = qmp(
+        &src_sock,
+        "migrate-set-parameters",
+        serde_json::json!({"mode": "postcopy", "max-bandwidth": 4_000_000, "tls-plain": true,
+                           "failover-timeout": 1000, "checkpoint-interval": 50}),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(
+        &src_sock,
+        "migrate",
+        serde_json::json!({ "uri": format!("tcp:{to}") }),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let q = wait_migration(
+        &src_sock,
+        &["postcopy-active", "failed", "completed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(q["return"]["status"], "postcopy-active", "{q}");
+    // The guest appends at the destination for a while (its writes held).
+    let mut at_dst = -1;
+    for _ in 0..10 {
+        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], 0, "{hb}");
+        at_dst = hb["acked_seq"].as_i64().unwrap_or(-1);
+    }
+    assert!(at_dst > before, "the guest wrote at the destination");
+    while src.lines.try_recv().is_ok() {}
+    dst.child.kill().unwrap();
+    assert_eq!(dst.wait_exit(Duration::from_secs(10)), None);
+    let q = wait_migration(&src_sock, &["failed", "completed"], Duration::from_secs(30));
+    assert_eq!(q["return"]["status"], "failed", "{q}");
+    assert_eq!(
+        q["return"]["report"]["failover"]["failed_over"], true,
+        "{q}"
+    );
+    let mut after = -1;
+    for _ in 0..10 {
+        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+        assert_eq!(hb["bad"], 0, "corruption after the failover: {hb}");
+        after = hb["acked_seq"].as_i64().unwrap_or(-1);
+    }
+    assert!(
+        after > at_dst - 50,
+        "the guest went on from the checkpoint: {after}, {at_dst}"
+    );
+    qmp(&src_sock, "quit", serde_json::json!({}));
+    assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
+    verify_log(&format!("{drive},readonly"), after, 120, false);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,45 +6,41 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Failover timeout and checkpoint interval of these tests, ms.
 const FAILOVER_MS: u64 = 1000;
 const CHECKPOINT_MS: u64 = 50;
 
-fn source(sock: &Path, workload: &str, cpus: &str, append: &str) -> Running {
-    let mut vm = Running::start(&[
-        "run",
-        "--mem",
-        "256M",
-        "--cpus",
-        cpus,
-        "--control",
-        sock.to_str().unwrap(),
-        "--workload",
-        workload,
-        "--append",
-        append,
-    ]);
-    vm.wait_for("GODWIT READY", Duration::from_secs(60));
-    for _ in 0..3 {
-        vm.wait_for("GODWIT HB", Duration::from_secs(30));
-    }
-    vm
+/// A source VM and a destination with a protected post-copy between them
+/// under way.
+struct Pair {
+    src: Running,
+    dst: Running,
+    ss: PathBuf,
+    ds: PathBuf,
+    /// The source's last heartbeat before the migration.
+    last_src: u64,
 }
 
-fn receiver(to: &str, sock: &Path) -> Running {
-    Running::start(&[
-        "receive",
-        "--listen",
-        to,
-        "--control",
-        sock.to_str().unwrap(),
-        "--tls-plain",
-        "--report-after-ms",
-        "300",
-    ])
+fn protected_pair(name: &str, workload: &str, cpus: &str, append: &str) -> Pair {
+    guest_image();
+    let dir = temp_dir(name);
+    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut src = start_vm(&ss, workload, cpus, append);
+    let last_src = seq_of(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
+    let dst = start_receiver(&to, &ds);
+    std::thread::sleep(Duration::from_millis(300));
+    start_protected_postcopy(&ss, &to);
+    Pair {
+        src,
+        dst,
+        ss,
+        ds,
+        last_src,
+    }
 }
 
 /// A protected post-copy at 4 MB/s (the push takes several seconds).
@@ -97,15 +93,13 @@ enum KillAt {
 /// guest finds its memory intact and goes on from where the destination
 /// left it.
 fn destination_dies(name: &str, workload: &str, cpus: &str, append: &str, at: KillAt) {
-    guest_image();
-    let dir = temp_dir(name);
-    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, workload, cpus, append);
-    let last_src = seq_of(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
-    let mut dst = receiver(&to, &ds);
-    std::thread::sleep(Duration::from_millis(300));
-    start_protected_postcopy(&ss, &to);
+    let Pair {
+        mut src,
+        mut dst,
+        ss,
+        last_src,
+        ..
+    } = protected_pair(name, workload, cpus, append);
     let first = qmp(&ss, "query-migrate", json!({}))["return"]["pages_remaining"]
         .as_u64()
         .unwrap_or(0);
@@ -211,14 +205,12 @@ fn destination_killed_near_the_end() {
 /// VM never runs in both places.
 #[test]
 fn a_destination_without_its_source_fences_before_the_source_resumes() {
-    guest_image();
-    let dir = temp_dir("fo-fence");
-    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
-    let mut dst = receiver(&to, &ds);
-    std::thread::sleep(Duration::from_millis(300));
-    start_protected_postcopy(&ss, &to);
+    let Pair {
+        mut src,
+        mut dst,
+        ss,
+        ..
+    } = protected_pair("fo-fence", "memtouch", "1", "wws_mb=32 pages_per_s=2000");
     std::thread::sleep(Duration::from_millis(1000));
     let pid = src.child.id().to_string();
     assert!(bounded(5, "kill", &["-STOP", &pid]).status.success());
@@ -258,7 +250,7 @@ fn failover_is_refused_for_precopy_and_for_a_timeout_too_short() {
     let dir = temp_dir("fo-refuse");
     let ss = dir.join("src.sock");
     let to = format!("127.0.0.1:{}", free_port());
-    let _src = source(&ss, "memtouch", "1", "wws_mb=8 pages_per_s=100");
+    let _src = start_vm(&ss, "memtouch", "1", "wws_mb=8 pages_per_s=100");
     for (params, says) in [
         (
             json!({"mode": "precopy", "failover-timeout": 1000, "tls-plain": true}),
@@ -289,14 +281,13 @@ fn failover_is_refused_for_precopy_and_for_a_timeout_too_short() {
 /// page crossed once, and the guest runs on at the destination intact.
 #[test]
 fn a_protected_postcopy_completes_and_reports_its_checkpoints() {
-    guest_image();
-    let dir = temp_dir("fo-complete");
-    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, "memtouch", "2", "wws_mb=32 pages_per_s=2000");
-    let mut dst = receiver(&to, &ds);
-    std::thread::sleep(Duration::from_millis(300));
-    start_protected_postcopy(&ss, &to);
+    let Pair {
+        mut src,
+        mut dst,
+        ss,
+        ds,
+        ..
+    } = protected_pair("fo-complete", "memtouch", "2", "wws_mb=32 pages_per_s=2000");
     let q = wait_migration(&ss, &["completed", "failed"], Duration::from_secs(90));
     assert_eq!(q["return"]["status"], json!("completed"), "{q}");
     let r = &q["return"]["report"];
@@ -310,11 +301,13 @@ fn a_protected_postcopy_completes_and_reports_its_checkpoints() {
     let c = &r["destination"]["checkpoints"];
     let taken = c["taken"].as_u64().unwrap();
     assert!(taken >= 2, "{c}");
-    assert_eq!(
+    // The last confirmation may cross the end (the destination closes the
+    // fault connection once every page is in).
+    let (got, acked) = (
         f["checkpoints"].as_u64().unwrap(),
         c["acked"].as_u64().unwrap(),
-        "{r}"
     );
+    assert!(acked <= got && acked + 1 >= got && got == taken, "{r}");
     assert!(c["pause_us_p50"].as_f64().unwrap() > 0.0, "{c}");
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
@@ -335,8 +328,8 @@ fn a_link_cut_that_heals_within_the_timeout_completes_at_the_destination() {
     let dir = temp_dir("fo-heal");
     let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
     let dst_addr = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
-    let mut dst = receiver(&dst_addr, &ds);
+    let mut src = start_vm(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
+    let mut dst = start_receiver(&dst_addr, &ds);
     std::thread::sleep(Duration::from_millis(300));
     let link1 = Relay::start(&dst_addr);
     // A longer timeout: the reconnection below must fit in it.
@@ -394,14 +387,12 @@ fn a_link_cut_that_heals_within_the_timeout_completes_at_the_destination() {
 /// and nothing it held back leaves.
 #[test]
 fn a_silent_destination_is_given_up_and_fences_when_it_wakes() {
-    guest_image();
-    let dir = temp_dir("fo-silent");
-    let (ss, ds) = (dir.join("src.sock"), dir.join("dst.sock"));
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut src = source(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
-    let mut dst = receiver(&to, &ds);
-    std::thread::sleep(Duration::from_millis(300));
-    start_protected_postcopy(&ss, &to);
+    let Pair {
+        mut src,
+        mut dst,
+        ss,
+        ..
+    } = protected_pair("fo-silent", "memtouch", "1", "wws_mb=32 pages_per_s=2000");
     std::thread::sleep(Duration::from_millis(1000));
     let pid = dst.child.id().to_string();
     assert!(bounded(5, "kill", &["-STOP", &pid]).status.success());

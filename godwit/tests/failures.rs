@@ -8,35 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn source(sock: &Path, append: &str) -> Running {
-    let mut vm = Running::start(&[
-        "run",
-        "--mem",
-        "256M",
-        "--control",
-        sock.to_str().unwrap(),
-        "--workload",
-        "memtouch",
-        "--append",
-        append,
-    ]);
-    vm.wait_for("GODWIT READY", Duration::from_secs(60));
-    for _ in 0..3 {
-        vm.wait_for("GODWIT HB", Duration::from_secs(30));
-    }
-    vm
+    start_vm(sock, "memtouch", "1", append)
 }
 
 fn receiver(to: &str, sock: &Path) -> Running {
-    Running::start(&[
-        "receive",
-        "--listen",
-        to,
-        "--control",
-        sock.to_str().unwrap(),
-        "--tls-plain",
-        "--report-after-ms",
-        "300",
-    ])
+    start_receiver(to, sock)
 }
 
 /// Starts a slow pre-copy (2 MB/s) and waits until it is under way.

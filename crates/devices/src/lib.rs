@@ -46,6 +46,7 @@ pub use virtio::balloon::{
 };
 pub use virtio::block::{
     Block, BlockBackend, BlockCounters, BlockError, BlockState, DiskOpenError, FileDisk,
+    HeldWriteStats, WriteHold,
 };
 pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};
 pub use virtio::net::{rarp_frame, HeldStats, Net, NetBackend, NetConfig, NetCounters, NetState};

@@ -85,12 +85,6 @@ pub trait SourceVm: Send + Sync {
         let _ = state;
         anyhow::bail!("this VM cannot be resumed from a checkpoint")
     }
-    /// Whether the VM can be protected by post-copy checkpoints; `Err`
-    /// says why not (a writable disk: its writes at the destination would
-    /// reach the shared image before the checkpoint that covers them).
-    fn can_fail_over(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
 }
 
 /// The destination VM: built empty with the RAM size from the handshake,
@@ -140,8 +134,8 @@ pub trait DestVm: Send + Sync {
     fn resume_checkpoint(&self) -> anyhow::Result<()> {
         Ok(())
     }
-    /// From now on the VM's network output waits in its NICs, tagged by
-    /// epoch (0 first), until released.
+    /// From now on the VM's output waits, tagged by epoch (0 first), until
+    /// released: its NICs' frames and its writable disks' writes.
     fn hold_output(&self) -> anyhow::Result<()> {
         Ok(())
     }

@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -58,39 +57,17 @@ fn connect(to: &str) -> Result<TcpStream> {
     })
 }
 
-/// Sets a `SOL_SOCKET` option of the connection's socket to `value`.
-fn set_socket_option<T: Copy>(s: &Conn, option: libc::c_int, value: T, name: &str) -> Result<()> {
-    // SAFETY: setsockopt with a pointer to a live `T` and its size; the
-    // callers pass the integer type the option takes.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.tcp().as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("cannot set {name}"));
-    }
-    Ok(())
-}
-
 /// Caps the kernel's pacing rate of a TCP socket (bytes/s): the socket
 /// sends no faster, so it never builds a queue at a slower link. The kernel
 /// takes a 32- or 64-bit value.
 fn set_pacing(s: &Conn, bytes_per_s: u64) -> Result<()> {
-    set_socket_option(
-        s,
-        libc::SO_MAX_PACING_RATE,
-        bytes_per_s,
-        "SO_MAX_PACING_RATE",
-    )
+    s.set_option(libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, bytes_per_s)
+        .context("cannot set SO_MAX_PACING_RATE")
 }
 
 fn set_sndbuf(s: &Conn, bytes: usize) -> Result<()> {
-    set_socket_option(s, libc::SO_SNDBUF, bytes as libc::c_int, "SO_SNDBUF")
+    s.set_option(libc::SOL_SOCKET, libc::SO_SNDBUF, bytes as libc::c_int)
+        .context("cannot set SO_SNDBUF")
 }
 
 /// Reads one message, mapping the peer's own error reports to errors.
@@ -274,7 +251,7 @@ pub fn migrate(
         .pages_total
         .store(ram.pages() as u64, Ordering::Relaxed);
     if params.failover_ms > 0 {
-        check_failover(vm, params)?;
+        check_failover(params)?;
         report.failover.armed = true;
         report.failover.timeout_ms = params.failover_ms;
         report.failover.checkpoint_interval_ms = params.checkpoint_ms;
@@ -315,8 +292,12 @@ pub fn migrate(
     Ok(report)
 }
 
+/// How long a failover waits for the VM to be able to resume here (a hung
+/// destination may still hold the disks).
+const FAILOVER_RESUME_LIMIT: Duration = Duration::from_secs(60);
+
 /// Failover's parameters, checked before anything is sent.
-fn check_failover(vm: &dyn SourceVm, params: &Params) -> Result<()> {
+fn check_failover(params: &Params) -> Result<()> {
     if !matches!(params.mode, Mode::Postcopy | Mode::Hybrid) {
         bail!(
             "failover protects a post-copy: it needs mode postcopy or hybrid, not {}",
@@ -338,8 +319,7 @@ fn check_failover(vm: &dyn SourceVm, params: &Params) -> Result<()> {
             4 * params.checkpoint_ms
         );
     }
-    vm.can_fail_over()
-        .context("this VM cannot be protected by failover")
+    Ok(())
 }
 
 /// The source's copy of a post-copy protected by checkpoints: its RAM
@@ -918,9 +898,28 @@ impl Session<'_> {
                 format!("the destination is lost and checkpoint {seq} cannot be loaded; the VM stays paused here")
             })?;
         }
-        self.vm
-            .resume()
-            .context("the destination is lost and the VM cannot resume here")?;
+        // A destination that hangs (rather than dies) may still hold the
+        // disks' images: the VM waits here until it lets go.
+        let waited = Instant::now();
+        let mut said = false;
+        loop {
+            match self.vm.resume() {
+                Ok(()) => break,
+                Err(e) if waited.elapsed() < FAILOVER_RESUME_LIMIT => {
+                    if !said {
+                        eprintln!("godwit: the destination is lost, but the VM cannot resume here yet ({e:#}); retrying");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "the destination is lost and the VM could not resume here within {} s; it stays paused",
+                        FAILOVER_RESUME_LIMIT.as_secs()
+                    )))
+                }
+            }
+        }
         let f = &mut self.report.failover;
         f.failed_over = true;
         f.resumed_from_checkpoint = seq;

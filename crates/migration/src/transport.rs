@@ -205,20 +205,22 @@ impl Conn {
     }
 
     /// Sets socket option `option` of `level` to the integer `value`.
-    pub fn set_option(
+    pub fn set_option<T: Copy>(
         &self,
         level: libc::c_int,
         option: libc::c_int,
-        value: libc::c_int,
+        value: T,
     ) -> io::Result<()> {
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        // SAFETY: setsockopt with a pointer to a live `T` and its size; the
+        // callers pass the integer type the option takes (`c_int` for most,
+        // a 64-bit value for `SO_MAX_PACING_RATE`).
         let rc = unsafe {
             libc::setsockopt(
                 self.tcp.as_raw_fd(),
                 level,
                 option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                (&value as *const T).cast(),
+                std::mem::size_of::<T>() as libc::socklen_t,
             )
         };
         if rc != 0 {

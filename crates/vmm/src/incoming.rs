@@ -14,7 +14,7 @@ use crate::drive::{expected_devices, open_images, DriveSpec};
 use crate::netdev::host_devices;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, bail, Context, Result};
-use godwit_devices::{rarp_frame, Net, NetBackend};
+use godwit_devices::{rarp_frame, Block, Net, NetBackend, WriteHold};
 use godwit_machine::layout::RAM_BASE;
 use godwit_machine::tap::Tap;
 use godwit_machine::{BoardConfig, DeviceConfig, RunOutcome, Vm, VmHandle, VmState};
@@ -74,6 +74,8 @@ struct VmDest {
     control: Arc<DestControl>,
     /// The VM is paused for a checkpoint (not by the operator).
     checkpoint_paused: Mutex<bool>,
+    /// Writable disks whose writes are held for checkpoints (slot, hold).
+    disk_holds: Mutex<Vec<(usize, Arc<WriteHold>)>>,
 }
 
 impl VmDest {
@@ -176,10 +178,22 @@ impl DestVm for VmDest {
         }
         Ok(())
     }
+    /// NICs hold their frames and writable disks their writes.
     fn hold_output(&self) -> Result<()> {
         let vm = self.handle()?;
         for slot in crate::netdev::nic_slots(vm.board()) {
             vm.with_device::<Net, _>(slot, |n| n.hold_output());
+        }
+        let mut holds = self.disk_holds.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, d) in vm.board().devices.iter().enumerate() {
+            if let DeviceConfig::Block {
+                readonly: false, ..
+            } = d
+            {
+                if let Some(h) = vm.with_device::<Block, _>(slot, |b| b.hold_writes()) {
+                    holds.push((slot, h));
+                }
+            }
         }
         Ok(())
     }
@@ -189,8 +203,27 @@ impl DestVm for VmDest {
                 vm.with_device::<Net, _>(slot, |n| n.mark_output(epoch));
             }
         }
+        for (_, h) in self
+            .disk_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            h.mark(epoch);
+        }
     }
     fn release_output(&self, epoch: Option<u64>) {
+        // Disks first: a frame may tell a peer that a write is done.
+        let holds = self
+            .disk_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (slot, h) in &holds {
+            if let Err(e) = h.release(epoch) {
+                eprintln!("godwit: disk in slot {slot}: a held write failed on the image: {e}");
+            }
+        }
         if let Ok(vm) = self.handle() {
             for slot in crate::netdev::nic_slots(vm.board()) {
                 vm.with_device::<Net, _>(slot, |n| n.release_output(epoch));
@@ -218,7 +251,25 @@ impl DestVm for VmDest {
                 }));
             }
         }
-        Value::Array(nics)
+        let disks: Vec<Value> = self
+            .disk_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(slot, h)| {
+                let s = h.stats();
+                json!({
+                    "slot": slot,
+                    "writes_released": s.released,
+                    "bytes_released": s.released_bytes,
+                    "writes_waiting": s.waiting,
+                    "full_waits": s.full_waits,
+                    "release_errors": s.release_errors,
+                    "wait_us_max": s.wait_us_max,
+                })
+            })
+            .collect();
+        json!({ "nics": nics, "disks": disks })
     }
     fn fence(&self) {
         if let Ok(vm) = self.handle() {
@@ -516,6 +567,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
         started: Mutex::new(Some(tx)),
         control: control.clone(),
         checkpoint_paused: Mutex::new(false),
+        disk_holds: Mutex::new(Vec::new()),
     };
     let received = incoming.run(&dvm, opts.report_after, &|resumed, completed| {
         console::dest_view(&beats, resumed, completed)

@@ -108,23 +108,6 @@ impl SourceVm for VmSource {
         }
         self.vm.load_state(&st).map_err(|e| anyhow!(e))
     }
-    fn can_fail_over(&self) -> Result<()> {
-        for d in &self.vm.board().devices {
-            if let godwit_machine::DeviceConfig::Block {
-                readonly: false,
-                id,
-                ..
-            } = d
-            {
-                anyhow::bail!(
-                    "disk '{id}' is writable: the destination's writes would reach the shared image \
-                     before the checkpoint that covers them (failover covers RAM, CPU, devices and \
-                     network output; attach disks read-only, or migrate without failover)"
-                );
-            }
-        }
-        Ok(())
-    }
     fn stop_free_page_hints(&self) -> Result<()> {
         // DONE lets the guest reuse its hinted pages: first every vCPU
         // drops its write translations, so those writes clear the free bits.

@@ -1,12 +1,14 @@
 //! The block device: configuration space, request validation and the I/O.
 
 use super::backend::BlockBackend;
+use super::hold::{Detached, Holding, WriteHold};
 use super::state::{BlockCounters, BlockState};
 use crate::virtio::queue::{DescriptorChain, SplitQueue};
 use crate::virtio::{device_id, DeviceEvents, DeviceState, VirtioDevice};
 use crate::StateError;
 use godwit_memory::GuestRam;
 use std::io;
+use std::sync::Arc;
 
 /// Feature bit: `seg_max` holds the most data buffers of one request.
 pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
@@ -256,6 +258,8 @@ pub struct Block {
     deferred: bool,
     /// The one bounce buffer, [`CHUNK`] bytes.
     buf: Vec<u8>,
+    /// Once writes have been held for checkpoints ([`hold_writes`](Self::hold_writes)).
+    hold: Option<Arc<WriteHold>>,
 }
 
 impl Block {
@@ -303,7 +307,24 @@ impl Block {
             released: false,
             deferred: false,
             buf: vec![0; CHUNK],
+            hold: None,
         })
+    }
+
+    /// From now on the guest's writes (and discards, and flushes) stop in
+    /// the returned [`WriteHold`] until it releases them, epoch by epoch;
+    /// reads see them. For a VM protected by checkpoints: the image must
+    /// not get writes before the checkpoint that covers them is safe.
+    pub fn hold_writes(&mut self) -> Arc<WriteHold> {
+        if let Some(h) = &self.hold {
+            h.restart();
+            return h.clone();
+        }
+        let inner = std::mem::replace(&mut self.backend, Box::new(Detached));
+        let h = WriteHold::new(inner);
+        self.backend = Box::new(Holding(h.clone()));
+        self.hold = Some(h.clone());
+        h
     }
 
     // ---- host-side queries and control

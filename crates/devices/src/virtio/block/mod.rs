@@ -91,10 +91,12 @@
 
 pub mod backend;
 mod device;
+pub mod hold;
 pub mod state;
 #[cfg(test)]
 mod tests;
 
 pub use backend::{BlockBackend, DiskOpenError, FileDisk};
 pub use device::*;
+pub use hold::{HeldWriteStats, WriteHold};
 pub use state::{BlockCounters, BlockState};

@@ -265,7 +265,7 @@ fn region(m: &Msg, at: usize) -> Region {
         return Region::Type;
     }
     match m {
-        Msg::Pages(list) => {
+        Msg::Pages(list) | Msg::CkptPages(list) => {
             if at < 3 {
                 return Region::Shape;
             }
@@ -282,7 +282,7 @@ fn region(m: &Msg, at: usize) -> Region {
             }
             Region::Covered
         }
-        Msg::State(_) => Region::Covered,
+        Msg::State(_) | Msg::Checkpoint { .. } => Region::Covered,
         Msg::Switch { .. } if at < 5 => Region::Shape,
         Msg::Switch { .. } | Msg::Resume(_) => Region::Covered,
         _ => unreachable!("not a checksummed message"),

@@ -409,3 +409,34 @@ pub fn start_receiver(to: &str, sock: &Path) -> Running {
         "300",
     ])
 }
+
+/// Sets `params` on the source VMM at `sock`, migrates it to `to` through a
+/// new [`Relay`] (the link a test may cut) and waits until post-copy is
+/// under way; returns the relay.
+pub fn postcopy_through_relay(sock: &Path, to: &str, params: serde_json::Value) -> Relay {
+    let link = Relay::start(to);
+    let r = qmp(sock, "migrate-set-parameters", params);
+    assert!(r.get("return").is_some(), "{r}");
+    let r = qmp(
+        sock,
+        "migrate",
+        serde_json::json!({ "uri": format!("tcp:127.0.0.1:{}", link.port) }),
+    );
+    assert!(r.get("return").is_some(), "{r}");
+    let q = wait_migration(
+        sock,
+        &["postcopy-active", "completed", "failed"],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(q["return"]["status"], "postcopy-active", "{q}");
+    link
+}
+
+/// Waits for `n` more heartbeats of `vm`, each with its checks clean
+/// (`bad` 0); `what` says where, for the message.
+pub fn clean_beats(vm: &mut Running, n: usize, what: &str) {
+    for _ in 0..n {
+        let hb = line_json(&vm.wait_for("GODWIT HB", std::time::Duration::from_secs(30)));
+        assert_eq!(hb["bad"], 0, "corruption {what}: {hb}");
+    }
+}

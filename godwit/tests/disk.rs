@@ -117,6 +117,40 @@ fn a_snapshot_resumes_with_its_disk() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `godwit run` of diskcheck (256 MiB) on `drive`, control socket `sock`.
+fn diskcheck_vm(sock: &Path, drive: &str, append: &str) -> Running {
+    Running::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--control",
+        sock.to_str().unwrap(),
+        "--drive",
+        drive,
+        "--workload",
+        "diskcheck",
+        "--append",
+        append,
+    ])
+}
+
+/// `godwit receive` over plain TCP on `to` with `drive`, and `extra`.
+fn disk_receiver(to: &str, sock: &Path, drive: &str, extra: &[&str]) -> Running {
+    let sock = sock.to_str().unwrap();
+    let mut args = vec![
+        "receive",
+        "--listen",
+        to,
+        "--tls-plain",
+        "--control",
+        sock,
+        "--drive",
+        drive,
+    ];
+    args.extend_from_slice(extra);
+    Running::start(&args)
+}
+
 /// A read-only boot of `drive` (a `--drive` spec) verifying the diskcheck
 /// log: every record up to `acked` is there, in order; with `untorn`, no
 /// torn record after the last.
@@ -218,33 +252,10 @@ fn disk_migration(name: &str, mode: &str) {
     let drive = format!("file={img}");
     let (src_sock, dst_sock) = (dir.join("src.sock"), dir.join("dst.sock"));
     let to = format!("127.0.0.1:{}", free_port());
-    let mut src = Running::start(&[
-        "run",
-        "--mem",
-        "256M",
-        "--control",
-        src_sock.to_str().unwrap(),
-        "--drive",
-        &drive,
-        "--workload",
-        "diskcheck",
-        "--append",
-        "hb_ms=200",
-    ]);
+    let mut src = diskcheck_vm(&src_sock, &drive, "hb_ms=200");
     // The destination names the same image: it must not open it while the
     // source holds it.
-    let mut dst = Running::start(&[
-        "receive",
-        "--listen",
-        &to,
-        "--tls-plain",
-        "--control",
-        dst_sock.to_str().unwrap(),
-        "--report-after-ms",
-        "2000",
-        "--drive",
-        &drive,
-    ]);
+    let mut dst = disk_receiver(&to, &dst_sock, &drive, &["--report-after-ms", "2000"]);
     let mut before = -1;
     while before < 200 {
         let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(60)));
@@ -338,29 +349,8 @@ fn a_disk_survives_the_destination_dying_in_a_protected_postcopy() {
     let drive = format!("file={img}");
     let (src_sock, dst_sock) = (dir.join("src.sock"), dir.join("dst.sock"));
     let to = format!("127.0.0.1:{}", free_port());
-    let mut src = Running::start(&[
-        "run",
-        "--mem",
-        "256M",
-        "--control",
-        src_sock.to_str().unwrap(),
-        "--drive",
-        &drive,
-        "--workload",
-        "diskcheck",
-        "--append",
-        "hb_ms=100",
-    ]);
-    let mut dst = Running::start(&[
-        "receive",
-        "--listen",
-        &to,
-        "--tls-plain",
-        "--control",
-        dst_sock.to_str().unwrap(),
-        "--drive",
-        &drive,
-    ]);
+    let mut src = diskcheck_vm(&src_sock, &drive, "hb_ms=100");
+    let mut dst = disk_receiver(&to, &dst_sock, &drive, &[]);
     let mut before = -1;
     while before < 100 {
         let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(60)));

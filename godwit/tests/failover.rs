@@ -153,10 +153,7 @@ fn destination_dies(name: &str, workload: &str, cpus: &str, append: &str, at: Ki
              (beat {last_src} before the switch)"
         );
     }
-    for _ in 0..5 {
-        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
-        assert_eq!(hb["bad"], json!(0), "corruption after the failover: {hb}");
-    }
+    clean_beats(&mut src, 5, "after the failover");
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
 }
@@ -214,9 +211,7 @@ fn a_destination_without_its_source_fences_before_the_source_resumes() {
     std::thread::sleep(Duration::from_millis(1000));
     let pid = src.child.id().to_string();
     assert!(bounded(5, "kill", &["-STOP", &pid]).status.success());
-    let stopped = Instant::now();
     let code = dst.wait_exit(Duration::from_secs(20));
-    let fenced_after = stopped.elapsed();
     assert!(bounded(5, "kill", &["-CONT", &pid]).status.success());
     assert_eq!(code, Some(1), "the destination must fail");
     assert!(
@@ -224,9 +219,13 @@ fn a_destination_without_its_source_fences_before_the_source_resumes() {
         "the destination says it fenced: {:#?}",
         dst.seen.iter().rev().take(10).collect::<Vec<_>>()
     );
+    // It fenced at half the source's timeout (the source, frozen all the
+    // while, could not have resumed the VM before).
+    let limit = format!("nothing from the source for {} ms", FAILOVER_MS / 2);
     assert!(
-        fenced_after < Duration::from_millis(FAILOVER_MS),
-        "fenced after {fenced_after:?}, not before the source's timeout"
+        dst.seen.iter().any(|l| l.contains(&limit)),
+        "the destination fences at half the timeout: {:#?}",
+        dst.seen.iter().rev().take(10).collect::<Vec<_>>()
     );
     let q: Value = wait_migration(&ss, &["failed", "completed"], Duration::from_secs(30));
     assert_eq!(q["return"]["status"], json!("failed"), "{q}");
@@ -234,10 +233,7 @@ fn a_destination_without_its_source_fences_before_the_source_resumes() {
         q["return"]["report"]["failover"]["failed_over"],
         json!(true)
     );
-    for _ in 0..5 {
-        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
-        assert_eq!(hb["bad"], json!(0), "corruption after the failover: {hb}");
-    }
+    clean_beats(&mut src, 5, "after the failover");
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
 }
@@ -311,10 +307,7 @@ fn a_protected_postcopy_completes_and_reports_its_checkpoints() {
     assert!(c["pause_us_p50"].as_f64().unwrap() > 0.0, "{c}");
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
-    for _ in 0..5 {
-        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
-        assert_eq!(hb["bad"], json!(0), "corruption at the destination: {hb}");
-    }
+    clean_beats(&mut dst, 5, "at the destination");
     assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
 }
@@ -331,23 +324,13 @@ fn a_link_cut_that_heals_within_the_timeout_completes_at_the_destination() {
     let mut src = start_vm(&ss, "memtouch", "1", "wws_mb=32 pages_per_s=2000");
     let mut dst = start_receiver(&dst_addr, &ds);
     std::thread::sleep(Duration::from_millis(300));
-    let link1 = Relay::start(&dst_addr);
     // A longer timeout: the reconnection below must fit in it.
-    let r = qmp(
+    let link1 = postcopy_through_relay(
         &ss,
-        "migrate-set-parameters",
+        &dst_addr,
         json!({"mode": "postcopy", "prepaging": "dual", "max-bandwidth": 4_000_000,
                "tls-plain": true, "failover-timeout": 8000, "checkpoint-interval": CHECKPOINT_MS}),
     );
-    assert!(r.get("return").is_some(), "{r}");
-    let r = qmp(
-        &ss,
-        "migrate",
-        json!({ "uri": format!("tcp:127.0.0.1:{}", link1.port) }),
-    );
-    assert!(r.get("return").is_some(), "{r}");
-    let q = wait_migration(&ss, &["postcopy-active", "failed"], Duration::from_secs(60));
-    assert_eq!(q["return"]["status"], json!("postcopy-active"), "{q}");
     std::thread::sleep(Duration::from_millis(1500));
     link1.cut();
     let q = wait_migration(&ss, &["postcopy-paused", "failed"], Duration::from_secs(30));
@@ -371,10 +354,7 @@ fn a_link_cut_that_heals_within_the_timeout_completes_at_the_destination() {
     );
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
-    for _ in 0..5 {
-        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(30)));
-        assert_eq!(hb["bad"], json!(0), "corruption after the recovery: {hb}");
-    }
+    clean_beats(&mut dst, 5, "after the recovery");
     assert_eq!(qmp(&ds, "quit", json!({}))["return"], json!({}));
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(0));
     link2.cut();
@@ -409,10 +389,7 @@ fn a_silent_destination_is_given_up_and_fences_when_it_wakes() {
         took >= Duration::from_millis(FAILOVER_MS - 100),
         "the source gave up after {took:?}, before its timeout"
     );
-    for _ in 0..3 {
-        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
-        assert_eq!(hb["bad"], json!(0), "corruption after the failover: {hb}");
-    }
+    clean_beats(&mut src, 3, "after the failover");
     assert!(bounded(5, "kill", &["-CONT", &pid]).status.success());
     assert_eq!(dst.wait_exit(Duration::from_secs(30)), Some(1));
     assert!(
@@ -420,10 +397,7 @@ fn a_silent_destination_is_given_up_and_fences_when_it_wakes() {
         "the destination says it fenced: {:#?}",
         dst.seen.iter().rev().take(10).collect::<Vec<_>>()
     );
-    for _ in 0..3 {
-        let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));
-        assert_eq!(hb["bad"], json!(0), "{hb}");
-    }
+    clean_beats(&mut src, 3, "after the destination fenced");
     assert_eq!(qmp(&ss, "quit", json!({}))["return"], json!({}));
     assert_eq!(src.wait_exit(Duration::from_secs(30)), Some(0));
 }

@@ -378,8 +378,13 @@ impl Backup {
                     if staged.len() + list.len() > pages {
                         bail!("the destination sent a checkpoint with more pages than RAM has");
                     }
-                    self.bytes
-                        .fetch_add((list.len() * (PAGE + 5)) as u64, Ordering::Relaxed);
+                    // What the batch cost on the wire: a zero page is its
+                    // header only.
+                    let bytes: usize = list
+                        .iter()
+                        .map(|pg| 5 + pg.data.as_ref().map_or(0, |_| PAGE))
+                        .sum();
+                    self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                     staged.extend(list);
                 }
                 Msg::Checkpoint { seq, state } => {

@@ -6,7 +6,7 @@ use crate::stats::{fault_breakdown, latency_summary, FaultSample};
 use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{unix_ns, DestVm, Status};
+use crate::{or_into, unix_ns, DestVm, Status};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use serde_json::{json, Value};
@@ -564,16 +564,12 @@ impl Post<'_> {
             {
                 let mut w = self.ckpt.written.lock().unwrap_or_else(|e| e.into_inner());
                 w.resize(words, 0);
-                for (a, b) in w.iter_mut().zip(&dirty) {
-                    *a |= b;
-                }
+                or_into(&mut w, &dirty);
             }
             let mut set = dirty.clone();
             if resend {
                 for (_, d) in unacked.iter() {
-                    for (a, b) in set.iter_mut().zip(d) {
-                        *a |= b;
-                    }
+                    or_into(&mut set, d);
                 }
             }
             let mut list = Vec::new();
@@ -1159,9 +1155,7 @@ fn postcopy(
     vm.set_dirty_logging(false)?;
     {
         let w = post.ckpt.written.lock().unwrap_or_else(|e| e.into_inner());
-        for (a, b) in written.iter_mut().zip(w.iter()) {
-            *a |= b;
-        }
+        or_into(&mut written, &w);
     }
     let mut hits = 0u64;
     let mut written_n = 0u64;

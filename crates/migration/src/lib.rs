@@ -274,6 +274,13 @@ impl Default for Params {
     }
 }
 
+/// ORs the bitmap words `more` into `acc` (as far as both go).
+pub(crate) fn or_into(acc: &mut [u64], more: &[u64]) {
+    for (a, b) in acc.iter_mut().zip(more) {
+        *a |= b;
+    }
+}
+
 /// Host wall-clock time in Unix nanoseconds (0 if the clock is before
 /// 1970). Both VMMs of a testbed share one clock, so the source's pause and
 /// the destination's resume can be compared.

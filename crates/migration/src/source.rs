@@ -5,7 +5,7 @@ use crate::prepaging::PushOrder;
 use crate::stats::{Progress, Report, Status, ThrottleStep};
 use crate::transport::{Conn, Security};
 use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
-use crate::{converge, unix_ns, Mode, Params, SourceVm};
+use crate::{converge, or_into, unix_ns, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
 use std::io::{BufWriter, Write};
@@ -165,12 +165,6 @@ fn not_free(words: &[u64], ram: &GuestRam) -> Vec<usize> {
     AtomicBitmap::iter_set(words)
         .filter(|&p| p < ram.pages() && !free.get(p))
         .collect()
-}
-
-fn or_into(acc: &mut [u64], more: &[u64]) {
-    for (a, b) in acc.iter_mut().zip(more) {
-        *a |= b;
-    }
 }
 
 struct Conns {

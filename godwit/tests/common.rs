@@ -283,11 +283,36 @@ pub fn line_json(line: &str) -> serde_json::Value {
     serde_json::from_str(j).unwrap_or_else(|e| panic!("bad status JSON in {line:?}: {e}"))
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and that nobody in this
+/// process will be handed again.
+///
+/// Ports come from below the kernel's ephemeral range (32768 up by default):
+/// a port asked of the kernel with `bind(:0)` and then closed can be handed
+/// out again at once to a relay or an outgoing connection of a test running
+/// beside this one, and a receiver that later listens on it then fails or, worse,
+/// another test's migration reaches it. Each call takes the next port of a
+/// counter that starts at a place derived from the process id (test binaries
+/// run one at a time, but a stale process may still hold ports) and skips
+/// any that a bind shows taken.
 #[allow(dead_code)]
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Polls `query-migrate` on `sock` until its status is one of `want` or

@@ -11,7 +11,7 @@ pkgs=(
     iproute2                                                        # test hosts and tc
     iputils-ping iputils-arping                                     # netload's ping, moving a guest
     python3 python3-venv                                            # the QMP client test
-    wrk redis-tools                                                 # bench --preset apps: the load
+    wrk redis-tools iperf3 curl e2fsprogs                           # bench --preset apps: the load, the build's sources
 )
 missing=()
 for p in "${pkgs[@]}"; do

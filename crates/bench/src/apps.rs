@@ -23,6 +23,26 @@
 //!   (microseconds): the client-observed downtime. wrk's non-2xx and
 //!   socket errors must be 0.
 //!
+//! - **stream**: `iperf3 -s` in the guest, `iperf3 --bidir -i 0.1` from
+//!   the client namespace: a TCP stream each way at full speed; its 100 ms
+//!   intervals are the throughput series. `ping -i 0.01` on the side: the
+//!   longest gap between its replies is the client-observed downtime.
+//!   iperf3 must report no error (a reset or stalled connection ends it).
+//! - **build**: `make -j2 linux` of Lua 5.4.7, from Debian's upstream
+//!   tarball of the `lua5.4` source package (downloaded once into the
+//!   cache, SHA-256 checked, written into the run's disk copy with
+//!   debugfs), migrated [`BUILD_BEFORE`] after it starts. Its end line
+//!   carries make's exit code and a hash of every object, the library and
+//!   both programs; an unmigrated build (the `build-unmigrated` cell, which
+//!   any build cell brings along and which runs first in every round) is
+//!   the reference the migrated builds' hash must equal and their wall
+//!   time is set against.
+//!
+//! Before every migration the writable working set is measured: the source
+//! VMM's `calc-dirty-rate` keeps the dirty log on for [`WWS_WINDOW`] of the
+//! steady state and counts the pages it holds; the network faults are
+//! reported as a share of it (the paper's measure).
+//!
 //! Every cell runs with stop-and-copy, pre-copy and post-copy (pre-paging
 //! `none` and `dual`). Each run boots a fresh sparse copy of the image
 //! (shared by source and destination: shared storage), waits for the
@@ -57,6 +77,9 @@ const LOAD_BEFORE: Duration = Duration::from_secs(8);
 const LOAD_AFTER: Duration = Duration::from_secs(8);
 /// The load's first seconds are not counted (connections, caches).
 const LOAD_SETTLE_MS: f64 = 2000.0;
+/// The writable working set: the pages the guest writes over this window
+/// just before the migration (`calc-dirty-rate`, the dirty log).
+const WWS_WINDOW: Duration = Duration::from_secs(5);
 const MIGRATION_PORT: u16 = 4444;
 const KV_VALUE_BYTES: usize = 1000;
 const KV_BATCH: usize = 500;
@@ -88,6 +111,8 @@ pub struct Options {
 enum App {
     Kv,
     Web,
+    Stream,
+    Build,
 }
 
 impl App {
@@ -95,9 +120,15 @@ impl App {
         match self {
             App::Kv => "kv",
             App::Web => "web",
+            App::Stream => "stream",
+            App::Build => "build",
         }
     }
 }
+
+/// The build cell's mode without a migration: its output is the reference
+/// the migrated builds must reproduce, its wall time their baseline.
+const UNMIGRATED: &str = "unmigrated";
 
 #[derive(Clone, Copy, Debug)]
 struct Cell {
@@ -117,7 +148,14 @@ impl Cell {
 
 fn matrix() -> Vec<Cell> {
     let mut v = Vec::new();
-    for app in [App::Kv, App::Web] {
+    for app in [App::Kv, App::Web, App::Stream, App::Build] {
+        if app == App::Build {
+            v.push(Cell {
+                app,
+                mode: UNMIGRATED,
+                prepaging: None,
+            });
+        }
         for (mode, prepaging) in [
             ("stop-and-copy", None),
             ("precopy", None),
@@ -134,8 +172,26 @@ fn matrix() -> Vec<Cell> {
     v
 }
 
+/// The cells `only` picks; a migrated build brings the unmigrated one
+/// along (run first in every round: the reference for its output).
 fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
-    crate::migration::select_by_id(cells, only, Cell::id)
+    let mut v = crate::migration::select_by_id(cells, only, Cell::id);
+    let builds = v.iter().any(|c| c.app == App::Build);
+    let has_ref = v
+        .iter()
+        .any(|c| c.app == App::Build && c.mode == UNMIGRATED);
+    if builds && !has_ref {
+        let at = v.iter().position(|c| c.app == App::Build).unwrap_or(0);
+        v.insert(
+            at,
+            Cell {
+                app: App::Build,
+                mode: UNMIGRATED,
+                prepaging: None,
+            },
+        );
+    }
+    v
 }
 
 pub fn run(o: &Options) -> Result<i32> {
@@ -155,14 +211,21 @@ pub fn run(o: &Options) -> Result<i32> {
     if !testbed::is_root() {
         bail!("the apps preset needs root: it runs on the testbed (network namespaces, TAPs)");
     }
-    for (tool, hint) in [("wrk", "wrk"), ("redis-benchmark", "redis-tools")] {
+    for (tool, hint, app) in [
+        ("wrk", "wrk", App::Web),
+        ("redis-benchmark", "redis-tools", App::Kv),
+        ("iperf3", "iperf3", App::Stream),
+        ("ping", "iputils-ping", App::Stream),
+        ("debugfs", "e2fsprogs", App::Build),
+        ("curl", "curl", App::Build),
+    ] {
         let found = Command::new(tool)
-            .arg("--version")
+            .arg("-V")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok();
-        if !found && cells.iter().any(|c| (c.app == App::Web) == (tool == "wrk")) {
+        if !found && cells.iter().any(|c| c.app == app) {
             bail!("{tool} is missing: apt-get install {hint} (scripts/install-deps.sh)");
         }
     }
@@ -185,6 +248,12 @@ pub fn run(o: &Options) -> Result<i32> {
         o.link,
         o.kv_mib
     );
+    let build_src = if cells.iter().any(|c| c.app == App::Build) {
+        Some(build_source()?)
+    } else {
+        None
+    };
+    let mut build_ref: Option<BuildRef> = None;
     let started_unix_s = unix_s();
     let mut records: Vec<Value> = Vec::new();
     let mut failed = 0;
@@ -200,6 +269,8 @@ pub fn run(o: &Options) -> Result<i32> {
                 .context("cannot create the run's folder")
                 .and_then(|()| {
                     let mut r = Run::new(o, &img, &exe, &dir, *cell, max_bw);
+                    r.build_src = build_src.clone();
+                    r.build_ref = build_ref.clone();
                     let res = r.measure();
                     r.stop(&logs.join(format!("run{run}-{}", cell.id())));
                     res
@@ -208,6 +279,9 @@ pub fn run(o: &Options) -> Result<i32> {
             let rec = match result {
                 Ok(mut v) => {
                     v["ok"] = json!(true);
+                    if cell.app == App::Build && cell.mode == UNMIGRATED {
+                        build_ref = BuildRef::from_record(&v, build_ref.as_ref());
+                    }
                     v
                 }
                 Err(e) => {
@@ -355,6 +429,12 @@ impl Proc {
 
     /// The next line containing `what`, within `timeout`.
     fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_at(what, timeout).map(|(_, l)| l)
+    }
+
+    /// The next line containing `what`, within `timeout`, and when it came
+    /// (ms since the epoch).
+    fn wait_for_at(&mut self, what: &str, timeout: Duration) -> Result<(f64, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             {
@@ -368,7 +448,7 @@ impl Proc {
                 {
                     let i = self.scanned + i;
                     self.scanned = i + 1;
-                    return Ok(lines[i].1.clone());
+                    return Ok(lines[i].clone());
                 }
                 self.scanned = lines.len();
             }
@@ -726,6 +806,175 @@ fn web_setup_cmd() -> String {
 }
 
 // ---------------------------------------------------------------------------
+// iperf3 and ping
+
+/// One interval line of an `iperf3 --bidir -i 0.1 -f m` client: whether it
+/// is the client's sending stream (`[TX-C]`, else `[RX-C]`) and its
+/// Mbit/s; `None` for any other line (headers, the summary's sender and
+/// receiver totals).
+fn iperf_interval(l: &str) -> Option<(bool, f64)> {
+    let tx = l.contains("[TX-C]");
+    if !(tx || l.contains("[RX-C]")) || l.contains("sender") || l.contains("receiver") {
+        return None;
+    }
+    let w: Vec<&str> = l.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "Mbits/sec")?;
+    Some((tx, w.get(i.checked_sub(1)?)?.parse().ok()?))
+}
+
+/// The reception time (Unix seconds) of a `ping -D` reply line.
+fn ping_reply_unix_s(l: &str) -> Option<f64> {
+    if !l.contains("bytes from") {
+        return None;
+    }
+    l.strip_prefix('[')?.split(']').next()?.parse().ok()
+}
+
+/// The longest run of consecutive intervals of `series` (time, Mbit/s, in
+/// order) that moved nothing, in intervals.
+fn longest_stall(series: &[(f64, f64)], w: (f64, f64)) -> u32 {
+    let (mut run, mut best) = (0, 0);
+    for (t, r) in series {
+        if *t < w.0 || *t > w.1 {
+            continue;
+        }
+        if *r <= 0.0 {
+            run += 1;
+            best = best.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    best
+}
+
+// ---------------------------------------------------------------------------
+// The build: Lua 5.4's sources, from Debian's archive
+
+/// Debian trixie's upstream tarball of Lua 5.4.7 (the `lua5.4` source
+/// package), under the archive's root, and its SHA-256 as the archive
+/// lists it; the top folder it unpacks into.
+const LUA_POOL_PATH: &str = "pool/main/l/lua5.4/lua5.4_5.4.7.orig.tar.gz";
+const LUA_SHA256: &str = "9fbf5e28ef86c69858f6d3d34eccc32e911c1a28b4120ff3e84aaa70cfbf1e30";
+const LUA_DIR: &str = "lua-5.4.7";
+/// The build runs this long before the migration starts.
+const BUILD_BEFORE: Duration = Duration::from_secs(15);
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("cannot run sha256sum")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(h) if out.status.success() => Ok(h.to_string()),
+        _ => bail!("sha256sum {} failed", path.display()),
+    }
+}
+
+/// The build's sources, downloaded once (GODWIT_DEBIAN_MIRROR, else
+/// deb.debian.org) into the cache and checked against their hash.
+fn build_source() -> Result<PathBuf> {
+    let dir = godwit_vmm::guest::cache_dir().join("apps");
+    let path = dir.join(LUA_POOL_PATH.rsplit('/').next().unwrap_or("lua.tar.gz"));
+    if path.exists() && sha256_of(&path)? == LUA_SHA256 {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mirror = std::env::var("GODWIT_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    let url = format!("{}/{LUA_POOL_PATH}", mirror.trim_end_matches('/'));
+    let part = path.with_extension("part");
+    eprintln!("bench: fetching the build's sources from {url}");
+    let st = Command::new("curl")
+        .args(["-fsSL", "--retry", "3", "--max-time", "300", "-o"])
+        .arg(&part)
+        .arg(&url)
+        .status()
+        .context("cannot run curl")?;
+    if !st.success() {
+        let _ = std::fs::remove_file(&part);
+        bail!("cannot download {url} ({st}); GODWIT_DEBIAN_MIRROR picks another mirror");
+    }
+    let got = sha256_of(&part)?;
+    if got != LUA_SHA256 {
+        let _ = std::fs::remove_file(&part);
+        bail!("{url} has SHA-256 {got}, not {LUA_SHA256}");
+    }
+    std::fs::rename(&part, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Puts `src` into `/root/src.tar.gz` of the ext4 image `disk` (not
+/// mounted by anyone) with debugfs.
+fn put_into_image(disk: &Path, src: &Path) -> Result<()> {
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} /root/src.tar.gz", src.display()))
+        .arg(disk)
+        .output()
+        .context("cannot run debugfs")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // debugfs prints its banner on stderr and exits 0 on most errors.
+    let complaints: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    if !out.status.success() || !complaints.is_empty() {
+        bail!(
+            "debugfs could not write {} into {}: {}",
+            src.display(),
+            disk.display(),
+            complaints.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The guest's shell line that unpacks the sources, checks them and says
+/// so.
+fn build_setup_cmd() -> &'static str {
+    "rm -rf /root/b && mkdir /root/b && tar -xzf /root/src.tar.gz -C /root/b && \
+     echo GWAPP-SRC-$((1 + 1)) $(sha256sum < /root/src.tar.gz | cut -d' ' -f1) $(ls /root/b)"
+}
+
+/// The guest's shell line that runs the build in the background and, when
+/// it ends, prints its exit code, its time by the guest's clock and a hash
+/// of everything it produced (the objects, the library and both programs).
+fn build_cmd() -> String {
+    format!(
+        "(cd /root/b/{LUA_DIR} && echo GWAPP-BUILD-START-$((1 + 1)) && t0=$(date +%s.%N) && \
+         make -j2 linux > /root/build.log 2>&1; rc=$?; t1=$(date +%s.%N); \
+         echo GWAPP-BUILD-$((1 + 1)) $rc $(awk \"BEGIN {{ print $t1 - $t0 }}\") \
+         $(cat src/*.o src/liblua.a src/lua src/luac | sha256sum | cut -c1-16)) &"
+    )
+}
+
+/// The unmigrated builds so far: their output's hash, and their wall times.
+#[derive(Clone, Debug)]
+struct BuildRef {
+    hash: String,
+    wall_s: Vec<f64>,
+}
+
+impl BuildRef {
+    /// `prev` with the unmigrated run `v` added.
+    fn from_record(v: &Value, prev: Option<&BuildRef>) -> Option<BuildRef> {
+        let hash = v["build"]["hash"].as_str()?.to_string();
+        let wall = v["build"]["wall_s"].as_f64()?;
+        let mut wall_s = prev.map(|p| p.wall_s.clone()).unwrap_or_default();
+        wall_s.push(wall);
+        Some(BuildRef { hash, wall_s })
+    }
+
+    fn mean_wall_s(&self) -> Option<f64> {
+        crate::stats::mean_sd(&self.wall_s).map(|(m, _)| m)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // One run
 
 struct Run<'a> {
@@ -740,6 +989,9 @@ struct Run<'a> {
     procs: Vec<Proc>,
     testbed: Option<Testbed>,
     stop_probe: Arc<AtomicBool>,
+    /// The build cell's sources and the unmigrated builds so far.
+    build_src: Option<PathBuf>,
+    build_ref: Option<BuildRef>,
 }
 
 const SRC: usize = 0;
@@ -766,6 +1018,8 @@ impl<'a> Run<'a> {
             procs: Vec::new(),
             testbed: None,
             stop_probe: Arc::new(AtomicBool::new(true)),
+            build_src: None,
+            build_ref: None,
         }
     }
 
@@ -801,6 +1055,13 @@ impl<'a> Run<'a> {
         self.testbed = Some(Testbed::up(&o.link)?);
         let disk = self.dir.join("disk.img");
         sparse_copy(&img.disk, &disk)?;
+        if cell.app == App::Build {
+            let src = self
+                .build_src
+                .as_deref()
+                .context("no sources for the build")?;
+            put_into_image(&disk, src)?;
+        }
         let drive = format!("file={}", disk.display());
         let net = format!("tap={}", testbed::TAP);
         let (src_sock, dst_sock) = (self.dir.join("src.sock"), self.dir.join("dst.sock"));
@@ -871,6 +1132,19 @@ impl<'a> Run<'a> {
                 }
                 v["web_files"] = json!(want);
             }
+            App::Stream => {
+                self.procs[SRC].type_line("iperf3 -s -D && echo GWAPP-IPERF-$((1 + 1))")?;
+                self.procs[SRC].wait_for("GWAPP-IPERF-2", Duration::from_secs(30))?;
+                // The daemon listens a moment after it forks.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            App::Build => {
+                self.procs[SRC].type_line(build_setup_cmd())?;
+                let l = self.procs[SRC].wait_for("GWAPP-SRC-2 ", Duration::from_secs(300))?;
+                if !(l.contains(LUA_SHA256) && l.contains(LUA_DIR)) {
+                    bail!("the guest did not unpack the sources it was given: {l:?}");
+                }
+            }
         }
         // What the guest uses (free -m, from the console).
         self.procs[SRC]
@@ -897,10 +1171,33 @@ impl<'a> Run<'a> {
 
         // The load, and for kv the probe.
         let series_path = self.dir.join("wrk-series.txt");
-        let load_start_ms = self.ms();
+        let mut load_start_ms = self.ms();
         let mut load = Command::new("ip");
         load.args(["netns", "exec", testbed::CLIENT_NS]);
+        let mut ping_i = None;
         match cell.app {
+            App::Build => {}
+            App::Stream => {
+                load.args([
+                    "iperf3",
+                    "-c",
+                    testbed::GUEST_ADDR,
+                    "--bidir",
+                    "-t",
+                    "600",
+                    "-i",
+                    "0.1",
+                    "-f",
+                    "m",
+                    "--forceflush",
+                ]);
+                let mut ping = Command::new("ip");
+                ping.args(["netns", "exec", testbed::CLIENT_NS]);
+                ping.args(["ping", "-D", "-n", "-i", "0.01", testbed::GUEST_ADDR]);
+                self.procs
+                    .push(Proc::spawn("ping", ping, self.epoch, false)?);
+                ping_i = Some(self.procs.len() - 1);
+            }
             App::Kv => {
                 load.args([
                     "redis-benchmark",
@@ -937,9 +1234,16 @@ impl<'a> Run<'a> {
                 .arg(format!("http://{}/", testbed::GUEST_ADDR));
             }
         }
-        self.procs
-            .push(Proc::spawn("client", load, self.epoch, false)?);
-        let load_i = self.procs.len() - 1;
+        let load_i = if cell.app == App::Build {
+            self.procs[SRC].type_line(&build_cmd())?;
+            self.procs[SRC].wait_for("GWAPP-BUILD-START-2", Duration::from_secs(30))?;
+            load_start_ms = self.ms();
+            None
+        } else {
+            self.procs
+                .push(Proc::spawn("client", load, self.epoch, false)?);
+            Some(self.procs.len() - 1)
+        };
         let probe = if cell.app == App::Kv {
             self.stop_probe = Arc::new(AtomicBool::new(false));
             let (epoch, stop) = (self.epoch, self.stop_probe.clone());
@@ -947,52 +1251,112 @@ impl<'a> Run<'a> {
         } else {
             None
         };
-        self.hold(load_i, LOAD_BEFORE)?;
+        // The steady state; the writable working set measured in it.
+        let before = if cell.app == App::Build {
+            BUILD_BEFORE
+        } else {
+            LOAD_BEFORE
+        };
+        let settle = before - WWS_WINDOW - Duration::from_secs(1);
+        self.hold(load_i, settle)?;
+        control(
+            &src_sock,
+            "calc-dirty-rate",
+            json!({ "calc-time": WWS_WINDOW.as_secs() }),
+        )
+        .context("cannot start the dirty-rate measurement")?;
+        self.hold(load_i, before - settle)?;
+        let mut wws = Value::Null;
+        for _ in 0..50 {
+            wws = control(&src_sock, "query-dirty-rate", Value::Null)?;
+            if wws["status"] != "measuring" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if wws["status"] != "measured" {
+            bail!("the dirty-rate measurement did not end: {wws}");
+        }
+        v["wws"] = wws;
 
         let start_ms = self.ms();
-        let mut m = testbed::in_netns(Side::Src, self.exe);
-        m.arg("migrate").arg("--control").arg(&src_sock);
-        m.args(["--to", &addr, "--tls-plain", "--mode", cell.mode]);
-        if let Some(p) = cell.prepaging {
-            m.args(["--prepaging", p]);
-        }
-        m.arg("--json").arg(&report_path);
-        m.args(["--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
-        self.procs
-            .push(Proc::spawn("migrate", m, self.epoch, false)?);
-        let mi = self.procs.len() - 1;
-        let status = self.procs[mi]
-            .process
-            .wait_timeout(MIGRATE_TIMEOUT + Duration::from_secs(30))?;
+        let migrated = cell.mode != UNMIGRATED;
+        let report = if migrated {
+            self.migrate(&src_sock, &addr, &report_path)?
+        } else {
+            Value::Null
+        };
         let end_ms = self.ms();
-        match status {
-            None => bail!("godwit migrate did not finish{}", self.procs[mi].tail()),
-            Some(s) if !s.success() => {
-                self.procs[mi].drain();
-                bail!("godwit migrate failed ({s}){}", self.procs[mi].tail())
+        let mut st = None;
+        let mut load_lines = Vec::new();
+        let stop_ms;
+        if let Some(load_i) = load_i {
+            self.hold(Some(load_i), LOAD_AFTER)?;
+            stop_ms = self.ms();
+            // Stop the load: wrk and iperf3 print their summaries on SIGINT.
+            let pid = self.procs[load_i].process.child.id() as libc::pid_t;
+            // SAFETY: signals our own child's process group.
+            unsafe { libc::kill(-pid, libc::SIGINT) };
+            st = self.procs[load_i]
+                .process
+                .wait_timeout(Duration::from_secs(10))?;
+            if st.is_none() {
+                self.procs[load_i].process.kill();
             }
-            Some(_) => {}
+            self.procs[load_i].drain();
+            self.stop_probe.store(true, Ordering::Relaxed);
+            load_lines = self.procs[load_i].lines();
+        } else {
+            // The build ends where the VM runs now.
+            let at = if migrated { DST } else { SRC };
+            let (t, l) = self.procs[at].wait_for_at("GWAPP-BUILD-2 ", BUILD_TIMEOUT)?;
+            stop_ms = t;
+            let w: Vec<&str> = l
+                .split_whitespace()
+                .skip_while(|w| *w != "GWAPP-BUILD-2")
+                .skip(1)
+                .collect();
+            let (rc, guest_s, hash) = match w[..] {
+                [rc, secs, hash, ..] => (rc, secs.parse::<f64>().ok(), hash.to_string()),
+                _ => bail!("the build's end line is garbled: {l:?}"),
+            };
+            let wall_s = (t - load_start_ms) / 1e3;
+            if rc != "0" {
+                let _ = self.procs[at].type_line("tail -n 20 /root/build.log");
+                std::thread::sleep(Duration::from_secs(2));
+                bail!(
+                    "the build failed (make exited {rc}){}",
+                    self.procs[at].tail()
+                );
+            }
+            let reference = self.build_ref.clone();
+            let base = reference.as_ref().and_then(BuildRef::mean_wall_s);
+            v["build"] = json!({
+                "what": format!("Lua 5.4.7 (Debian's lua5.4 upstream tarball), make -j2 linux"),
+                "wall_s": wall_s,
+                "guest_clock_s": guest_s,
+                "hash": hash,
+                "reference_hash": reference.as_ref().map(|r| r.hash.clone()),
+                "unmigrated_wall_s": base,
+                "slowdown_pct": base.map(|b| (wall_s / b - 1.0) * 100.0),
+            });
+            match (&reference, migrated) {
+                (Some(r), _) if r.hash != hash => bail!(
+                    "the build produced {hash}, the unmigrated build {}: {}",
+                    r.hash,
+                    if migrated {
+                        "the migration changed what the guest computed"
+                    } else {
+                        "the build is not reproducible"
+                    }
+                ),
+                (None, true) => {
+                    bail!("no unmigrated build to compare with (it failed, or did not run first)")
+                }
+                _ => {}
+            }
+            v["failed_requests"] = json!(0);
         }
-        let report: Value = serde_json::from_str(
-            &std::fs::read_to_string(&report_path).context("godwit migrate wrote no report")?,
-        )
-        .context("the migration report is not JSON")?;
-        self.hold(load_i, LOAD_AFTER)?;
-        let stop_ms = self.ms();
-
-        // Stop the load: wrk prints its summary on SIGINT.
-        let pid = self.procs[load_i].process.child.id() as libc::pid_t;
-        // SAFETY: signals our own child's process group.
-        unsafe { libc::kill(-pid, libc::SIGINT) };
-        let st = self.procs[load_i]
-            .process
-            .wait_timeout(Duration::from_secs(10))?;
-        if st.is_none() {
-            self.procs[load_i].process.kill();
-        }
-        self.procs[load_i].drain();
-        self.stop_probe.store(true, Ordering::Relaxed);
-        let load_lines = self.procs[load_i].lines();
 
         let win = Windows {
             before: (load_start_ms + LOAD_SETTLE_MS, start_ms),
@@ -1025,7 +1389,7 @@ impl<'a> Run<'a> {
                     bail!(
                         "redis-benchmark printed too little progress ({} lines){}",
                         series.len(),
-                        self.procs[load_i].tail()
+                        self.procs[load_i.unwrap_or(SRC)].tail()
                     );
                 }
                 let (times, probe_errors) = match probe {
@@ -1095,7 +1459,10 @@ impl<'a> Run<'a> {
                     .and_then(|l| l.split(':').nth(1))
                     .and_then(|x| x.trim().parse().ok());
                 if requests.is_none() {
-                    bail!("wrk printed no summary{}", self.procs[load_i].tail());
+                    bail!(
+                        "wrk printed no summary{}",
+                        self.procs[load_i.unwrap_or(SRC)].tail()
+                    );
                 }
                 let sock_err_n: u64 = socket_errors
                     .as_deref()
@@ -1122,6 +1489,74 @@ impl<'a> Run<'a> {
                     bail!("wrk saw failures: {non2xx} non-2xx, {socket_errors:?}");
                 }
             }
+            App::Build => {}
+            App::Stream => {
+                let mut tx = Vec::new();
+                let mut rx = Vec::new();
+                let mut errors = Vec::new();
+                for (at, l) in &load_lines {
+                    match iperf_interval(l) {
+                        Some((true, r)) => tx.push((*at, r)),
+                        Some((false, r)) => rx.push((*at, r)),
+                        None if l.contains("error") => errors.push(l.clone()),
+                        None => {}
+                    }
+                }
+                if tx.len() < 10 || rx.len() < 10 {
+                    bail!(
+                        "iperf3 printed too few intervals ({} out, {} in){}",
+                        tx.len(),
+                        rx.len(),
+                        self.procs[load_i.unwrap_or(SRC)].tail()
+                    );
+                }
+                // The probe: the longest gap between ping replies.
+                let pi = ping_i.context("no ping probe")?;
+                let pid = self.procs[pi].process.child.id() as libc::pid_t;
+                // SAFETY: signals our own child's process group.
+                unsafe { libc::kill(-pid, libc::SIGINT) };
+                let _ = self.procs[pi]
+                    .process
+                    .wait_timeout(Duration::from_secs(5))?;
+                self.procs[pi].drain();
+                let times: Vec<f64> = self.procs[pi]
+                    .lines()
+                    .iter()
+                    .filter_map(|(_, l)| ping_reply_unix_s(l))
+                    .map(|u| u * 1e3 - self.epoch_unix_us / 1e3)
+                    .collect();
+                let gap = longest_gap(&times, start_ms, stop_ms);
+                let sum: Vec<(f64, f64)> =
+                    tx.iter().zip(&rx).map(|(a, b)| (a.0, a.1 + b.1)).collect();
+                let stall = |series: &[(f64, f64)]| {
+                    f64::from(longest_stall(series, (start_ms, stop_ms))) * 100.0
+                };
+                v["client"] = json!({
+                    "tool": "iperf3 --bidir -i 0.1 (a TCP stream each way, as fast as they go); ping -i 0.01",
+                    "unit": "Mbit/s (both directions)",
+                    "rps_before": mean_rate(&sum, win.before),
+                    "rps_during": mean_rate(&sum, win.during),
+                    "rps_after": mean_rate(&sum, win.after),
+                    "mbit_s_out": [mean_rate(&tx, win.before), mean_rate(&tx, win.during), mean_rate(&tx, win.after)],
+                    "mbit_s_in": [mean_rate(&rx, win.before), mean_rate(&rx, win.during), mean_rate(&rx, win.after)],
+                    "series_100ms": sum.iter().map(|(t, r)| json!([t, r])).collect::<Vec<_>>(),
+                    "stall_ms_out": stall(&tx),
+                    "stall_ms_in": stall(&rx),
+                    "errors": errors,
+                    "ping_replies": times.len(),
+                    "downtime_client_ms": gap.map(|g| g - PROBE_PERIOD.as_secs_f64() * 1e3),
+                });
+                v["failed_requests"] = json!(errors.len());
+                if !errors.is_empty() {
+                    bail!("iperf3 saw failures: {errors:?}");
+                }
+            }
+        }
+        if let (Some(f), Some(w)) = (
+            report["network_faults"].as_f64(),
+            v["wws"]["dirty-pages"].as_f64(),
+        ) {
+            v["faults_pct_of_wws"] = json!(if w > 0.0 { f / w * 100.0 } else { 0.0 });
         }
         v["report"] = report;
         // Ask the destination to quit; the source ended with the migration.
@@ -1130,17 +1565,50 @@ impl<'a> Run<'a> {
     }
 
     /// Waits `d`, failing early if a VMM or the load exits.
-    fn hold(&mut self, load_i: usize, d: Duration) -> Result<()> {
+    fn hold(&mut self, load_i: Option<usize>, d: Duration) -> Result<()> {
         let end = Instant::now() + d;
         while Instant::now() < end {
             testbed::check_interrupted()?;
-            if let Some(s) = self.procs[load_i].process.try_wait()? {
-                self.procs[load_i].drain();
-                bail!("the load exited ({s}){}", self.procs[load_i].tail());
+            if let Some(i) = load_i {
+                if let Some(s) = self.procs[i].process.try_wait()? {
+                    self.procs[i].drain();
+                    bail!("the load exited ({s}){}", self.procs[i].tail());
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// `godwit migrate` in the source host to `addr`; its report.
+    fn migrate(&mut self, src_sock: &Path, addr: &str, report_path: &Path) -> Result<Value> {
+        let cell = self.cell;
+        let mut m = testbed::in_netns(Side::Src, self.exe);
+        m.arg("migrate").arg("--control").arg(src_sock);
+        m.args(["--to", addr, "--tls-plain", "--mode", cell.mode]);
+        if let Some(p) = cell.prepaging {
+            m.args(["--prepaging", p]);
+        }
+        m.arg("--json").arg(report_path);
+        m.args(["--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
+        self.procs
+            .push(Proc::spawn("migrate", m, self.epoch, false)?);
+        let mi = self.procs.len() - 1;
+        let status = self.procs[mi]
+            .process
+            .wait_timeout(MIGRATE_TIMEOUT + Duration::from_secs(30))?;
+        match status {
+            None => bail!("godwit migrate did not finish{}", self.procs[mi].tail()),
+            Some(s) if !s.success() => {
+                self.procs[mi].drain();
+                bail!("godwit migrate failed ({s}){}", self.procs[mi].tail())
+            }
+            Some(_) => {}
+        }
+        serde_json::from_str(
+            &std::fs::read_to_string(report_path).context("godwit migrate wrote no report")?,
+        )
+        .context("the migration report is not JSON")
     }
 }
 
@@ -1264,13 +1732,18 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
         s,
         "*kv*: redis-server with {} MiB of values ({} keys × {KV_VALUE_BYTES} B, loaded before the load starts, every one read back and compared after the migration); load `redis-benchmark -t set -c 4 -d 256 -r 100000` from the client namespace; rps from its 250 ms progress line; *client downtime*: the longest gap between answers of a PING sent every 10 ms on its own connection, minus the period. \
          *web*: nginx serving {} files (1 KiB / 10 KiB / 100 KiB / 1 MiB, requested 70 / 25 / 4.5 / 0.5 %), load `wrk -t 1 -c 8`; rps from 100 ms buckets of its responses; *client downtime*: the longest gap between two responses (µs clock) from the migration's start to the load's end. \
-         Neither tool has a rate limit: the load is a fixed number of connections. *failed*: kv: redis-benchmark errors + probe errors + keys wrong or missing; web: non-2xx + socket errors. Pages: pre-copy / stop-and-copy / demand / pushed / zero / free skipped.\n",
+         *stream*: `iperf3 -s` in the guest, `iperf3 --bidir -i 0.1` from the client namespace (a TCP stream each way as fast as it goes); load in Mbit/s, both directions summed, from its 100 ms intervals; *client downtime*: the longest gap between replies of `ping -i 0.01`, minus the period. \
+         *build*: `make -j2 linux` of Lua 5.4.7 (Debian's upstream tarball of `lua5.4`, written into the disk before boot), migrated {} s after it starts; its wall time (host clock, start to end line) against the unmigrated builds of the same bench, and the hash of everything it produced (objects, library, programs), which must equal theirs. \
+         Neither load has a rate limit: a fixed number of connections. *failed*: kv: redis-benchmark errors + probe errors + keys wrong or missing; web: non-2xx + socket errors; stream: iperf3 errors. Pages: pre-copy / stop-and-copy / demand / pushed / zero / free skipped. \
+         *WWS*: the pages the guest wrote (each once) over the {} s just before the migration, from the dirty log (`calc-dirty-rate`); *faults % of WWS*: network faults over those pages (the paper's measure).\n",
         o.kv_mib,
         u64::from(o.kv_mib) * 1_048_576 / KV_VALUE_BYTES as u64,
-        WEB_SET.iter().map(|w| w.2).sum::<u32>()
+        WEB_SET.iter().map(|w| w.2).sum::<u32>(),
+        BUILD_BEFORE.as_secs(),
+        WWS_WINDOW.as_secs()
     );
-    s.push_str("| cell | mode | prepaging | total ms | downtime ms (VMM) | downtime ms (client) | pages pre/stop/demand/pushed/zero/free | network faults | rps before / during / after | failed | runs ok |\n");
-    s.push_str("| --- | --- | --- | --: | --: | --: | --- | --: | --- | --: | --- |\n");
+    s.push_str("| cell | mode | prepaging | total ms | downtime ms (VMM) | downtime ms (client) | pages pre/stop/demand/pushed/zero/free | network faults | WWS MiB | faults % of WWS | load before / during / after (kv, web: req/s; stream: Mbit/s; build: wall s, vs unmigrated) | failed | runs ok |\n");
+    s.push_str("| --- | --- | --- | --: | --: | --: | --- | --: | --: | --: | --- | --: | --- |\n");
     for c in cells {
         let rs: Vec<&Value> = records
             .iter()
@@ -1299,9 +1772,23 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
         .iter()
         .map(|k| stat(&|r: &Value| num(&r["report"][*k]), 0))
         .collect();
+        let load = if c.app == App::Build {
+            format!(
+                "{} s ({} %)",
+                stat(&|r: &Value| num(&r["build"]["wall_s"]), 1),
+                stat(&|r: &Value| num(&r["build"]["slowdown_pct"]), 1)
+            )
+        } else {
+            format!(
+                "{} / {} / {}",
+                stat(&|r: &Value| num(&r["client"]["rps_before"]), 0),
+                stat(&|r: &Value| num(&r["client"]["rps_during"]), 0),
+                stat(&|r: &Value| num(&r["client"]["rps_after"]), 0)
+            )
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {} | {}/{} |",
             c.app.name(),
             c.mode,
             c.prepaging.unwrap_or("-"),
@@ -1310,9 +1797,8 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
             stat(&|r: &Value| num(&r["client"]["downtime_client_ms"]), 1),
             pages.join(" / "),
             stat(&|r: &Value| num(&r["report"]["network_faults"]), 0),
-            stat(&|r: &Value| num(&r["client"]["rps_before"]), 0),
-            stat(&|r: &Value| num(&r["client"]["rps_during"]), 0),
-            stat(&|r: &Value| num(&r["client"]["rps_after"]), 0),
+            stat(&|r: &Value| num(&r["wws"]["dirty-mib"]), 0),
+            stat(&|r: &Value| num(&r["faults_pct_of_wws"]), 1),
             stat(&|r: &Value| num(&r["failed_requests"]), 0),
             ok.len(),
             rs.len()
@@ -1337,7 +1823,46 @@ mod tests {
     #[test]
     fn cells_values_and_series() {
         let ids: Vec<String> = matrix().iter().map(Cell::id).collect();
-        assert_eq!(ids.len(), 8);
+        assert_eq!(ids.len(), 17);
+        assert!(ids.contains(&"stream-precopy".to_string()));
+        // A migrated build brings its unmigrated reference along, first.
+        let b: Vec<String> = select(matrix(), Some("build,postcopy,dual"))
+            .iter()
+            .map(Cell::id)
+            .collect();
+        assert_eq!(b, ["build-unmigrated", "build-postcopy-dual"]);
+        assert_eq!(select(matrix(), Some("build-unmigrated")).len(), 1);
+        assert_eq!(
+            iperf_interval(
+                "[  5][TX-C]   1.00-1.10   sec  1.12 MBytes  94.4 Mbits/sec    0   85.5 KBytes"
+            ),
+            Some((true, 94.4))
+        );
+        assert_eq!(
+            iperf_interval("[  7][RX-C]   1.00-1.10   sec  0.00 Bytes  0.00 Mbits/sec"),
+            Some((false, 0.0))
+        );
+        assert_eq!(
+            iperf_interval(
+                "[  5][TX-C]   0.00-9.00   sec   100 MBytes  93.2 Mbits/sec    0   sender"
+            ),
+            None
+        );
+        assert_eq!(
+            ping_reply_unix_s(
+                "[1733334444.123456] 64 bytes from 10.77.1.10: icmp_seq=1 ttl=64 time=0.5 ms"
+            ),
+            Some(1733334444.123456)
+        );
+        assert_eq!(
+            ping_reply_unix_s(
+                "[1733334444.1] From 10.77.1.100 icmp_seq=2 Destination Host Unreachable"
+            ),
+            None
+        );
+        let st = [(1.0, 5.0), (2.0, 0.0), (3.0, 0.0), (4.0, 1.0), (5.0, 0.0)];
+        assert_eq!(longest_stall(&st, (0.0, 10.0)), 2);
+        assert!(build_cmd().contains("make -j2 linux"));
         assert!(ids.contains(&"kv-postcopy-dual".to_string()));
         assert_eq!(select(matrix(), Some("web,postcopy")).len(), 2);
         assert_eq!(kv_value(7), kv_value(7));

@@ -41,6 +41,11 @@ pub enum Command {
     MigrateCancel,
     /// `migrate-start-postcopy`: switch a pre-copy or hybrid migration.
     MigrateStartPostcopy,
+    /// `calc-dirty-rate`: count the pages the guest writes over a window
+    /// (its writable working set), from the dirty log.
+    CalcDirtyRate(CalcDirtyRateArgs),
+    /// `query-dirty-rate`: the last measurement.
+    QueryDirtyRate,
     /// `quit`: end the VM.
     Quit,
 }
@@ -63,8 +68,18 @@ pub const COMMAND_NAMES: &[&str] = &[
     "query-migrate",
     "migrate-cancel",
     "migrate-start-postcopy",
+    "calc-dirty-rate",
+    "query-dirty-rate",
     "quit",
 ];
+
+/// `calc-dirty-rate` arguments (QMP's names).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CalcDirtyRateArgs {
+    /// The window, seconds (1 to 60).
+    pub calc_time: u64,
+}
 
 /// `snapshot` arguments.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -237,6 +252,17 @@ impl Command {
             "snapshot" => Ok(Command::Snapshot(args_of(name, args)?)),
             "balloon" => Ok(Command::Balloon(args_of(name, args)?)),
             "query-balloon" => unit(Command::QueryBalloon),
+            "calc-dirty-rate" => {
+                let a: CalcDirtyRateArgs = args_of(name, args)?;
+                if !(1..=60).contains(&a.calc_time) {
+                    return Err(CommandError::generic(format!(
+                        "calc-time {} must be 1 to 60 seconds",
+                        a.calc_time
+                    )));
+                }
+                Ok(Command::CalcDirtyRate(a))
+            }
+            "query-dirty-rate" => unit(Command::QueryDirtyRate),
             "migrate" => {
                 let mut rest = args.clone();
                 let uri = match rest.remove("uri") {
@@ -296,6 +322,17 @@ mod tests {
         );
         assert!(parse("balloon", json!({"value": "5"})).is_err());
         assert!(parse("balloon", json!({})).is_err());
+        assert_eq!(
+            parse("calc-dirty-rate", json!({"calc-time": 5})),
+            Ok(Command::CalcDirtyRate(CalcDirtyRateArgs { calc_time: 5 }))
+        );
+        assert!(parse("calc-dirty-rate", json!({"calc-time": 0})).is_err());
+        assert!(parse("calc-dirty-rate", json!({"calc-time": 61})).is_err());
+        assert!(parse("calc-dirty-rate", json!({})).is_err());
+        assert_eq!(
+            parse("query-dirty-rate", json!({})),
+            Ok(Command::QueryDirtyRate)
+        );
         let e = parse("migrate-set-parameters", json!({"max-bandwith": 1})).unwrap_err();
         assert!(e.desc.contains("max-bandwith"), "{e}");
         let Ok(Command::Migrate(m)) = parse(

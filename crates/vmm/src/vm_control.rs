@@ -24,6 +24,77 @@ pub struct VmControl {
     params: Mutex<Params>,
     job: Mutex<Option<Arc<OutgoingMigration>>>,
     events: Mutex<EventSender>,
+    dirty_rate: Arc<Mutex<DirtyRate>>,
+}
+
+/// `calc-dirty-rate`'s measurement: the dirty log on for a window, then the
+/// pages it holds counted (each page once, however often it was written:
+/// the window's writable working set).
+#[derive(Clone, Debug, Default)]
+enum DirtyRate {
+    #[default]
+    Unstarted,
+    Measuring {
+        start_unix_s: u64,
+        calc_time_s: u64,
+    },
+    Measured {
+        start_unix_s: u64,
+        calc_time_s: u64,
+        window_ms: f64,
+        pages: u64,
+    },
+    Failed {
+        start_unix_s: u64,
+        calc_time_s: u64,
+        error: String,
+    },
+}
+
+impl DirtyRate {
+    fn to_json(&self) -> Value {
+        match self {
+            DirtyRate::Unstarted => json!({ "status": "unstarted" }),
+            DirtyRate::Measuring {
+                start_unix_s,
+                calc_time_s,
+            } => json!({
+                "status": "measuring", "start-time": start_unix_s, "calc-time": calc_time_s,
+            }),
+            DirtyRate::Measured {
+                start_unix_s,
+                calc_time_s,
+                window_ms,
+                pages,
+            } => {
+                let mib = (*pages * PAGE_SIZE as u64) as f64 / (1u64 << 20) as f64;
+                json!({
+                    "status": "measured", "start-time": start_unix_s, "calc-time": calc_time_s,
+                    "mode": "dirty-bitmap",
+                    "window-ms": window_ms,
+                    "dirty-pages": pages,
+                    "dirty-mib": mib,
+                    // QMP's figure: MB/s of distinct pages over the window.
+                    "dirty-rate": (mib / (window_ms / 1e3)).round() as u64,
+                })
+            }
+            DirtyRate::Failed {
+                start_unix_s,
+                calc_time_s,
+                error,
+            } => json!({
+                "status": "failed", "start-time": start_unix_s, "calc-time": calc_time_s, "error": error,
+            }),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn gone(_: VmGone) -> CommandError {
@@ -53,6 +124,7 @@ impl VmControl {
             params: Mutex::new(Params::default()),
             job: Mutex::new(None),
             events: Mutex::new(EventSender::none()),
+            dirty_rate: Arc::new(Mutex::new(DirtyRate::Unstarted)),
         }
     }
 
@@ -73,6 +145,75 @@ impl VmControl {
 
     fn current_job(&self) -> Option<Arc<OutgoingMigration>> {
         lock(&self.job).clone()
+    }
+
+    /// Starts a dirty-rate measurement of `calc_time` seconds on a thread
+    /// of its own (the answer comes at once; `query-dirty-rate` tells when
+    /// it is measured).
+    fn calc_dirty_rate(&self, calc_time: u64) -> Result<Value, CommandError> {
+        // Holding the job slot: no migration starts while the state changes.
+        let job = lock(&self.job);
+        if job
+            .as_ref()
+            .is_some_and(|j| !j.progress.status().is_final())
+        {
+            return Err(CommandError::new(
+                ErrorClass::MigrationActive,
+                "a migration is running: the dirty log is its own",
+            ));
+        }
+        let mut state = lock(&self.dirty_rate);
+        if matches!(*state, DirtyRate::Measuring { .. }) {
+            return Err(CommandError::generic(
+                "a calc-dirty-rate measurement is already running",
+            ));
+        }
+        let start_unix_s = unix_s();
+        self.vm.exec(|m| m.set_dirty_logging(true)).map_err(gone)?;
+        let t0 = Instant::now();
+        *state = DirtyRate::Measuring {
+            start_unix_s,
+            calc_time_s: calc_time,
+        };
+        drop(state);
+        drop(job);
+        let (vm, slot) = (self.vm.clone(), self.dirty_rate.clone());
+        let spawned = std::thread::Builder::new()
+            .name("dirty-rate".into())
+            .spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(calc_time));
+                let words = vm.exec(|m| {
+                    let w = m.take_dirty_log();
+                    m.set_dirty_logging(false);
+                    w
+                });
+                let window_ms = t0.elapsed().as_secs_f64() * 1e3;
+                *lock(&slot) = match words {
+                    Ok(w) => DirtyRate::Measured {
+                        start_unix_s,
+                        calc_time_s: calc_time,
+                        window_ms,
+                        pages: w.iter().map(|x| u64::from(x.count_ones())).sum(),
+                    },
+                    Err(VmGone) => DirtyRate::Failed {
+                        start_unix_s,
+                        calc_time_s: calc_time,
+                        error: "the VM ended during the measurement".into(),
+                    },
+                };
+            });
+        if let Err(e) = spawned {
+            let _ = self.vm.exec(|m| m.set_dirty_logging(false));
+            *lock(&self.dirty_rate) = DirtyRate::Failed {
+                start_unix_s,
+                calc_time_s: calc_time,
+                error: format!("cannot start the measuring thread: {e}"),
+            };
+            return Err(CommandError::generic(format!(
+                "cannot start the measuring thread: {e}"
+            )));
+        }
+        Ok(json!({}))
     }
 
     /// Runs one command.
@@ -182,7 +323,13 @@ impl VmControl {
             Command::Migrate(a) => {
                 let mut params = lock(&self.params).clone();
                 a.params.apply(&mut params)?;
+                // The job slot first, as calc-dirty-rate takes them.
                 let mut slot = lock(&self.job);
+                if matches!(*lock(&self.dirty_rate), DirtyRate::Measuring { .. }) {
+                    return Err(CommandError::generic(
+                        "a calc-dirty-rate measurement is running (it uses the dirty log); migrate when query-dirty-rate says it is measured",
+                    ));
+                }
                 if let Some(j) = slot.as_ref() {
                     if !j.progress.status().is_final() {
                         return Err(CommandError::new(
@@ -253,6 +400,8 @@ impl VmControl {
                 }
                 _ => Err(CommandError::generic("no migration is running")),
             },
+            Command::CalcDirtyRate(a) => self.calc_dirty_rate(a.calc_time),
+            Command::QueryDirtyRate => Ok(lock(&self.dirty_rate).to_json()),
             Command::Quit => {
                 self.vm.quit().map_err(gone)?;
                 Ok(json!({}))

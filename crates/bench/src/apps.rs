@@ -43,8 +43,12 @@
 //! steady state and counts the pages it holds; the network faults are
 //! reported as a share of it (the paper's measure).
 //!
-//! Every cell runs with stop-and-copy, pre-copy and post-copy (pre-paging
-//! `none` and `dual`). Each run boots a fresh sparse copy of the image
+//! Every application runs with stop-and-copy, pre-copy, post-copy with
+//! each pre-paging strategy (`none`, `forward`, `dual`, `multi-pivot`) and
+//! hybrid (`dual`), then pre-copy and post-copy `dual` again with
+//! self-ballooning off (`godwit run --no-balloon`: no free page reporting,
+//! free pages migrated like any other). `--preset apps-quick` runs post-copy
+//! `dual` only, one cell per application. Each run boots a fresh sparse copy of the image
 //! (shared by source and destination: shared storage), waits for the
 //! guest's marker, sets up the application, starts the load, waits
 //! `LOAD_BEFORE` (the steady state), migrates with `godwit migrate`, keeps
@@ -95,6 +99,8 @@ const WEB_SET: [(&str, u64, u32, f64); 4] = [
 
 /// What the apps preset takes from `godwit bench`'s command line.
 pub struct Options {
+    /// The quick subset (`--preset apps-quick`).
+    pub quick: bool,
     pub out: PathBuf,
     pub runs: u32,
     pub link: LinkConfig,
@@ -135,37 +141,61 @@ struct Cell {
     app: App,
     mode: &'static str,
     prepaging: Option<&'static str>,
+    /// Self-ballooning (the guest's free page reporting, and the free
+    /// pages skipped by the migration); off: `godwit run --no-balloon`.
+    balloon: bool,
 }
 
 impl Cell {
+    fn new(app: App, mode: &'static str, prepaging: Option<&'static str>) -> Cell {
+        Cell {
+            app,
+            mode,
+            prepaging,
+            balloon: true,
+        }
+    }
+
     fn id(&self) -> String {
-        match self.prepaging {
+        let mut id = match self.prepaging {
             Some(p) => format!("{}-{}-{p}", self.app.name(), self.mode),
             None => format!("{}-{}", self.app.name(), self.mode),
+        };
+        if !self.balloon {
+            id.push_str("-noballoon");
         }
+        id
     }
 }
 
-fn matrix() -> Vec<Cell> {
+/// Every cell: per application every mode and post-copy strategy (hybrid
+/// with `dual`), then pre-copy and post-copy dual without self-ballooning;
+/// `quick`: post-copy dual only.
+fn matrix(quick: bool) -> Vec<Cell> {
     let mut v = Vec::new();
     for app in [App::Kv, App::Web, App::Stream, App::Build] {
         if app == App::Build {
-            v.push(Cell {
-                app,
-                mode: UNMIGRATED,
-                prepaging: None,
-            });
+            v.push(Cell::new(app, UNMIGRATED, None));
+        }
+        if quick {
+            v.push(Cell::new(app, "postcopy", Some("dual")));
+            continue;
         }
         for (mode, prepaging) in [
             ("stop-and-copy", None),
             ("precopy", None),
             ("postcopy", Some("none")),
+            ("postcopy", Some("forward")),
             ("postcopy", Some("dual")),
+            ("postcopy", Some("multi-pivot")),
+            ("hybrid", Some("dual")),
         ] {
+            v.push(Cell::new(app, mode, prepaging));
+        }
+        for (mode, prepaging) in [("precopy", None), ("postcopy", Some("dual"))] {
             v.push(Cell {
-                app,
-                mode,
-                prepaging,
+                balloon: false,
+                ..Cell::new(app, mode, prepaging)
             });
         }
     }
@@ -182,20 +212,13 @@ fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
         .any(|c| c.app == App::Build && c.mode == UNMIGRATED);
     if builds && !has_ref {
         let at = v.iter().position(|c| c.app == App::Build).unwrap_or(0);
-        v.insert(
-            at,
-            Cell {
-                app: App::Build,
-                mode: UNMIGRATED,
-                prepaging: None,
-            },
-        );
+        v.insert(at, Cell::new(App::Build, UNMIGRATED, None));
     }
     v
 }
 
 pub fn run(o: &Options) -> Result<i32> {
-    let cells = select(matrix(), o.only.as_deref());
+    let cells = select(matrix(o.quick), o.only.as_deref());
     if cells.is_empty() {
         bail!(
             "--only {:?} matches no cell (see `godwit bench --preset apps --list`)",
@@ -294,6 +317,7 @@ pub fn run(o: &Options) -> Result<i32> {
             rec["app"] = json!(cell.app.name());
             rec["mode"] = json!(cell.mode);
             rec["prepaging"] = json!(cell.prepaging);
+            rec["balloon"] = json!(cell.balloon);
             rec["run"] = json!(run);
             rec["wall_s"] = json!(t0.elapsed().as_secs_f64());
             eprintln!("bench:   {}", one_line(&rec));
@@ -1076,6 +1100,9 @@ impl<'a> Run<'a> {
         src.arg("--initrd").arg(&img.initrd);
         src.args(["--drive", &drive, "--net", &net]);
         src.args(["--mem", &o.mem.to_string(), "--cpus", &o.cpus.to_string()]);
+        if !cell.balloon {
+            src.arg("--no-balloon");
+        }
         src.arg("--control").arg(&src_sock);
         src.args(["--append", DEBIAN_APPEND]);
         self.procs
@@ -1109,7 +1136,7 @@ impl<'a> Run<'a> {
             );
         }
 
-        let mut v = json!({"boot_s": boot_s});
+        let mut v = json!({"boot_s": boot_s, "epoch_unix_us": self.epoch_unix_us});
         let kv_keys = u64::from(o.kv_mib) * 1_048_576 / KV_VALUE_BYTES as u64;
         match cell.app {
             App::Kv => {
@@ -1742,8 +1769,10 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
         BUILD_BEFORE.as_secs(),
         WWS_WINDOW.as_secs()
     );
-    s.push_str("| cell | mode | prepaging | total ms | downtime ms (VMM) | downtime ms (client) | pages pre/stop/demand/pushed/zero/free | network faults | WWS MiB | faults % of WWS | load before / during / after (kv, web: req/s; stream: Mbit/s; build: wall s, vs unmigrated) | failed | runs ok |\n");
-    s.push_str("| --- | --- | --- | --: | --: | --: | --- | --: | --: | --: | --- | --: | --- |\n");
+    s.push_str("| cell | mode | prepaging | balloon | total ms | downtime ms (VMM) | downtime ms (client) | pages pre/stop/demand/pushed/zero/free | network faults | WWS MiB | faults % of WWS | load before / during / after (kv, web: req/s; stream: Mbit/s; build: wall s, vs unmigrated) | failed | runs ok |\n");
+    s.push_str(
+        "| --- | --- | --- | --- | --: | --: | --: | --- | --: | --: | --: | --- | --: | --- |\n",
+    );
     for c in cells {
         let rs: Vec<&Value> = records
             .iter()
@@ -1788,10 +1817,11 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {} | {}/{} |",
             c.app.name(),
             c.mode,
             c.prepaging.unwrap_or("-"),
+            if c.balloon { "on" } else { "off" },
             stat(&|r: &Value| num(&r["report"]["total_ms"]), 0),
             stat(&|r: &Value| num(&r["report"]["downtime_ms"]), 1),
             stat(&|r: &Value| num(&r["client"]["downtime_client_ms"]), 1),
@@ -1822,16 +1852,36 @@ mod tests {
 
     #[test]
     fn cells_values_and_series() {
-        let ids: Vec<String> = matrix().iter().map(Cell::id).collect();
-        assert_eq!(ids.len(), 17);
+        let ids: Vec<String> = matrix(false).iter().map(Cell::id).collect();
+        assert_eq!(ids.len(), 4 * 9 + 1);
         assert!(ids.contains(&"stream-precopy".to_string()));
+        assert!(ids.contains(&"kv-hybrid-dual".to_string()));
+        assert!(ids.contains(&"web-postcopy-dual-noballoon".to_string()));
+        let quick: Vec<String> = matrix(true).iter().map(Cell::id).collect();
+        assert_eq!(
+            quick,
+            [
+                "kv-postcopy-dual",
+                "web-postcopy-dual",
+                "stream-postcopy-dual",
+                "build-unmigrated",
+                "build-postcopy-dual"
+            ]
+        );
         // A migrated build brings its unmigrated reference along, first.
-        let b: Vec<String> = select(matrix(), Some("build,postcopy,dual"))
+        let b: Vec<String> = select(matrix(false), Some("build,postcopy-dual"))
             .iter()
             .map(Cell::id)
             .collect();
-        assert_eq!(b, ["build-unmigrated", "build-postcopy-dual"]);
-        assert_eq!(select(matrix(), Some("build-unmigrated")).len(), 1);
+        assert_eq!(
+            b,
+            [
+                "build-unmigrated",
+                "build-postcopy-dual",
+                "build-postcopy-dual-noballoon"
+            ]
+        );
+        assert_eq!(select(matrix(false), Some("build-unmigrated")).len(), 1);
         assert_eq!(
             iperf_interval(
                 "[  5][TX-C]   1.00-1.10   sec  1.12 MBytes  94.4 Mbits/sec    0   85.5 KBytes"
@@ -1864,7 +1914,7 @@ mod tests {
         assert_eq!(longest_stall(&st, (0.0, 10.0)), 2);
         assert!(build_cmd().contains("make -j2 linux"));
         assert!(ids.contains(&"kv-postcopy-dual".to_string()));
-        assert_eq!(select(matrix(), Some("web,postcopy")).len(), 2);
+        assert_eq!(select(matrix(false), Some("web,postcopy-")).len(), 5);
         assert_eq!(kv_value(7), kv_value(7));
         assert_ne!(kv_value(7), kv_value(8));
         assert_eq!(kv_value(1).len(), KV_VALUE_BYTES);

@@ -110,10 +110,14 @@ enum Preset {
     Net,
     /// Applications in the Debian guest (2 vCPUs, 512 MiB, shared disk,
     /// NIC on the VM network): redis under redis-benchmark (`kv`), nginx
-    /// under wrk (`web`); stop-and-copy, pre-copy, post-copy none/dual;
-    /// 1 run. Needs the testbed (root), wrk and redis-tools
-    /// ([`crate::apps`]).
+    /// under wrk (`web`), iperf3 both ways (`stream`), a C build
+    /// (`build`); every mode and post-copy strategy, self-ballooning on and
+    /// off for pre-copy and post-copy dual; 1 run. Needs the testbed
+    /// (root), wrk, redis-tools, iperf3 ([`crate::apps`]).
     Apps,
+    /// The apps preset's quick subset: post-copy dual on every application
+    /// (and the unmigrated build); 1 run.
+    AppsQuick,
 }
 
 /// Migrate the same guest with every mode and pre-paging strategy, over the
@@ -190,8 +194,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    if args.preset == Preset::Apps {
+    if matches!(args.preset, Preset::Apps | Preset::AppsQuick) {
         return crate::apps::run(&crate::apps::Options {
+            quick: args.preset == Preset::AppsQuick,
             out: args.out.clone(),
             runs: args.runs.unwrap_or(1),
             link: args.link.config()?,
@@ -240,7 +245,7 @@ pub fn run(args: Args) -> Result<i32> {
     let runs = args.runs.unwrap_or(match args.preset {
         Preset::Quick => 1,
         Preset::Full | Preset::Net => 3,
-        Preset::Apps => 1,
+        Preset::Apps | Preset::AppsQuick => 1,
     });
     eprintln!(
         "bench: preset {}, {} cell(s) × {runs} run(s); guest {} MiB, {} vCPU(s), heartbeat {} ms, warm-up {} s, after-run {} s",
@@ -352,6 +357,7 @@ fn preset_name(p: Preset) -> &'static str {
         Preset::Full => "full",
         Preset::Net => "net",
         Preset::Apps => "apps",
+        Preset::AppsQuick => "apps-quick",
     }
 }
 
@@ -688,7 +694,7 @@ fn matrix(preset: Preset) -> Vec<Cell> {
         }
         Preset::Net => (vec![Workload::Netserve], &[true]),
         // Its own matrix: crate::apps.
-        Preset::Apps => (Vec::new(), &[]),
+        Preset::Apps | Preset::AppsQuick => (Vec::new(), &[]),
     };
     let mut cells = Vec::new();
     for &balloon in balloons {

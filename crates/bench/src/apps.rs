@@ -56,6 +56,7 @@
 //! Every wait is bounded; every child is killed with its process group and
 //! the testbed is torn down on every path.
 
+use crate::qemu::{self, Qemu, Qmp, Switch};
 use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
 use anyhow::{bail, Context, Result};
 use godwit_vmm::control::ControlClient;
@@ -111,7 +112,32 @@ pub struct Options {
     pub list: bool,
     pub fail_fast: bool,
     pub kv_mib: u32,
+    /// The QEMU of the QEMU cells, or none (`--no-qemu`).
+    pub qemu: Option<PathBuf>,
 }
+
+/// Which VMM runs a cell: Godwit, or QEMU (TCG) as shipped or with the
+/// guest's timer re-armed on the destination after a post-copy switch
+/// (QEMU 7.2 forgets it, see [`qemu::rearm_timer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vmm {
+    Godwit,
+    Qemu,
+    QemuRearm,
+}
+
+impl Vmm {
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::Godwit => "godwit",
+            Vmm::Qemu => "qemu",
+            Vmm::QemuRearm => "qemu-rearm",
+        }
+    }
+}
+
+/// QEMU's `downtime-limit` (its default), ms.
+const QEMU_DOWNTIME_LIMIT_MS: u64 = 300;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum App {
@@ -144,6 +170,7 @@ struct Cell {
     /// Self-ballooning (the guest's free page reporting, and the free
     /// pages skipped by the migration); off: `godwit run --no-balloon`.
     balloon: bool,
+    vmm: Vmm,
 }
 
 impl Cell {
@@ -153,10 +180,14 @@ impl Cell {
             mode,
             prepaging,
             balloon: true,
+            vmm: Vmm::Godwit,
         }
     }
 
     fn id(&self) -> String {
+        if self.vmm != Vmm::Godwit {
+            return format!("{}-{}-{}", self.app.name(), self.vmm.name(), self.mode);
+        }
         let mut id = match self.prepaging {
             Some(p) => format!("{}-{}-{p}", self.app.name(), self.mode),
             None => format!("{}-{}", self.app.name(), self.mode),
@@ -198,6 +229,22 @@ fn matrix(quick: bool) -> Vec<Cell> {
                 ..Cell::new(app, mode, prepaging)
             });
         }
+        // QEMU beside it: pre-copy as shipped; post-copy (switched at once)
+        // and hybrid (switched after the first pass) with the timer re-arm.
+        // Not the build: its wall time under QEMU's translator would need
+        // an unmigrated QEMU build of its own.
+        if app != App::Build {
+            for (vmm, mode) in [
+                (Vmm::Qemu, "precopy"),
+                (Vmm::QemuRearm, "postcopy"),
+                (Vmm::QemuRearm, "hybrid"),
+            ] {
+                v.push(Cell {
+                    vmm,
+                    ..Cell::new(app, mode, None)
+                });
+            }
+        }
     }
     v
 }
@@ -218,7 +265,11 @@ fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
 }
 
 pub fn run(o: &Options) -> Result<i32> {
-    let cells = select(matrix(o.quick), o.only.as_deref());
+    let mut all = matrix(o.quick);
+    if o.qemu.is_none() {
+        all.retain(|c| c.vmm == Vmm::Godwit);
+    }
+    let cells = select(all, o.only.as_deref());
     if cells.is_empty() {
         bail!(
             "--only {:?} matches no cell (see `godwit bench --preset apps --list`)",
@@ -271,6 +322,12 @@ pub fn run(o: &Options) -> Result<i32> {
         o.link,
         o.kv_mib
     );
+    let qemu = match &o.qemu {
+        Some(exe) if cells.iter().any(|c| c.vmm != Vmm::Godwit) => Some(
+            Qemu::find(exe).context("the QEMU cells need QEMU (or leave them out: --no-qemu)")?,
+        ),
+        _ => None,
+    };
     let build_src = if cells.iter().any(|c| c.app == App::Build) {
         Some(build_source()?)
     } else {
@@ -293,6 +350,7 @@ pub fn run(o: &Options) -> Result<i32> {
                 .and_then(|()| {
                     let mut r = Run::new(o, &img, &exe, &dir, *cell, max_bw);
                     r.build_src = build_src.clone();
+                    r.qemu = qemu.as_ref();
                     r.build_ref = build_ref.clone();
                     let res = r.measure();
                     r.stop(&logs.join(format!("run{run}-{}", cell.id())));
@@ -318,6 +376,7 @@ pub fn run(o: &Options) -> Result<i32> {
             rec["mode"] = json!(cell.mode);
             rec["prepaging"] = json!(cell.prepaging);
             rec["balloon"] = json!(cell.balloon);
+            rec["vmm"] = json!(cell.vmm.name());
             rec["run"] = json!(run);
             rec["wall_s"] = json!(t0.elapsed().as_secs_f64());
             eprintln!("bench:   {}", one_line(&rec));
@@ -1016,6 +1075,10 @@ struct Run<'a> {
     /// The build cell's sources and the unmigrated builds so far.
     build_src: Option<PathBuf>,
     build_ref: Option<BuildRef>,
+    /// QEMU, for the QEMU cells; their QMP connections (source,
+    /// destination) once both run.
+    qemu: Option<&'a Qemu>,
+    qmp: Option<(Qmp, Qmp)>,
 }
 
 const SRC: usize = 0;
@@ -1044,6 +1107,8 @@ impl<'a> Run<'a> {
             stop_probe: Arc::new(AtomicBool::new(true)),
             build_src: None,
             build_ref: None,
+            qemu: None,
+            qmp: None,
         }
     }
 
@@ -1094,26 +1159,30 @@ impl<'a> Run<'a> {
         self.epoch = Instant::now();
         self.epoch_unix_us = unix_us();
 
-        let mut src = testbed::in_netns(Side::Src, self.exe);
-        src.arg("run").arg("--bios").arg(&img.bios);
-        src.arg("--kernel").arg(&img.kernel);
-        src.arg("--initrd").arg(&img.initrd);
-        src.args(["--drive", &drive, "--net", &net]);
-        src.args(["--mem", &o.mem.to_string(), "--cpus", &o.cpus.to_string()]);
-        if !cell.balloon {
-            src.arg("--no-balloon");
+        if cell.vmm == Vmm::Godwit {
+            let mut src = testbed::in_netns(Side::Src, self.exe);
+            src.arg("run").arg("--bios").arg(&img.bios);
+            src.arg("--kernel").arg(&img.kernel);
+            src.arg("--initrd").arg(&img.initrd);
+            src.args(["--drive", &drive, "--net", &net]);
+            src.args(["--mem", &o.mem.to_string(), "--cpus", &o.cpus.to_string()]);
+            if !cell.balloon {
+                src.arg("--no-balloon");
+            }
+            src.arg("--control").arg(&src_sock);
+            src.args(["--append", DEBIAN_APPEND]);
+            self.procs
+                .push(Proc::spawn("source", src, self.epoch, true)?);
+            let mut dst = testbed::in_netns(Side::Dst, self.exe);
+            dst.args(["receive", "--listen", &addr, "--tls-plain", "--control"])
+                .arg(&dst_sock)
+                .args(["--drive", &drive, "--net", &net]);
+            self.procs
+                .push(Proc::spawn("destination", dst, self.epoch, true)?);
+            self.procs[DST].wait_for("waiting for a migration", LISTEN_TIMEOUT)?;
+        } else {
+            self.start_qemu(&disk, &addr)?;
         }
-        src.arg("--control").arg(&src_sock);
-        src.args(["--append", DEBIAN_APPEND]);
-        self.procs
-            .push(Proc::spawn("source", src, self.epoch, true)?);
-        let mut dst = testbed::in_netns(Side::Dst, self.exe);
-        dst.args(["receive", "--listen", &addr, "--tls-plain", "--control"])
-            .arg(&dst_sock)
-            .args(["--drive", &drive, "--net", &net]);
-        self.procs
-            .push(Proc::spawn("destination", dst, self.epoch, true)?);
-        self.procs[DST].wait_for("waiting for a migration", LISTEN_TIMEOUT)?;
 
         self.procs[SRC].wait_for(DEBIAN_READY, BOOT_TIMEOUT)?;
         let boot_s = self.ms() / 1e3;
@@ -1187,7 +1256,17 @@ impl<'a> Run<'a> {
                 v["guest_mem_mib"] = json!({"used": w[0], "buff_cache": w[1], "available": w[2]});
             }
         }
-        if let Some(bw) = self.max_bw {
+        if let Some((src_q, _)) = self.qmp.as_mut() {
+            let mut params = json!({ "downtime-limit": QEMU_DOWNTIME_LIMIT_MS });
+            if let Some(bw) = self.max_bw {
+                // The same cap as Godwit's, before and after the switch.
+                params["max-bandwidth"] = json!(bw);
+                params["max-postcopy-bandwidth"] = json!(bw);
+            }
+            src_q
+                .execute("migrate-set-parameters", params)
+                .context("cannot set QEMU's migration parameters")?;
+        } else if let Some(bw) = self.max_bw {
             control(
                 &src_sock,
                 "migrate-set-parameters",
@@ -1286,32 +1365,39 @@ impl<'a> Run<'a> {
         };
         let settle = before - WWS_WINDOW - Duration::from_secs(1);
         self.hold(load_i, settle)?;
-        control(
-            &src_sock,
-            "calc-dirty-rate",
-            json!({ "calc-time": WWS_WINDOW.as_secs() }),
-        )
-        .context("cannot start the dirty-rate measurement")?;
-        self.hold(load_i, before - settle)?;
-        let mut wws = Value::Null;
-        for _ in 0..50 {
-            wws = control(&src_sock, "query-dirty-rate", Value::Null)?;
-            if wws["status"] != "measuring" {
-                break;
+        if cell.vmm != Vmm::Godwit {
+            // QEMU's calc-dirty-rate gives a rate, not the pages: no WWS.
+            self.hold(load_i, before - settle)?;
+        } else {
+            control(
+                &src_sock,
+                "calc-dirty-rate",
+                json!({ "calc-time": WWS_WINDOW.as_secs() }),
+            )
+            .context("cannot start the dirty-rate measurement")?;
+            self.hold(load_i, before - settle)?;
+            let mut wws = Value::Null;
+            for _ in 0..50 {
+                wws = control(&src_sock, "query-dirty-rate", Value::Null)?;
+                if wws["status"] != "measuring" {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if wws["status"] != "measured" {
+                bail!("the dirty-rate measurement did not end: {wws}");
+            }
+            v["wws"] = wws;
         }
-        if wws["status"] != "measured" {
-            bail!("the dirty-rate measurement did not end: {wws}");
-        }
-        v["wws"] = wws;
 
         let start_ms = self.ms();
         let migrated = cell.mode != UNMIGRATED;
-        let report = if migrated {
-            self.migrate(&src_sock, &addr, &report_path)?
-        } else {
+        let report = if !migrated {
             Value::Null
+        } else if cell.vmm != Vmm::Godwit {
+            self.migrate_qemu(&addr)?
+        } else {
+            self.migrate(&src_sock, &addr, &report_path)?
         };
         let end_ms = self.ms();
         let mut st = None;
@@ -1587,7 +1673,11 @@ impl<'a> Run<'a> {
         }
         v["report"] = report;
         // Ask the destination to quit; the source ended with the migration.
-        let _ = control(&dst_sock, "quit", Value::Null);
+        if let Some((_, dst_q)) = self.qmp.as_mut() {
+            let _ = dst_q.execute("quit", Value::Null);
+        } else {
+            let _ = control(&dst_sock, "quit", Value::Null);
+        }
         Ok(v)
     }
 
@@ -1605,6 +1695,120 @@ impl<'a> Run<'a> {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// Starts QEMU on both hosts (the destination waiting for `addr`, the
+    /// source booting the guest), with the same firmware, kernel, disk and
+    /// NIC as Godwit's cells, and connects to both QMP sockets.
+    fn start_qemu(&mut self, disk: &Path, addr: &str) -> Result<()> {
+        let (o, img, cell) = (self.o, self.img, self.cell);
+        let q = self.qemu.context("QEMU is not available")?;
+        let (src_qmp, dst_qmp) = (self.dir.join("src.qmp"), self.dir.join("dst.qmp"));
+        let gdb = (cell.vmm == Vmm::QemuRearm).then(|| self.dir.join("dst.gdb"));
+        let guest = qemu::Guest {
+            kernel: &img.kernel,
+            initrd: &img.initrd,
+            mem_bytes: o.mem,
+            cmdline: DEBIAN_APPEND.to_string(),
+            balloon: cell.balloon,
+            cpus: o.cpus,
+            tap: Some(testbed::TAP),
+            bios: Some(&img.bios),
+            drive: Some(disk),
+        };
+        let mut src = testbed::in_netns(Side::Src, &q.exe);
+        qemu::args(&mut src, &guest, &src_qmp, false, None)?;
+        self.procs
+            .push(Proc::spawn("source", src, self.epoch, true)?);
+        let mut dst = testbed::in_netns(Side::Dst, &q.exe);
+        qemu::args(&mut dst, &guest, &dst_qmp, true, gdb.as_deref())?;
+        self.procs
+            .push(Proc::spawn("destination", dst, self.epoch, true)?);
+        let mut pair = Vec::new();
+        for (i, path) in [(SRC, &src_qmp), (DST, &dst_qmp)] {
+            let p = &mut self.procs[i];
+            let role = p.role;
+            let qmp = Qmp::connect(path, role, || {
+                testbed::check_interrupted()?;
+                if let Some(s) = p.process.try_wait()? {
+                    p.drain();
+                    bail!("the {role} QEMU exited ({s}){}", p.tail());
+                }
+                Ok(())
+            })?;
+            pair.push(qmp);
+        }
+        let (Some(mut dst_q), Some(mut src_q)) = (pair.pop(), pair.pop()) else {
+            bail!("no QMP connections");
+        };
+        if Switch::for_mode(cell.mode) != Switch::Never {
+            let caps = |names: &[&str]| {
+                let list: Vec<Value> = names
+                    .iter()
+                    .map(|n| json!({ "capability": n, "state": true }))
+                    .collect();
+                json!({ "capabilities": list })
+            };
+            src_q.execute("migrate-set-capabilities", caps(&["postcopy-ram"]))?;
+            dst_q.execute(
+                "migrate-set-capabilities",
+                caps(&["postcopy-ram", "postcopy-blocktime"]),
+            )?;
+        }
+        dst_q.execute("migrate-incoming", json!({ "uri": format!("tcp:{addr}") }))?;
+        self.qmp = Some((src_q, dst_q));
+        Ok(())
+    }
+
+    /// QEMU's migration to `addr` over QMP, driven as the memtouch bench
+    /// does ([`qemu::migrate`]); its figures under the report's keys.
+    fn migrate_qemu(&mut self, addr: &str) -> Result<Value> {
+        let cell = self.cell;
+        let uri = format!("tcp:{addr}");
+        let gdb = (cell.vmm == Vmm::QemuRearm).then(|| self.dir.join("dst.gdb"));
+        let switch = Switch::for_mode(cell.mode);
+        let plan = qemu::Plan {
+            uri: &uri,
+            switch,
+            rearm: if switch == Switch::Never {
+                None
+            } else {
+                gdb.as_deref()
+            },
+            timeout: MIGRATE_TIMEOUT,
+        };
+        let (mut src_q, mut dst_q) = self.qmp.take().context("QEMU's QMP is not connected")?;
+        let epoch = self.epoch;
+        let procs = &mut self.procs;
+        let outcome = qemu::migrate(
+            &mut src_q,
+            &mut dst_q,
+            &plan,
+            || {
+                testbed::check_interrupted()?;
+                for p in procs.iter_mut().take(2) {
+                    if let Some(s) = p.process.try_wait()? {
+                        p.drain();
+                        bail!(
+                            "the {} QEMU ended during the migration ({s}){}",
+                            p.role,
+                            p.tail()
+                        );
+                    }
+                }
+                Ok(())
+            },
+            || epoch.elapsed().as_secs_f64() * 1e3,
+        );
+        // QEMU's source stays paused after a migration: it is asked to quit.
+        let _ = src_q.execute("quit", Value::Null);
+        self.qmp = Some((src_q, dst_q));
+        let outcome = outcome?;
+        let mut report = qemu::report(&outcome, cell.mode, switch, cell.vmm.name());
+        if let Some(q) = self.qemu {
+            report["qemu_version"] = json!(q.version);
+        }
+        Ok(report)
     }
 
     /// `godwit migrate` in the source host to `addr`; its report.
@@ -1819,7 +2023,11 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {} | {}/{} |",
             c.app.name(),
-            c.mode,
+            if c.vmm == Vmm::Godwit {
+                c.mode.to_string()
+            } else {
+                format!("{} ({})", c.mode, c.vmm.name())
+            },
             c.prepaging.unwrap_or("-"),
             if c.balloon { "on" } else { "off" },
             stat(&|r: &Value| num(&r["report"]["total_ms"]), 0),
@@ -1853,7 +2061,9 @@ mod tests {
     #[test]
     fn cells_values_and_series() {
         let ids: Vec<String> = matrix(false).iter().map(Cell::id).collect();
-        assert_eq!(ids.len(), 4 * 9 + 1);
+        assert_eq!(ids.len(), 4 * 9 + 1 + 3 * 3);
+        assert!(ids.contains(&"web-qemu-rearm-postcopy".to_string()));
+        assert!(!ids.iter().any(|i| i.starts_with("build-qemu")));
         assert!(ids.contains(&"stream-precopy".to_string()));
         assert!(ids.contains(&"kv-hybrid-dual".to_string()));
         assert!(ids.contains(&"web-postcopy-dual-noballoon".to_string()));
@@ -1915,6 +2125,7 @@ mod tests {
         assert!(build_cmd().contains("make -j2 linux"));
         assert!(ids.contains(&"kv-postcopy-dual".to_string()));
         assert_eq!(select(matrix(false), Some("web,postcopy-")).len(), 5);
+        assert_eq!(select(matrix(false), Some("kv,qemu")).len(), 3);
         assert_eq!(kv_value(7), kv_value(7));
         assert_ne!(kv_value(7), kv_value(8));
         assert_eq!(kv_value(1).len(), KV_VALUE_BYTES);

@@ -207,6 +207,7 @@ pub fn run(args: Args) -> Result<i32> {
             list: args.list,
             fail_fast: args.fail_fast,
             kv_mib: args.kv_mib,
+            qemu: (!args.no_qemu).then(|| args.qemu.clone()),
         });
     }
     let mut all = matrix(args.preset);
@@ -1269,6 +1270,8 @@ impl CellRun<'_> {
             balloon: cell.balloon,
             cpus: b.cpus,
             tap: (cell.workload == Workload::Netserve).then_some(testbed::TAP),
+            bios: None,
+            drive: None,
         };
         self.epoch = Instant::now();
 

@@ -107,6 +107,11 @@ pub struct Guest<'a> {
     pub cpus: u32,
     /// A virtio-net NIC on this TAP (with the MAC Godwit's first NIC has).
     pub tap: Option<&'a str>,
+    /// The firmware (`-bios`; QEMU's own OpenSBI when `None`).
+    pub bios: Option<&'a Path>,
+    /// A raw disk image as a virtio-blk device (shared by both QEMUs, as
+    /// Godwit's `--drive`).
+    pub drive: Option<&'a Path>,
 }
 
 /// Appends QEMU's arguments for `guest` to `cmd` (whose program is QEMU,
@@ -123,7 +128,12 @@ pub fn args(
     if guest.mem_bytes == 0 || !guest.mem_bytes.is_multiple_of(1 << 20) {
         bail!("QEMU needs a whole number of MiB of guest RAM (-m): use --mem 512M or similar");
     }
-    cmd.args(["-M", "virt", "-accel", "tcg", "-bios", "default"])
+    cmd.args(["-M", "virt", "-accel", "tcg", "-bios"])
+        .arg(
+            guest
+                .bios
+                .map_or("default".into(), |b| b.as_os_str().to_owned()),
+        )
         .arg("-smp")
         .arg(guest.cpus.to_string())
         .arg("-m")
@@ -151,6 +161,15 @@ pub fn args(
                 "-device",
                 "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56",
             ]);
+    }
+    if let Some(d) = guest.drive {
+        let d = d.to_str().context("the disk image's path is not UTF-8")?;
+        if d.contains(',') {
+            bail!("QEMU cannot take a disk image path with a comma: {d}");
+        }
+        cmd.arg("-drive")
+            .arg(format!("file={d},format=raw,if=none,id=hd0"))
+            .args(["-device", "virtio-blk-device,drive=hd0"]);
     }
     if incoming {
         cmd.args(["-incoming", "defer"]);
@@ -763,6 +782,8 @@ mod tests {
             balloon: true,
             cpus: 2,
             tap: Some("gwtap0"),
+            bios: None,
+            drive: None,
         };
         let mut c = Command::new("qemu");
         args(&mut c, &guest, Path::new("/q"), true, Some(Path::new("/g"))).unwrap();
@@ -780,6 +801,24 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("-incoming defer") && a.contains("-gdb unix:/g,server=on,wait=off"));
+        assert!(a.contains("-bios default"), "{a}");
+        let disk = Guest {
+            bios: Some(Path::new("/fw.bin")),
+            drive: Some(Path::new("/d.img")),
+            cmdline: guest.cmdline.clone(),
+            ..guest
+        };
+        let mut c = Command::new("qemu");
+        args(&mut c, &disk, Path::new("/q"), false, None).unwrap();
+        let a: Vec<String> = c.get_args().map(|s| s.to_string_lossy().into()).collect();
+        let a = a.join(" ");
+        assert!(a.contains("-bios /fw.bin"), "{a}");
+        assert!(
+            a.contains(
+                "-drive file=/d.img,format=raw,if=none,id=hd0 -device virtio-blk-device,drive=hd0"
+            ),
+            "{a}"
+        );
         let odd = Guest {
             mem_bytes: 1000,
             ..guest

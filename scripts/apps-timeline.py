@@ -11,7 +11,7 @@ its colour: the pause (from the source's pause to the destination's
 resume) as a shaded band, the last page's arrival (post-copy) as a dotted
 line, the migration's end as a dashed line.
 
-The phases come from the migration report's Unix times (paused_unix_ns,
+Runs with self-ballooning off are left out. The phases come from the migration report's Unix times (paused_unix_ns,
 resumed_unix_ns, destination.completed_unix_ns). Records that carry the
 run's epoch (epoch_unix_us) are placed exactly; older ones are aligned on
 the report's end (the destination's completion minus total_ms is the
@@ -32,15 +32,21 @@ COLOURS = {
     "postcopy-forward": "#8c564b",
     "postcopy-dual": "#2ca02c",
     "postcopy-multi-pivot": "#9467bd",
-    "hybrid": "#17becf",
+    "hybrid-dual": "#17becf",
+    "precopy (qemu)": "#7f7f7f",
+    "postcopy (qemu-rearm)": "#bcbd22",
+    "hybrid (qemu-rearm)": "#e377c2",
 }
 UNITS = {"kv": "requests/s", "web": "requests/s", "stream": "Mbit/s (both directions)"}
 BEFORE_S, AFTER_S = 4.0, 8.0
-W, H, ML, MR, MT, MB = 900, 420, 70, 200, 40, 50
+W, H, ML, MR, MT, MB = 960, 420, 70, 260, 40, 50
 
 
 def mode_of(r):
     m = r.get("mode", "?")
+    vmm = r.get("vmm") or "godwit"
+    if vmm != "godwit":
+        return f"{m} ({vmm})"
     return f"{m}-{r['prepaging']}" if r.get("prepaging") else m
 
 
@@ -170,7 +176,8 @@ def main():
     by_app = {}
     for f in sys.argv[2:]:
         for r in json.loads(Path(f).read_text())["runs"]:
-            if not r.get("ok") or not series_of(r):
+            # Self-ballooning off is left out: one line per mode is enough.
+            if not r.get("ok") or not series_of(r) or r.get("balloon") is False:
                 continue
             cells = by_app.setdefault(r["app"], {})
             cells.setdefault(mode_of(r), r)

@@ -34,8 +34,8 @@ COLOURS = {
     "postcopy-multi-pivot": "#9467bd",
     "hybrid-dual": "#17becf",
     "precopy (qemu)": "#7f7f7f",
-    "postcopy (qemu-rearm)": "#bcbd22",
-    "hybrid (qemu-rearm)": "#e377c2",
+    "postcopy (qemu+rearm)": "#bcbd22",
+    "hybrid (qemu+rearm)": "#e377c2",
 }
 UNITS = {"kv": "requests/s", "web": "requests/s", "stream": "Mbit/s (both directions)"}
 BEFORE_S, AFTER_S = 4.0, 8.0
@@ -44,7 +44,8 @@ W, H, ML, MR, MT, MB = 960, 420, 70, 260, 40, 50
 
 def mode_of(r):
     m = r.get("mode", "?")
-    vmm = r.get("vmm") or "godwit"
+    # "qemu+rearm" (older records: "qemu-rearm").
+    vmm = (r.get("vmm") or "godwit").replace("qemu-rearm", "qemu+rearm")
     if vmm != "godwit":
         return f"{m} ({vmm})"
     return f"{m}-{r['prepaging']}" if r.get("prepaging") else m

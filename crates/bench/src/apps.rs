@@ -56,6 +56,7 @@
 //! Every wait is bounded; every child is killed with its process group and
 //! the testbed is torn down on every path.
 
+use crate::migration::{Vmm, QEMU_DOWNTIME_LIMIT_MS};
 use crate::qemu::{self, Qemu, Qmp, Switch};
 use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
 use anyhow::{bail, Context, Result};
@@ -116,29 +117,6 @@ pub struct Options {
     pub qemu: Option<PathBuf>,
 }
 
-/// Which VMM runs a cell: Godwit, or QEMU (TCG) as shipped or with the
-/// guest's timer re-armed on the destination after a post-copy switch
-/// (QEMU 7.2 forgets it, see [`qemu::rearm_timer`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Vmm {
-    Godwit,
-    Qemu,
-    QemuRearm,
-}
-
-impl Vmm {
-    fn name(self) -> &'static str {
-        match self {
-            Vmm::Godwit => "godwit",
-            Vmm::Qemu => "qemu",
-            Vmm::QemuRearm => "qemu-rearm",
-        }
-    }
-}
-
-/// QEMU's `downtime-limit` (its default), ms.
-const QEMU_DOWNTIME_LIMIT_MS: u64 = 300;
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum App {
     Kv,
@@ -186,7 +164,7 @@ impl Cell {
 
     fn id(&self) -> String {
         if self.vmm != Vmm::Godwit {
-            return format!("{}-{}-{}", self.app.name(), self.vmm.name(), self.mode);
+            return format!("{}-{}{}", self.app.name(), self.vmm.id_prefix(), self.mode);
         }
         let mut id = match self.prepaging {
             Some(p) => format!("{}-{}-{p}", self.app.name(), self.mode),
@@ -1742,18 +1720,7 @@ impl<'a> Run<'a> {
             bail!("no QMP connections");
         };
         if Switch::for_mode(cell.mode) != Switch::Never {
-            let caps = |names: &[&str]| {
-                let list: Vec<Value> = names
-                    .iter()
-                    .map(|n| json!({ "capability": n, "state": true }))
-                    .collect();
-                json!({ "capabilities": list })
-            };
-            src_q.execute("migrate-set-capabilities", caps(&["postcopy-ram"]))?;
-            dst_q.execute(
-                "migrate-set-capabilities",
-                caps(&["postcopy-ram", "postcopy-blocktime"]),
-            )?;
+            qemu::enable_postcopy(&mut src_q, &mut dst_q)?;
         }
         dst_q.execute("migrate-incoming", json!({ "uri": format!("tcp:{addr}") }))?;
         self.qmp = Some((src_q, dst_q));

@@ -94,7 +94,7 @@ const STEADY_TIMEOUT: Duration = Duration::from_secs(120);
 /// pre-copy has no round limit: it would iterate forever).
 const QEMU_MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
 /// QEMU's `downtime-limit`, ms (its default, stated).
-const QEMU_DOWNTIME_LIMIT_MS: u64 = 300;
+pub(crate) const QEMU_DOWNTIME_LIMIT_MS: u64 = 300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Preset {
@@ -569,9 +569,9 @@ const QEMU_STRATEGIES: [Strategy; 4] = [
     },
 ];
 
-/// The VMM that migrates a cell's guest.
+/// The VMM that migrates a cell's guest (the memtouch and apps presets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Vmm {
+pub(crate) enum Vmm {
     Godwit,
     /// QEMU as shipped.
     Qemu,
@@ -582,7 +582,7 @@ enum Vmm {
 
 impl Vmm {
     /// The table's VMM column.
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Vmm::Godwit => "godwit",
             Vmm::Qemu => "qemu",
@@ -591,7 +591,7 @@ impl Vmm {
     }
 
     /// Before the strategy in cell ids (none for Godwit: its ids predate QEMU's).
-    fn id_prefix(self) -> &'static str {
+    pub(crate) fn id_prefix(self) -> &'static str {
         match self {
             Vmm::Godwit => "",
             Vmm::Qemu => "qemu-",
@@ -1287,18 +1287,7 @@ impl CellRun<'_> {
         let mut src_q = self.qmp(SRC, &src_qmp)?;
         let switch = Switch::for_mode(cell.strategy.mode);
         if switch != Switch::Never {
-            let caps = |names: &[&str]| {
-                let list: Vec<Value> = names
-                    .iter()
-                    .map(|n| json!({ "capability": n, "state": true }))
-                    .collect();
-                json!({ "capabilities": list })
-            };
-            src_q.execute("migrate-set-capabilities", caps(&["postcopy-ram"]))?;
-            dst_q.execute(
-                "migrate-set-capabilities",
-                caps(&["postcopy-ram", "postcopy-blocktime"]),
-            )?;
+            qemu::enable_postcopy(&mut src_q, &mut dst_q)?;
         }
         if cell.strategy.auto_converge {
             src_q.execute(

@@ -342,6 +342,24 @@ impl Switch {
     }
 }
 
+/// Turns post-copy on for a migration from `src` to `dst` (and QEMU's
+/// count of the destination's blocked vCPU time).
+pub fn enable_postcopy(src: &mut Qmp, dst: &mut Qmp) -> Result<()> {
+    let caps = |names: &[&str]| {
+        let list: Vec<Value> = names
+            .iter()
+            .map(|n| json!({ "capability": n, "state": true }))
+            .collect();
+        json!({ "capabilities": list })
+    };
+    src.execute("migrate-set-capabilities", caps(&["postcopy-ram"]))?;
+    dst.execute(
+        "migrate-set-capabilities",
+        caps(&["postcopy-ram", "postcopy-blocktime"]),
+    )?;
+    Ok(())
+}
+
 /// What the migration driver needs.
 pub struct Plan<'a> {
     /// `tcp:HOST:PORT` of the destination.

@@ -56,7 +56,7 @@
 //! Every wait is bounded; every child is killed with its process group and
 //! the testbed is torn down on every path.
 
-use crate::migration::{Vmm, QEMU_DOWNTIME_LIMIT_MS};
+use crate::migration::Vmm;
 use crate::qemu::{self, Qemu, Qmp, Switch};
 use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
 use anyhow::{bail, Context, Result};
@@ -1235,15 +1235,7 @@ impl<'a> Run<'a> {
             }
         }
         if let Some((src_q, _)) = self.qmp.as_mut() {
-            let mut params = json!({ "downtime-limit": QEMU_DOWNTIME_LIMIT_MS });
-            if let Some(bw) = self.max_bw {
-                // The same cap as Godwit's, before and after the switch.
-                params["max-bandwidth"] = json!(bw);
-                params["max-postcopy-bandwidth"] = json!(bw);
-            }
-            src_q
-                .execute("migrate-set-parameters", params)
-                .context("cannot set QEMU's migration parameters")?;
+            qemu::set_parameters(src_q, self.max_bw)?;
         } else if let Some(bw) = self.max_bw {
             control(
                 &src_sock,

@@ -93,8 +93,6 @@ const STEADY_TIMEOUT: Duration = Duration::from_secs(120);
 /// QEMU's migration completes within this time or is cancelled (QEMU's
 /// pre-copy has no round limit: it would iterate forever).
 const QEMU_MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
-/// QEMU's `downtime-limit`, ms (its default, stated).
-pub(crate) const QEMU_DOWNTIME_LIMIT_MS: u64 = 300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Preset {
@@ -980,7 +978,7 @@ impl Bench {
             "network": self.net.to_json(),
             "max_bandwidth_bytes_per_s": self.max_bandwidth,
             "qemu": match (&self.qemu, &self.qemu_missing) {
-                (Some(q), _) => json!({ "version": q.version, "exe": q.exe, "downtime_limit_ms": QEMU_DOWNTIME_LIMIT_MS }),
+                (Some(q), _) => json!({ "version": q.version, "exe": q.exe, "downtime_limit_ms": qemu::DOWNTIME_LIMIT_MS }),
                 (None, Some(why)) => json!({ "missing": why }),
                 (None, None) => Value::Null,
             },
@@ -1300,15 +1298,7 @@ impl CellRun<'_> {
         let ready_ms = self.consoles[SRC].wait_for("GODWIT READY", BOOT_TIMEOUT)?;
         self.wait_listening(port)?;
         self.warm_up()?;
-        let mut params = json!({ "downtime-limit": QEMU_DOWNTIME_LIMIT_MS });
-        if let Some(bytes_per_s) = b.max_bandwidth {
-            // The same cap as Godwit's, before and after the switch.
-            params["max-bandwidth"] = json!(bytes_per_s);
-            params["max-postcopy-bandwidth"] = json!(bytes_per_s);
-        }
-        src_q
-            .execute("migrate-set-parameters", params)
-            .context("cannot set QEMU's migration parameters")?;
+        qemu::set_parameters(&mut src_q, b.max_bandwidth)?;
         self.start_client()?;
 
         let start_ms = self.ms();
@@ -2154,14 +2144,15 @@ impl Bench {
                 s,
                 "QEMU rows ({}, TCG, `-M virt`, virtio-balloon-device with free-page-reporting; same kernel, initramfs, command line, RAM and link): \
                  *total* and *downtime (VMM)* are QEMU's `query-migrate` total-time and downtime; the guest figures come from the consoles as for Godwit. \
-                 max-bandwidth and max-postcopy-bandwidth are the cap above, downtime-limit {QEMU_DOWNTIME_LIMIT_MS} ms. \
+                 max-bandwidth and max-postcopy-bandwidth are the cap above, downtime-limit {} ms. \
                  Its pages per phase are estimated from its byte counters (precopy-bytes / downtime-bytes / postcopy-bytes); *zero* is QEMU's `duplicate` \
                  (which includes the pages the guest reported free: QEMU discards them, so they read as zero); *faults* are `postcopy-requests`. \
                  post-copy switches at once (as Godwit's post-copy), hybrid after the first pass (QEMU's usual recipe; it completes as pre-copy \
                  when the dirty set is below the downtime threshold by then). *qemu* is QEMU as shipped; *qemu+rearm* re-arms the guest's \
                  timer on the destination through QEMU's gdbstub as soon as it runs (QEMU migrates `stimecmp` but does not re-arm the timer \
                  behind it; the re-arm pauses the guest for a moment, which counts in its downtime).\n",
-                self.qemu.as_ref().map_or("QEMU", |q| q.version.as_str())
+                self.qemu.as_ref().map_or("QEMU", |q| q.version.as_str()),
+                qemu::DOWNTIME_LIMIT_MS
             );
         }
         let clients = cells.iter().any(|c| c.workload == Workload::Netserve);

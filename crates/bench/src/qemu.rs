@@ -342,6 +342,22 @@ impl Switch {
     }
 }
 
+/// QEMU's `downtime-limit`, ms (its default, stated).
+pub const DOWNTIME_LIMIT_MS: u64 = 300;
+
+/// Sets the source's migration parameters: [`DOWNTIME_LIMIT_MS`], and
+/// `max_bw` bytes/s (Godwit's cap) before and after a post-copy switch.
+pub fn set_parameters(src: &mut Qmp, max_bw: Option<u64>) -> Result<()> {
+    let mut params = json!({ "downtime-limit": DOWNTIME_LIMIT_MS });
+    if let Some(bw) = max_bw {
+        params["max-bandwidth"] = json!(bw);
+        params["max-postcopy-bandwidth"] = json!(bw);
+    }
+    src.execute("migrate-set-parameters", params)
+        .context("cannot set QEMU's migration parameters")?;
+    Ok(())
+}
+
 /// Turns post-copy on for a migration from `src` to `dst` (and QEMU's
 /// count of the destination's blocked vCPU time).
 pub fn enable_postcopy(src: &mut Qmp, dst: &mut Qmp) -> Result<()> {

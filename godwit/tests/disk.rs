@@ -155,7 +155,14 @@ fn disk_receiver(to: &str, sock: &Path, drive: &str, extra: &[&str]) -> Running 
 /// log: every record up to `acked` is there, in order; with `untorn`, no
 /// torn record after the last.
 fn verify_log(drive: &str, acked: i64, timeout_s: u32, untorn: bool) {
-    let out = run_workload_with(&["--drive", drive], "diskcheck", "mode=verify", timeout_s);
+    // A heartbeat every 5 ms: a full 16 MiB log scans in under 100 ms, the
+    // default period, and the clean-run check wants at least one beat.
+    let out = run_workload_with(
+        &["--drive", drive],
+        "diskcheck",
+        "mode=verify hb_ms=5",
+        timeout_s,
+    );
     let verify = assert_clean_run(&out);
     let last = verify["last_seq"].as_i64().unwrap_or(-1);
     assert!(

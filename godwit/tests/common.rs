@@ -274,8 +274,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// The JSON of a `GODWIT <kind> {...}` line.
+///
+/// The last `GODWIT ` in the line counts: a source that stopped its guest in
+/// the middle of a line and later runs it again (a failover from a
+/// checkpoint) has the start of that line, printed before the switch, in
+/// front of the first line the guest writes after it.
 pub fn line_json(line: &str) -> serde_json::Value {
-    let j = line
+    let line_from = line.rfind("GODWIT ").map_or(line, |at| &line[at..]);
+    let j = line_from
         .split_once(' ')
         .and_then(|(_, rest)| rest.split_once(' '))
         .map(|(_, j)| j)

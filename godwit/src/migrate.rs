@@ -58,6 +58,10 @@ pub struct Args {
     /// With --failover-timeout: ms between the destination's checkpoints.
     #[arg(long, value_name = "MS")]
     checkpoint_interval: Option<u64>,
+    /// Compress the bulk page transfer (pre-copy rounds, the stop-and-copy
+    /// pass): none, lz4 or zstd. Demand replies are never compressed.
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    compress: String,
     /// TLS identity folder (`godwit tls-gen`), as seen by the source VMM.
     #[arg(long, required_unless_present = "tls_plain")]
     tls_dir: Option<PathBuf>,
@@ -113,6 +117,7 @@ pub fn run(args: Args) -> Result<i32> {
             params["tls-plain"] = json!(args.tls_plain);
         }
     }
+    params["compress"] = json!(args.compress);
     params["hot-pages-first"] = json!(!args.no_hot_pages_first);
     params["hot-pages-ahead"] = json!(!args.no_hot_pages_ahead);
     if args.auto_converge {
@@ -330,6 +335,16 @@ pub fn summary(r: &Value) -> String {
                 steps.join(", ")
             },
             f("throttled_vcpu_ms"),
+        );
+    }
+    if let Some(codec) = r["compress"].as_str().filter(|c| *c != "none") {
+        let plain = f("compress_plain_bytes");
+        s += &format!(
+            "  compression: {codec}, page batches {:.1} MB -> {:.1} MB on the wire ({:.2}x), {:.0} ms of source CPU\n",
+            plain / 1e6,
+            f("compress_wire_bytes") / 1e6,
+            plain / f("compress_wire_bytes").max(1.0),
+            f("compress_ms"),
         );
     }
     s += &fault_path(&r["fault_breakdown"], u("demands_in_flight"));

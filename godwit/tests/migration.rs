@@ -288,6 +288,34 @@ fn precopy_auto_converge_throttles_a_busy_writer() {
 }
 
 #[test]
+fn precopy_compresses_its_pages_with_lz4_and_zstd() {
+    // memtouch writes one word per cache line: its pages shrink a lot, and
+    // every one of them must arrive exactly as written.
+    for codec in ["lz4", "zstd"] {
+        let r = migrate_and_check_with(
+            &format!("pre-{codec}"),
+            "memtouch",
+            "wws_mb=16 pages_per_s=5000 order=rand",
+            "precopy",
+            "none",
+            &["--compress", codec],
+        );
+        assert_eq!(r["compress"], json!(codec), "{r}");
+        let plain = r["compress_plain_bytes"].as_u64().unwrap();
+        let wire = r["compress_wire_bytes"].as_u64().unwrap();
+        assert!(
+            plain >= 16 << 20,
+            "the working set went through the packer: {r}"
+        );
+        assert!(
+            wire * 2 < plain,
+            "{codec} halves sparse pages at least: {r}"
+        );
+        assert!(r["bytes_sent"].as_u64().unwrap() < plain, "{r}");
+    }
+}
+
+#[test]
 fn postcopy_none_memtouch() {
     migrate_and_check(
         "pc-none",

@@ -235,6 +235,9 @@ pub struct Params {
     pub failover_ms: u64,
     /// With `failover_ms`: ms between the destination's checkpoints.
     pub checkpoint_ms: u64,
+    /// How page batches of the bulk transfer (pre-copy rounds, the
+    /// stop-and-copy pass) are compressed on the wire.
+    pub compress: wire::Codec,
 }
 
 impl Params {
@@ -270,6 +273,7 @@ impl Default for Params {
             auto_converge: false,
             failover_ms: 0,
             checkpoint_ms: 50,
+            compress: wire::Codec::None,
         }
     }
 }

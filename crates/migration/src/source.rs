@@ -4,7 +4,7 @@
 use crate::prepaging::PushOrder;
 use crate::stats::{Progress, Report, Status, ThrottleStep};
 use crate::transport::{Conn, Security};
-use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
+use crate::wire::{self, Channel, Codec, Hello, Msg, Packer, Page, WireError, PAGE};
 use crate::{converge, or_into, unix_ns, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
@@ -96,11 +96,43 @@ fn expect(s: &Conn, pages: usize, what: &str) -> Result<Msg> {
 struct Out<'a> {
     w: BufWriter<&'a Conn>,
     progress: &'a Progress,
+    /// Packs page batches (the bulk transfer's connection only).
+    packer: Option<Packer>,
+    packed: Packed,
 }
 
-impl Out<'_> {
+/// What packing page batches did.
+#[derive(Default)]
+struct Packed {
+    /// Page-batch bytes before and after packing.
+    plain_bytes: u64,
+    wire_bytes: u64,
+    /// Time spent packing.
+    ns: u64,
+}
+
+impl<'a> Out<'a> {
+    fn new(w: BufWriter<&'a Conn>, progress: &'a Progress) -> Out<'a> {
+        Out {
+            w,
+            progress,
+            packer: None,
+            packed: Packed::default(),
+        }
+    }
+
     fn send(&mut self, m: &Msg) -> Result<()> {
-        let bytes = m.encode();
+        let bytes = match &mut self.packer {
+            Some(p) if matches!(m, Msg::Pages(_)) => {
+                let t = Instant::now();
+                let (bytes, plain) = p.encode(m).context("cannot compress a page batch")?;
+                self.packed.ns += t.elapsed().as_nanos() as u64;
+                self.packed.plain_bytes += plain as u64;
+                self.packed.wire_bytes += bytes.len() as u64;
+                bytes
+            }
+            _ => m.encode(),
+        };
         self.progress
             .bytes_sent
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -472,10 +504,10 @@ impl Session<'_> {
     fn run(&mut self, conns: Conns) -> Result<()> {
         let Conns { main, fault, pages } = conns;
         let reader = &main;
-        let mut out = Out {
-            w: BufWriter::with_capacity(1 << 20, &main),
-            progress: self.progress,
-        };
+        let mut out = Out::new(BufWriter::with_capacity(1 << 20, &main), self.progress);
+        if self.params.compress != Codec::None {
+            out.packer = Some(Packer::new(self.params.compress)?);
+        }
         self.progress.set_status(Status::Active);
         let nonfree = (0..pages).filter(|&p| !self.ram.free_map().get(p)).count() as u64;
         self.report.nonfree_pages = nonfree;
@@ -587,6 +619,10 @@ impl Session<'_> {
         r.pages_free_skipped = g(&self.progress.pages_free_skipped);
         r.bytes_sent = g(&self.progress.bytes_sent);
         r.recoveries = g(&self.progress.recoveries);
+        r.compress = self.params.compress.name().to_string();
+        r.compress_plain_bytes = out.packed.plain_bytes;
+        r.compress_wire_bytes = out.packed.wire_bytes;
+        r.compress_ms = out.packed.ns as f64 / 1e6;
         if r.resumed_unix_ns > r.paused_unix_ns {
             r.downtime_ms = (r.resumed_unix_ns - r.paused_unix_ns) as f64 / 1e6;
         }
@@ -810,10 +846,7 @@ impl Session<'_> {
                 Some(c) => (&c.main, &c.fault),
             };
             // Everything before Go was flushed: each link gets its own writer.
-            let mut out = Out {
-                w: BufWriter::with_capacity(1 << 20, main),
-                progress,
-            };
+            let mut out = Out::new(BufWriter::with_capacity(1 << 20, main), progress);
             match self.postcopy_transfer(&mut out, main, fault, &done, pages) {
                 Ok(json) => {
                     self.merge_dest_report(&json);
@@ -1031,10 +1064,10 @@ impl Session<'_> {
         let order = Mutex::new(PushOrder::new(self.params.prepaging, pages));
         let ram = self.ram;
         let start = progress.started;
-        let replies = Mutex::new(Out {
-            w: BufWriter::with_capacity(64 << 10, fault),
+        let replies = Mutex::new(Out::new(
+            BufWriter::with_capacity(64 << 10, fault),
             progress,
-        });
+        ));
         let backup = &self.backup;
         let interval = Duration::from_millis(self.params.checkpoint_ms.max(1));
         let stop = AtomicBool::new(false);

@@ -311,6 +311,14 @@ pub struct Report {
     pub auto_converge: bool,
     /// The strongest vCPU throttle it set, per mille (0: none).
     pub throttle_max_permille: u32,
+    /// The compression of the bulk page transfer (`none`, `lz4`, `zstd`).
+    pub compress: String,
+    /// Page-batch bytes it was given and what went on the wire for them
+    /// (equal without compression).
+    pub compress_plain_bytes: u64,
+    pub compress_wire_bytes: u64,
+    /// Source CPU time spent compressing, ms.
+    pub compress_ms: f64,
     /// Time the vCPUs slept for the throttle, summed over vCPUs, ms: the
     /// guest's CPU time lost to auto-converge.
     pub throttled_vcpu_ms: f64,

@@ -167,6 +167,9 @@ pub struct MigrationParameters {
     /// With failover: ms between the destination's checkpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval: Option<u64>,
+    /// Compression of the bulk page transfer: `none`, `lz4` or `zstd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
 }
 
 impl MigrationParameters {
@@ -219,6 +222,9 @@ impl MigrationParameters {
         }
         if let Some(v) = self.checkpoint_interval {
             n.checkpoint_ms = v;
+        }
+        if let Some(c) = &self.compress {
+            n.compress = c.parse().map_err(CommandError::generic)?;
         }
         *p = n;
         Ok(())
@@ -305,6 +311,7 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use godwit_migration::wire::Codec;
     use serde_json::json;
 
     fn parse(name: &str, args: Value) -> Result<Command, CommandError> {
@@ -378,5 +385,19 @@ mod tests {
             (p.max_bandwidth, p.mode, p.downtime_limit_ms),
             (7, Mode::Precopy, 1)
         );
+        let gzip = MigrationParameters {
+            compress: Some("gzip".into()),
+            max_bandwidth: Some(9),
+            ..Default::default()
+        };
+        let e = gzip.apply(&mut p).unwrap_err();
+        assert!(format!("{e:?}").contains("gzip"), "{e:?}");
+        assert_eq!((p.max_bandwidth, p.compress), (7, Codec::None));
+        let zstd = MigrationParameters {
+            compress: Some("zstd".into()),
+            ..Default::default()
+        };
+        zstd.apply(&mut p).unwrap();
+        assert_eq!(p.compress, Codec::Zstd);
     }
 }

@@ -82,8 +82,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // Decoding copies at most the body (a page's box per 4101 bytes, a
     // state, frames), a list with room for what the body can hold (32
-    // bytes a frame of at least 6) and an error message.
-    let limit = 16 * 1024 + 8 * body.len();
+    // bytes a frame of at least 6) and an error message; a packed batch
+    // unpacks to at most MAX_PACKED_RAW bytes and their pages, whatever
+    // its size (zstd shrinks uniform pages a thousandfold).
+    let limit = 16 * 1024 + 8 * body.len() + 3 * wire::MAX_PACKED_RAW;
     let got = alloc::bounded("Msg::decode", limit, || Msg::decode(&body, pages));
     if let Ok(msg) = got {
         check(&msg, pages);

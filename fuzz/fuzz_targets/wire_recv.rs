@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         let before = stream.len();
         // A body is read in steps that at most double what arrived (the
         // first 64 KiB), then decoded: a few times what arrived.
-        let limit = (256 << 10) + 4 * before;
+        let limit = (256 << 10) + 4 * before + 3 * wire::MAX_PACKED_RAW;
         let got: Result<Msg, _> =
             alloc::bounded("wire::recv", limit, || wire::recv(&mut stream, pages));
         if got.is_err() || stream.len() == before {

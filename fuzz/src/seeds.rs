@@ -12,7 +12,7 @@ use godwit_hart::{GuestClock, Hart};
 use godwit_machine::state::{HartRun, SavedHart};
 use godwit_machine::{BoardConfig, DeviceConfig, VmState};
 use godwit_memory::GuestRam;
-use godwit_migration::wire::{Channel, Hello, Msg, Page, VERSION};
+use godwit_migration::wire::{Channel, Codec, Hello, Msg, Packer, Page, VERSION};
 use std::sync::Arc;
 
 /// Seeds by target: `(target, name, bytes)`.
@@ -24,6 +24,25 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         let mut b = Output::default();
         b.u8(2).u16(pages as u16).bytes(&frame[4..]);
         add("wire_msg", name, b.0);
+    }
+    // Page batches packed by the source's own packer, each codec.
+    for codec in [Codec::Lz4, Codec::Zstd] {
+        let batch = Msg::Pages(
+            (0..8)
+                .map(|i| Page {
+                    index: i * 7,
+                    data: Some(Box::new([i as u8; 4096])),
+                })
+                .collect(),
+        );
+        if let Ok((frame, _)) = Packer::new(codec).and_then(|mut p| p.encode(&batch)) {
+            let mut b = Output::default();
+            b.u8(2).u16(100).bytes(&frame[4..]);
+            add("wire_msg", &format!("packed-{codec}"), b.0);
+            let mut b = Output::default();
+            b.u8(0).u16(100).bytes(&frame);
+            add("wire_recv", &format!("packed-{codec}"), b.0);
+        }
     }
     // The streams a destination reads: the handshake, pre-copy, post-copy.
     let ms = messages();

@@ -56,7 +56,7 @@
 //! Every wait is bounded; every child is killed with its process group and
 //! the testbed is torn down on every path.
 
-use crate::migration::Vmm;
+use crate::migration::{Vmm, QEMU_MULTIFD_CHANNELS};
 use crate::qemu::{self, Qemu, Qmp, Switch};
 use crate::testbed::{self, LinkConfig, Process, Side, Testbed};
 use anyhow::{bail, Context, Result};
@@ -149,6 +149,12 @@ struct Cell {
     /// pages skipped by the migration); off: `godwit run --no-balloon`.
     balloon: bool,
     vmm: Vmm,
+    /// Compression of the bulk page transfer: Godwit's `--compress`; for
+    /// QEMU, multifd ([`QEMU_MULTIFD_CHANNELS`] channels) with this
+    /// `multifd-compression`.
+    compress: Option<&'static str>,
+    /// Pre-copy's auto-converge (the vCPU throttle).
+    auto_converge: bool,
 }
 
 impl Cell {
@@ -159,21 +165,52 @@ impl Cell {
             prepaging,
             balloon: true,
             vmm: Vmm::Godwit,
+            compress: None,
+            auto_converge: false,
         }
     }
 
     fn id(&self) -> String {
-        if self.vmm != Vmm::Godwit {
-            return format!("{}-{}{}", self.app.name(), self.vmm.id_prefix(), self.mode);
-        }
-        let mut id = match self.prepaging {
-            Some(p) => format!("{}-{}-{p}", self.app.name(), self.mode),
-            None => format!("{}-{}", self.app.name(), self.mode),
+        let mut id = if self.vmm != Vmm::Godwit {
+            format!("{}-{}{}", self.app.name(), self.vmm.id_prefix(), self.mode)
+        } else {
+            match self.prepaging {
+                Some(p) => format!("{}-{}-{p}", self.app.name(), self.mode),
+                None => format!("{}-{}", self.app.name(), self.mode),
+            }
         };
+        if let Some(c) = self.compress {
+            if self.vmm != Vmm::Godwit {
+                id.push_str("-multifd");
+            }
+            id.push('-');
+            id.push_str(c);
+        }
+        if self.auto_converge {
+            id.push_str("-ac");
+        }
         if !self.balloon {
             id.push_str("-noballoon");
         }
         id
+    }
+
+    /// The table's mode column.
+    fn mode_label(&self) -> String {
+        let mut l = self.mode.to_string();
+        if let Some(c) = self.compress {
+            if self.vmm != Vmm::Godwit {
+                l += &format!(" +multifd×{QEMU_MULTIFD_CHANNELS}");
+            }
+            l += &format!(" +{c}");
+        }
+        if self.auto_converge {
+            l += " +auto-converge";
+        }
+        if self.vmm != Vmm::Godwit {
+            l += &format!(" ({})", self.vmm.name());
+        }
+        l
     }
 }
 
@@ -207,6 +244,15 @@ fn matrix(quick: bool) -> Vec<Cell> {
                 ..Cell::new(app, mode, prepaging)
             });
         }
+        // Pre-copy with its bulk transfer compressed, and with
+        // auto-converge too (QEMU's tuned cell below does the same).
+        for (compress, auto_converge) in [("lz4", false), ("zstd", false), ("zstd", true)] {
+            v.push(Cell {
+                compress: Some(compress),
+                auto_converge,
+                ..Cell::new(app, "precopy", None)
+            });
+        }
         // QEMU beside it: pre-copy as shipped; post-copy (switched at once)
         // and hybrid (switched after the first pass) with the timer re-arm.
         // Not the build: its wall time under QEMU's translator would need
@@ -222,6 +268,13 @@ fn matrix(quick: bool) -> Vec<Cell> {
                     ..Cell::new(app, mode, None)
                 });
             }
+            // QEMU's pre-copy tuned: multifd with zstd, auto-converge.
+            v.push(Cell {
+                vmm: Vmm::Qemu,
+                compress: Some("zstd"),
+                auto_converge: true,
+                ..Cell::new(app, "precopy", None)
+            });
         }
     }
     v
@@ -354,6 +407,8 @@ pub fn run(o: &Options) -> Result<i32> {
             rec["mode"] = json!(cell.mode);
             rec["prepaging"] = json!(cell.prepaging);
             rec["balloon"] = json!(cell.balloon);
+            rec["compress"] = json!(cell.compress);
+            rec["auto_converge"] = json!(cell.auto_converge);
             rec["vmm"] = json!(cell.vmm.name());
             rec["run"] = json!(run);
             rec["wall_s"] = json!(t0.elapsed().as_secs_f64());
@@ -1714,6 +1769,12 @@ impl<'a> Run<'a> {
         if Switch::for_mode(cell.mode) != Switch::Never {
             qemu::enable_postcopy(&mut src_q, &mut dst_q)?;
         }
+        if let Some(c) = cell.compress {
+            qemu::enable_multifd(&mut src_q, &mut dst_q, QEMU_MULTIFD_CHANNELS, c)?;
+        }
+        if cell.auto_converge {
+            qemu::enable_auto_converge(&mut src_q)?;
+        }
         dst_q.execute("migrate-incoming", json!({ "uri": format!("tcp:{addr}") }))?;
         self.qmp = Some((src_q, dst_q));
         Ok(())
@@ -1778,6 +1839,12 @@ impl<'a> Run<'a> {
         m.args(["--to", addr, "--tls-plain", "--mode", cell.mode]);
         if let Some(p) = cell.prepaging {
             m.args(["--prepaging", p]);
+        }
+        if let Some(c) = cell.compress {
+            m.args(["--compress", c]);
+        }
+        if cell.auto_converge {
+            m.arg("--auto-converge");
         }
         m.arg("--json").arg(report_path);
         m.args(["--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
@@ -1932,9 +1999,9 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
         BUILD_BEFORE.as_secs(),
         WWS_WINDOW.as_secs()
     );
-    s.push_str("| cell | mode | prepaging | balloon | total ms | downtime ms (VMM) | downtime ms (client) | pages pre/stop/demand/pushed/zero/free | network faults | WWS MiB | faults % of WWS | load before / during / after (kv, web: req/s; stream: Mbit/s; build: wall s, vs unmigrated) | failed | runs ok |\n");
+    s.push_str("| cell | mode | prepaging | balloon | total ms | downtime ms (VMM) | downtime ms (client) | MB sent | pages pre/stop/demand/pushed/zero/free | network faults | WWS MiB | faults % of WWS | load before / during / after (kv, web: req/s; stream: Mbit/s; build: wall s, vs unmigrated) | failed | runs ok |\n");
     s.push_str(
-        "| --- | --- | --- | --- | --: | --: | --: | --- | --: | --: | --: | --- | --: | --- |\n",
+        "| --- | --- | --- | --- | --: | --: | --: | --: | --- | --: | --: | --: | --- | --: | --- |\n",
     );
     for c in cells {
         let rs: Vec<&Value> = records
@@ -1978,20 +2045,18 @@ fn table(o: &Options, cells: &[Cell], max_bw: Option<u64>, records: &[Value]) ->
                 stat(&|r: &Value| num(&r["client"]["rps_after"]), 0)
             )
         };
-        let _ = writeln!(
+        let _ =
+            writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {} | {}/{} |",
             c.app.name(),
-            if c.vmm == Vmm::Godwit {
-                c.mode.to_string()
-            } else {
-                format!("{} ({})", c.mode, c.vmm.name())
-            },
+            c.mode_label(),
             c.prepaging.unwrap_or("-"),
             if c.balloon { "on" } else { "off" },
             stat(&|r: &Value| num(&r["report"]["total_ms"]), 0),
             stat(&|r: &Value| num(&r["report"]["downtime_ms"]), 1),
             stat(&|r: &Value| num(&r["client"]["downtime_client_ms"]), 1),
+            stat(&|r: &Value| num(&r["report"]["bytes_sent"]).map(|b| b / 1e6), 0),
             pages.join(" / "),
             stat(&|r: &Value| num(&r["report"]["network_faults"]), 0),
             stat(&|r: &Value| num(&r["wws"]["dirty-mib"]), 0),
@@ -2020,7 +2085,10 @@ mod tests {
     #[test]
     fn cells_values_and_series() {
         let ids: Vec<String> = matrix(false).iter().map(Cell::id).collect();
-        assert_eq!(ids.len(), 4 * 9 + 1 + 3 * 3);
+        assert_eq!(ids.len(), 4 * 12 + 1 + 3 * 4);
+        assert!(ids.contains(&"kv-precopy-lz4".to_string()));
+        assert!(ids.contains(&"build-precopy-zstd-ac".to_string()));
+        assert!(ids.contains(&"web-qemu-precopy-multifd-zstd-ac".to_string()));
         assert!(ids.contains(&"web-qemu-rearm-postcopy".to_string()));
         assert!(!ids.iter().any(|i| i.starts_with("build-qemu")));
         assert!(ids.contains(&"stream-precopy".to_string()));
@@ -2084,7 +2152,7 @@ mod tests {
         assert!(build_cmd().contains("make -j2 linux"));
         assert!(ids.contains(&"kv-postcopy-dual".to_string()));
         assert_eq!(select(matrix(false), Some("web,postcopy-")).len(), 5);
-        assert_eq!(select(matrix(false), Some("kv,qemu")).len(), 3);
+        assert_eq!(select(matrix(false), Some("kv,qemu")).len(), 4);
         assert_eq!(kv_value(7), kv_value(7));
         assert_ne!(kv_value(7), kv_value(8));
         assert_eq!(kv_value(1).len(), KV_VALUE_BYTES);

@@ -154,7 +154,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     after_s: u32,
     /// Run only cells whose id contains every comma-separated word
-    /// (e.g. "postcopy,wws64"); see --list.
+    /// (e.g. "postcopy,wws64"); a word can be alternatives ("kv-|web-")
+    /// or a negation ("!noballoon"); see --list.
     #[arg(long)]
     only: Option<String>,
     /// Print the cell ids and exit.
@@ -495,75 +496,106 @@ struct Strategy {
     prepaging: Option<&'static str>,
     /// Pre-copy with auto-converge (the vCPU throttle).
     auto_converge: bool,
+    /// Pre-copy's bulk transfer compressed: Godwit's `--compress`; QEMU's
+    /// multifd ([`QEMU_MULTIFD_CHANNELS`] channels) with this
+    /// `multifd-compression`.
+    compress: Option<&'static str>,
 }
 
+/// QEMU's multifd channels in its compressed pre-copy: one per host core.
+pub(crate) const QEMU_MULTIFD_CHANNELS: u32 = 2;
+
 /// Every strategy the paper compares, in table order.
-const STRATEGIES: [Strategy; 8] = [
+const STRATEGIES: [Strategy; 9] = [
     Strategy {
         mode: "stop-and-copy",
         prepaging: None,
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "precopy",
         prepaging: None,
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "precopy",
         prepaging: None,
         auto_converge: true,
+        compress: None,
+    },
+    Strategy {
+        mode: "precopy",
+        prepaging: None,
+        auto_converge: true,
+        compress: Some("zstd"),
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("none"),
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("forward"),
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("dual"),
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "postcopy",
         prepaging: Some("multi-pivot"),
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "hybrid",
         prepaging: None,
         auto_converge: false,
+        compress: None,
     },
 ];
 
 /// The modes QEMU runs: pre-copy, post-copy switching at once (as Godwit's
 /// post-copy), and post-copy after the first pass (QEMU's usual recipe,
 /// Godwit's hybrid); see [`Switch::for_mode`].
-const QEMU_STRATEGIES: [Strategy; 4] = [
+const QEMU_STRATEGIES: [Strategy; 5] = [
     Strategy {
         mode: "precopy",
         prepaging: None,
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "precopy",
         prepaging: None,
         auto_converge: true,
+        compress: None,
+    },
+    Strategy {
+        mode: "precopy",
+        prepaging: None,
+        auto_converge: true,
+        compress: Some("zstd"),
     },
     Strategy {
         mode: "postcopy",
         prepaging: None,
         auto_converge: false,
+        compress: None,
     },
     Strategy {
         mode: "hybrid",
         prepaging: None,
         auto_converge: false,
+        compress: None,
     },
 ];
 
@@ -613,11 +645,18 @@ impl Vmm {
 
 impl Strategy {
     fn id(&self) -> String {
-        match (self.prepaging, self.auto_converge) {
-            (Some(p), _) => format!("{}-{p}", self.mode),
-            (None, true) => format!("{}-ac", self.mode),
-            (None, false) => self.mode.into(),
+        let mut id = match self.prepaging {
+            Some(p) => format!("{}-{p}", self.mode),
+            None => self.mode.into(),
+        };
+        if let Some(c) = self.compress {
+            id += "-";
+            id += c;
         }
+        if self.auto_converge {
+            id += "-ac";
+        }
+        id
     }
 }
 
@@ -644,19 +683,26 @@ impl Cell {
 
     /// The table's strategy column when no report says better.
     fn strategy_label(&self) -> String {
-        let ac = if self.strategy.auto_converge {
-            "auto-converge"
-        } else {
-            ""
-        };
-        match (self.vmm.is_qemu(), self.strategy.prepaging) {
-            (true, _) if self.strategy.auto_converge => {
-                format!("{}+{ac}", Switch::for_mode(self.strategy.mode).label())
+        let st = &self.strategy;
+        let mut parts: Vec<String> = Vec::new();
+        if self.vmm.is_qemu() {
+            parts.push(Switch::for_mode(st.mode).label().into());
+            if st.compress.is_some() {
+                parts.push(format!("multifd×{QEMU_MULTIFD_CHANNELS}"));
             }
-            (true, _) => Switch::for_mode(self.strategy.mode).label().into(),
-            (false, Some(p)) => p.into(),
-            (false, None) if self.strategy.auto_converge => ac.into(),
-            (false, None) => "-".into(),
+        } else if let Some(p) = st.prepaging {
+            parts.push(p.into());
+        }
+        if let Some(c) = st.compress {
+            parts.push(c.into());
+        }
+        if st.auto_converge {
+            parts.push("auto-converge".into());
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join("+")
         }
     }
 
@@ -726,7 +772,9 @@ fn select(cells: Vec<Cell>, only: Option<&str>) -> Vec<Cell> {
 }
 
 /// The items whose `id` contains every comma-separated word of `only`
-/// (`--only` of every preset); all of them without `only`.
+/// (`--only` of every preset); all of them without `only`. A word may be
+/// alternatives (`precopy|stop`: one of them) or start with `!` (`!qemu`:
+/// not this).
 pub(crate) fn select_by_id<T>(
     items: Vec<T>,
     only: Option<&str>,
@@ -742,7 +790,10 @@ pub(crate) fn select_by_id<T>(
         .into_iter()
         .filter(|c| {
             let id = id(c);
-            words.iter().all(|w| id.contains(w))
+            words.iter().all(|w| match w.strip_prefix('!') {
+                Some(not) => !id.contains(not),
+                None => w.split('|').any(|alt| id.contains(alt)),
+            })
         })
         .collect()
 }
@@ -1161,6 +1212,9 @@ impl CellRun<'_> {
         if let Some(p) = cell.strategy.prepaging {
             migrate.args(["--prepaging", p]);
         }
+        if let Some(c) = cell.strategy.compress {
+            migrate.args(["--compress", c]);
+        }
         if cell.strategy.auto_converge {
             migrate.arg("--auto-converge");
         }
@@ -1287,11 +1341,11 @@ impl CellRun<'_> {
         if switch != Switch::Never {
             qemu::enable_postcopy(&mut src_q, &mut dst_q)?;
         }
+        if let Some(c) = cell.strategy.compress {
+            qemu::enable_multifd(&mut src_q, &mut dst_q, QEMU_MULTIFD_CHANNELS, c)?;
+        }
         if cell.strategy.auto_converge {
-            src_q.execute(
-                "migrate-set-capabilities",
-                json!({ "capabilities": [{ "capability": "auto-converge", "state": true }] }),
-            )?;
+            qemu::enable_auto_converge(&mut src_q)?;
         }
         dst_q.execute("migrate-incoming", json!({ "uri": uri }))?;
 
@@ -2581,7 +2635,7 @@ mod tests {
     #[test]
     fn matrices() {
         let quick = matrix(Preset::Quick);
-        assert_eq!(quick.len(), 16 + 2 * 4);
+        assert_eq!(quick.len(), 18 + 2 * 5);
         assert!(quick
             .iter()
             .all(|c| c.balloon && c.workload.wws_mb() == Some(64)));
@@ -2593,10 +2647,17 @@ mod tests {
         assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-precopy".to_string()));
         assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-rearm-postcopy".to_string()));
         assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-rearm-precopy-ac".to_string()));
-        assert_eq!(select(quick, Some("qemu")).len(), 8);
+        assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-precopy-zstd-ac".to_string()));
+        assert_eq!(select(quick.clone(), Some("qemu")).len(), 10);
+        // Alternatives and negations.
+        assert_eq!(select(quick.clone(), Some("stop|zstd,!qemu")).len(), 4);
+        assert_eq!(
+            select(quick, Some("pps20000,precopy|hybrid,!rearm")).len(),
+            4 + 4
+        );
         let full = matrix(Preset::Full);
         // Godwit: every strategy everywhere; QEMU: the fixed-rate WWS sweep, balloon on.
-        assert_eq!(full.len(), (10 + 3) * 2 * 8 + 5 * 2 * 4);
+        assert_eq!(full.len(), (10 + 3) * 2 * 9 + 5 * 2 * 5);
         let ids: BTreeSet<String> = full.iter().map(Cell::id).collect();
         assert_eq!(ids.len(), full.len(), "cell ids are unique");
         assert!(ids.contains("memtouch-wws256-busy-noballoon-postcopy-multi-pivot"));

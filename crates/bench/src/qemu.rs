@@ -376,6 +376,39 @@ pub fn enable_postcopy(src: &mut Qmp, dst: &mut Qmp) -> Result<()> {
     Ok(())
 }
 
+/// Turns QEMU's multifd on at both ends: `channels` parallel streams,
+/// each compressing with `compression` (`none`, `zlib`, `zstd`).
+pub fn enable_multifd(
+    src: &mut Qmp,
+    dst: &mut Qmp,
+    channels: u32,
+    compression: &str,
+) -> Result<()> {
+    for q in [src, dst] {
+        q.execute(
+            "migrate-set-capabilities",
+            json!({ "capabilities": [{ "capability": "multifd", "state": true }] }),
+        )
+        .context("QEMU refused multifd")?;
+        q.execute(
+            "migrate-set-parameters",
+            json!({ "multifd-channels": channels, "multifd-compression": compression }),
+        )
+        .with_context(|| format!("QEMU refused multifd with {compression}"))?;
+    }
+    Ok(())
+}
+
+/// Turns QEMU's auto-converge (the vCPU throttle) on at the source.
+pub fn enable_auto_converge(src: &mut Qmp) -> Result<()> {
+    src.execute(
+        "migrate-set-capabilities",
+        json!({ "capabilities": [{ "capability": "auto-converge", "state": true }] }),
+    )
+    .context("QEMU refused auto-converge")?;
+    Ok(())
+}
+
 /// What the migration driver needs.
 pub struct Plan<'a> {
     /// `tcp:HOST:PORT` of the destination.

@@ -773,6 +773,17 @@ fn status() -> Result<i32> {
     Ok(0)
 }
 
+/// Bytes the source has sent on the migration link so far (its veth end's
+/// counter: every frame, headers included, whatever the VMM's own count).
+pub fn link_tx_bytes() -> Result<u64> {
+    let out = ip(&["-n", SRC_NS, "-s", "-j", "link", "show", SRC_IF])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).context("`ip -s -j link` printed no JSON")?;
+    v[0]["stats64"]["tx"]["bytes"]
+        .as_u64()
+        .context("`ip -s -j link` gave no tx byte count for the migration link")
+}
+
 fn ip(args: &[&str]) -> Result<String> {
     tool("ip", args)
 }

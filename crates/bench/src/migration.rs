@@ -505,98 +505,39 @@ struct Strategy {
 /// QEMU's multifd channels in its compressed pre-copy: one per host core.
 pub(crate) const QEMU_MULTIFD_CHANNELS: u32 = 2;
 
+const PRECOPY: Strategy = Strategy::plain("precopy", None);
+const PRECOPY_AC: Strategy = Strategy {
+    auto_converge: true,
+    ..PRECOPY
+};
+const PRECOPY_ZSTD_AC: Strategy = Strategy {
+    compress: Some("zstd"),
+    ..PRECOPY_AC
+};
+
 /// Every strategy the paper compares, in table order.
 const STRATEGIES: [Strategy; 9] = [
-    Strategy {
-        mode: "stop-and-copy",
-        prepaging: None,
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "precopy",
-        prepaging: None,
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "precopy",
-        prepaging: None,
-        auto_converge: true,
-        compress: None,
-    },
-    Strategy {
-        mode: "precopy",
-        prepaging: None,
-        auto_converge: true,
-        compress: Some("zstd"),
-    },
-    Strategy {
-        mode: "postcopy",
-        prepaging: Some("none"),
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "postcopy",
-        prepaging: Some("forward"),
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "postcopy",
-        prepaging: Some("dual"),
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "postcopy",
-        prepaging: Some("multi-pivot"),
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "hybrid",
-        prepaging: None,
-        auto_converge: false,
-        compress: None,
-    },
+    Strategy::plain("stop-and-copy", None),
+    PRECOPY,
+    PRECOPY_AC,
+    PRECOPY_ZSTD_AC,
+    Strategy::plain("postcopy", Some("none")),
+    Strategy::plain("postcopy", Some("forward")),
+    Strategy::plain("postcopy", Some("dual")),
+    Strategy::plain("postcopy", Some("multi-pivot")),
+    Strategy::plain("hybrid", None),
 ];
 
-/// The modes QEMU runs: pre-copy, post-copy switching at once (as Godwit's
-/// post-copy), and post-copy after the first pass (QEMU's usual recipe,
-/// Godwit's hybrid); see [`Switch::for_mode`].
+/// The modes QEMU runs: pre-copy (as shipped, with auto-converge, and with
+/// multifd + zstd + auto-converge), post-copy switching at once (as
+/// Godwit's post-copy), and post-copy after the first pass (QEMU's usual
+/// recipe, Godwit's hybrid); see [`Switch::for_mode`].
 const QEMU_STRATEGIES: [Strategy; 5] = [
-    Strategy {
-        mode: "precopy",
-        prepaging: None,
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "precopy",
-        prepaging: None,
-        auto_converge: true,
-        compress: None,
-    },
-    Strategy {
-        mode: "precopy",
-        prepaging: None,
-        auto_converge: true,
-        compress: Some("zstd"),
-    },
-    Strategy {
-        mode: "postcopy",
-        prepaging: None,
-        auto_converge: false,
-        compress: None,
-    },
-    Strategy {
-        mode: "hybrid",
-        prepaging: None,
-        auto_converge: false,
-        compress: None,
-    },
+    PRECOPY,
+    PRECOPY_AC,
+    PRECOPY_ZSTD_AC,
+    Strategy::plain("postcopy", None),
+    Strategy::plain("hybrid", None),
 ];
 
 /// The VMM that migrates a cell's guest (the memtouch and apps presets).
@@ -644,6 +585,18 @@ impl Vmm {
 }
 
 impl Strategy {
+    /// A mode (and pre-paging strategy) without auto-converge or
+    /// compression.
+    const fn plain(mode: &'static str, prepaging: Option<&'static str>) -> Strategy {
+        Strategy {
+            mode,
+            prepaging,
+            auto_converge: false,
+            compress: None,
+        }
+    }
+
+    /// The cell id's strategy part.
     fn id(&self) -> String {
         let mut id = match self.prepaging {
             Some(p) => format!("{}-{p}", self.mode),

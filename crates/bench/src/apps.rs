@@ -1417,7 +1417,11 @@ impl<'a> Run<'a> {
 
         let start_ms = self.ms();
         let migrated = cell.mode != UNMIGRATED;
-        let link_before = testbed::link_tx_bytes()?;
+        let link_before = if migrated {
+            testbed::link_tx_bytes()?
+        } else {
+            0
+        };
         let mut report = if !migrated {
             Value::Null
         } else if cell.vmm != Vmm::Godwit {

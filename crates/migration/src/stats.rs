@@ -314,7 +314,7 @@ pub struct Report {
     /// The compression of the bulk page transfer (`none`, `lz4`, `zstd`).
     pub compress: String,
     /// Page-batch bytes it was given and what went on the wire for them
-    /// (equal without compression).
+    /// (both 0 without compression).
     pub compress_plain_bytes: u64,
     pub compress_wire_bytes: u64,
     /// Source CPU time spent compressing, ms.

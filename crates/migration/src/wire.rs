@@ -138,22 +138,27 @@ impl std::str::FromStr for Codec {
 
 /// Packs page batches for the wire with one codec (it keeps the zstd
 /// context between batches).
-pub struct Packer {
-    codec: Codec,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+pub enum Packer {
+    None,
+    Lz4,
+    Zstd(Box<zstd::bulk::Compressor<'static>>),
 }
 
 impl Packer {
     pub fn new(codec: Codec) -> io::Result<Packer> {
-        let zstd = match codec {
-            Codec::Zstd => Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
-            _ => None,
-        };
-        Ok(Packer { codec, zstd })
+        Ok(match codec {
+            Codec::None => Packer::None,
+            Codec::Lz4 => Packer::Lz4,
+            Codec::Zstd => Packer::Zstd(Box::new(zstd::bulk::Compressor::new(ZSTD_LEVEL)?)),
+        })
     }
 
     pub fn codec(&self) -> Codec {
-        self.codec
+        match self {
+            Packer::None => Codec::None,
+            Packer::Lz4 => Codec::Lz4,
+            Packer::Zstd(_) => Codec::Zstd,
+        }
     }
 
     /// The frame for `m`: a `Pages` batch packed when the codec makes it
@@ -162,15 +167,15 @@ impl Packer {
     pub fn encode(&mut self, m: &Msg) -> io::Result<(Vec<u8>, usize)> {
         let plain = m.encode();
         let n = plain.len();
-        if self.codec == Codec::None || !matches!(m, Msg::Pages(_)) {
+        if !matches!(m, Msg::Pages(_)) {
             return Ok((plain, n));
         }
         // The Pages body after the length word and the type byte.
         let raw = &plain[5..];
-        let data = match (self.codec, &mut self.zstd) {
-            (Codec::Lz4, _) => lz4_flex::block::compress(raw),
-            (Codec::Zstd, Some(z)) => z.compress(raw)?,
-            _ => return Ok((plain, n)),
+        let data = match self {
+            Packer::None => return Ok((plain, n)),
+            Packer::Lz4 => lz4_flex::block::compress(raw),
+            Packer::Zstd(z) => z.compress(raw)?,
         };
         if data.len() + 5 >= raw.len() {
             return Ok((plain, n));
@@ -178,7 +183,7 @@ impl Packer {
         let mut b = Vec::with_capacity(10 + data.len());
         b.extend_from_slice(&((6 + data.len()) as u32).to_le_bytes());
         b.push(T_PAGES_PACKED);
-        b.push(self.codec.byte());
+        b.push(self.codec().byte());
         b.extend_from_slice(&(raw.len() as u32).to_le_bytes());
         b.extend_from_slice(&data);
         Ok((b, n))

@@ -544,6 +544,18 @@ mod load_state_tests {
             format!("{:?}", h.exec(|m| m.save_state()).unwrap().harts),
             format!("{:?}", before.harts)
         );
+        // An IPI posted to a hart that is out (asleep in `wfi`, parked by
+        // the pause) before it ran again is part of the state: the hart
+        // finds it pending wherever the state is loaded.
+        vm.set_paused(true);
+        h.shared().sigs[1].post(crate::vcpu::REQ_IPI);
+        let saved = h.save_state().unwrap();
+        assert_ne!(
+            saved.harts[1].cpu.mip_sw & godwit_hart::irq::SSIP,
+            0,
+            "the IPI is in the saved hart"
+        );
+        assert_eq!(saved.harts[0].cpu.mip_sw & godwit_hart::irq::SSIP, 0);
         let _ = std::fs::remove_file(&path);
     }
 }

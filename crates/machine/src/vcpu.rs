@@ -215,7 +215,7 @@ pub(crate) fn request_harts(
 }
 
 /// Serves the hart's pending requests.
-fn serve(shared: &Shared, hart: &mut Hart, id: usize) {
+pub(crate) fn serve(shared: &Shared, hart: &mut Hart, id: usize) {
     let sig = &shared.sigs[id];
     let posted = sig.posted.load(SeqCst);
     let req = sig.requests.swap(0, SeqCst);

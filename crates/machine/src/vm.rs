@@ -622,6 +622,13 @@ impl<'a> Machine<'a> {
     /// The complete machine state (not RAM). Only meaningful while the VM
     /// is paused ([`VmHandle::pause`]): then the devices are drained too.
     pub fn save_state(&mut self) -> VmState {
+        // What other harts asked of a hart that is out (an SBI IPI above
+        // all) is served only when it runs again: fold it into the hart
+        // now, or the state would lose it (a reschedule IPI lost this way
+        // left a migrated guest's idle hart asleep until its next timer).
+        for (id, h) in self.stopped.harts.iter_mut().enumerate() {
+            crate::vcpu::serve(self.shared, h, id);
+        }
         let d = &self.shared.devices;
         d.flush_console();
         VmState {

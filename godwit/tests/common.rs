@@ -153,23 +153,56 @@ impl Running {
 
     /// Waits (bounded) for a console line starting with `prefix`; returns it.
     pub fn wait_for(&mut self, prefix: &str, timeout: std::time::Duration) -> String {
+        match self.try_wait_for(prefix, timeout) {
+            Some(l) => l,
+            None => {
+                let _ = self.child.kill();
+                panic!("{}", self.no_line(prefix, timeout));
+            }
+        }
+    }
+
+    /// As [`wait_for`](Self::wait_for), but `None` on the timeout (the
+    /// process keeps running, to be inspected).
+    pub fn try_wait_for(&mut self, prefix: &str, timeout: std::time::Duration) -> Option<String> {
         let end = std::time::Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let tail: Vec<&String> = self.seen.iter().rev().take(20).collect();
-                    panic!("no line starting with {prefix:?} within {timeout:?}; last lines: {tail:#?}");
-                }
+            let l = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(l.clone());
+            if l.starts_with(prefix) {
+                return Some(l);
             }
         }
+    }
+
+    /// Moves the lines already received to `seen`.
+    pub fn drain(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
+    /// Drops the console line that a failover splices together; call it
+    /// once every line the source printed before the switch was received.
+    ///
+    /// A source that resumes its VM from a checkpoint taken at the
+    /// destination prints on from where that checkpoint's guest was: the
+    /// first line it completes is the start of the line it was printing at
+    /// the switch joined to the end of the line the checkpoint was printing
+    /// (either part may be empty). That line belongs to neither run: a
+    /// heartbeat parsed from it can have fields of two beats, or lack some.
+    pub fn skip_failover_splice(&mut self, timeout: std::time::Duration) {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => self.seen.push(l),
+            Err(_) => panic!("{}", self.no_line("", timeout)),
+        }
+    }
+
+    /// What a wait for `prefix` that timed out says, with the last lines.
+    pub fn no_line(&self, prefix: &str, timeout: std::time::Duration) -> String {
+        let tail: Vec<&String> = self.seen.iter().rev().take(20).collect();
+        format!("no line starting with {prefix:?} within {timeout:?}; last lines: {tail:#?}")
     }
 
     /// Waits (bounded) for the process to end; returns its exit code.

@@ -310,7 +310,11 @@ fn disk_migration(name: &str, mode: &str) {
     // no corruption, no restart of the log.
     let mut after = -1;
     while after < before + 200 {
-        let hb = line_json(&dst.wait_for("GODWIT HB", Duration::from_secs(60)));
+        let wait = Duration::from_secs(60);
+        let Some(hb) = dst.try_wait_for("GODWIT HB", wait) else {
+            panic!("{}", hang_dump(&dst, &dst_sock, &dir, wait));
+        };
+        let hb = line_json(&hb);
         assert_eq!(hb["bad"], 0, "{hb}");
         assert_eq!(hb["resumed_from"], 0, "the same run goes on: {hb}");
         assert_eq!(hb["phase"], "write", "{hb}");
@@ -321,6 +325,22 @@ fn disk_migration(name: &str, mode: &str) {
 
     verify_log(&format!("{drive},readonly"), after, 180, true);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a test says of a guest that went silent at the destination: its
+/// status, and a snapshot kept in `dir` (the VM stopped first) whose rings
+/// and interrupt state `snapshot_info` prints.
+fn hang_dump(vm: &Running, sock: &Path, dir: &Path, waited: Duration) -> String {
+    let status = qmp(sock, "query-status", serde_json::json!({}));
+    let stop = qmp(sock, "stop", serde_json::json!({}));
+    let snap = dir.join("hang.snap");
+    let saved = qmp(sock, "snapshot", serde_json::json!({"path": snap}));
+    format!(
+        "{}\nstatus before stopping: {status}\nstop: {stop}\nsnapshot: {saved}\n\
+         inspect it with `cargo run --release -p godwit-machine --example snapshot_info -- {}`",
+        vm.no_line("GODWIT HB", waited),
+        snap.display()
+    )
 }
 
 #[test]
@@ -391,7 +411,7 @@ fn a_disk_survives_the_destination_dying_in_a_protected_postcopy() {
         at_dst = hb["acked_seq"].as_i64().unwrap_or(-1);
     }
     assert!(at_dst > before, "the guest wrote at the destination");
-    while src.lines.try_recv().is_ok() {}
+    src.drain();
     dst.child.kill().unwrap();
     assert_eq!(dst.wait_exit(Duration::from_secs(10)), None);
     let q = wait_migration(&src_sock, &["failed", "completed"], Duration::from_secs(30));
@@ -400,6 +420,7 @@ fn a_disk_survives_the_destination_dying_in_a_protected_postcopy() {
         q["return"]["report"]["failover"]["failed_over"], true,
         "{q}"
     );
+    src.skip_failover_splice(Duration::from_secs(30));
     let mut after = -1;
     for _ in 0..10 {
         let hb = line_json(&src.wait_for("GODWIT HB", Duration::from_secs(30)));

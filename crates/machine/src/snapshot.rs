@@ -256,6 +256,22 @@ fn read_from(mut r: impl BufRead, len: u64, p: &str) -> Result<Snapshot, Snapsho
 }
 
 impl Snapshot {
+    /// The bytes of guest page `page` (index from the start of RAM) as
+    /// stored, or `None` for a page the file does not hold (free or zero).
+    pub fn page(&self, page: usize) -> Option<&[u8]> {
+        let word = *self.stored.get(page / 64)?;
+        if word & (1 << (page % 64)) == 0 {
+            return None;
+        }
+        let below = |w: u64| w.count_ones() as usize;
+        let n = self.stored[..page / 64]
+            .iter()
+            .map(|&w| below(w))
+            .sum::<usize>()
+            + below(word & ((1u64 << (page % 64)) - 1));
+        self.pages.get(n * PAGE_SIZE..(n + 1) * PAGE_SIZE)
+    }
+
     /// Copies the stored pages into `ram` (which must be fresh, all zero).
     pub fn fill_ram(&self, ram: &GuestRam) -> Result<(), godwit_memory::MemoryError> {
         for (n, p) in AtomicBitmap::iter_set(&self.stored).enumerate() {
@@ -319,6 +335,23 @@ mod tests {
         for cut in (0..f.len()).step_by(97) {
             assert!(decode(&f[..cut]).is_err(), "{cut}");
         }
+    }
+
+    #[test]
+    fn page_finds_each_stored_page_by_its_index() {
+        let s = tiny_state(1 << 20);
+        let mut f = file(&s, &[1 << 63, 0, 0b101, 0], 0);
+        for fill in [1u8, 2, 3] {
+            f.extend(std::iter::repeat_n(fill, PAGE_SIZE));
+        }
+        let snap = decode(&f).unwrap();
+        let first = |p: usize| snap.page(p).map(|b| b[0]);
+        assert_eq!(first(63), Some(1));
+        assert_eq!(first(128), Some(2));
+        assert_eq!(first(130), Some(3));
+        assert_eq!(first(129), None, "not stored");
+        assert_eq!(first(0), None);
+        assert_eq!(first(1 << 30), None, "beyond RAM");
     }
 
     /// Found by fuzzing (issue 18 §4; target `snapshot_file`): the page

@@ -98,6 +98,7 @@ fn hello(channel: Channel, resume: bool) -> Msg {
         board: r#"{"harts":1,"ram_bytes":409600,"devices":[]}"#.into(),
         mode: "postcopy".into(),
         resume,
+        bulk: 0,
     })
 }
 

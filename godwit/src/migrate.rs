@@ -62,6 +62,11 @@ pub struct Args {
     /// pass): none, lz4 or zstd. Demand replies are never compressed.
     #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     compress: String,
+    /// Spread the bulk page transfer over N connections, each with its own
+    /// sending thread (compression and TLS run on each): QEMU's multifd.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=godwit_migration::MAX_CHANNELS as i64))]
+    channels: u32,
     /// TLS identity folder (`godwit tls-gen`), as seen by the source VMM.
     #[arg(long, required_unless_present = "tls_plain")]
     tls_dir: Option<PathBuf>,
@@ -118,6 +123,7 @@ pub fn run(args: Args) -> Result<i32> {
         }
     }
     params["compress"] = json!(args.compress);
+    params["channels"] = json!(args.channels);
     params["hot-pages-first"] = json!(!args.no_hot_pages_first);
     params["hot-pages-ahead"] = json!(!args.no_hot_pages_ahead);
     if args.auto_converge {
@@ -336,6 +342,9 @@ pub fn summary(r: &Value) -> String {
             },
             f("throttled_vcpu_ms"),
         );
+    }
+    if u("channels") > 1 {
+        s += &format!("  bulk transfer over {} connections\n", u("channels"));
     }
     if let Some(codec) = r["compress"].as_str().filter(|c| *c != "none") {
         let plain = f("compress_plain_bytes");

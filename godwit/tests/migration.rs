@@ -316,6 +316,38 @@ fn precopy_compresses_its_pages_with_lz4_and_zstd() {
 }
 
 #[test]
+fn the_bulk_transfer_spreads_over_several_connections() {
+    // A busy writer takes several rounds: a page sent again in a later
+    // round travels on the same connection as before, so the destination
+    // keeps the newest copy; the guest checks every one. Hybrid ends the
+    // bulk connections before its post-copy, stop-and-copy sends its one
+    // pass over them.
+    for (mode, channels, extra) in [
+        ("precopy", "4", &["--compress", "zstd"][..]),
+        ("hybrid", "3", &[][..]),
+        ("stop-and-copy", "2", &[][..]),
+    ] {
+        let mut args = vec!["--channels", channels];
+        args.extend_from_slice(extra);
+        let r = migrate_and_check_with(
+            &format!("bulk-{mode}"),
+            "memtouch",
+            "wws_mb=24 pages_per_s=20000 order=rand",
+            mode,
+            if mode == "hybrid" { "dual" } else { "none" },
+            &args,
+        );
+        assert_eq!(
+            r["channels"],
+            json!(channels.parse::<u32>().unwrap()),
+            "{r}"
+        );
+        let bulk = r["pages_precopy"].as_u64().unwrap() + r["pages_stop_copy"].as_u64().unwrap();
+        assert!(bulk >= 24 << 8, "the working set went in bulk: {r}");
+    }
+}
+
+#[test]
 fn postcopy_none_memtouch() {
     migrate_and_check(
         "pc-none",

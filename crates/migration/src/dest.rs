@@ -36,6 +36,8 @@ pub struct Incoming {
     pub hello: Hello,
     main: Arc<Conn>,
     fault: Arc<Conn>,
+    /// The bulk connections beside the main one, by index.
+    bulk: Vec<Arc<Conn>>,
     /// Kept for post-copy recovery: a source whose link broke reconnects.
     gate: Gate,
 }
@@ -326,10 +328,12 @@ pub fn accept(
         }
         wire::send(&mut &main, &Msg::Accept)?;
         let fault = accept_fault(&gate, hello.session, &main)?;
+        let bulk = accept_bulk(&gate, &hello)?;
         return Ok(Incoming {
             hello,
             main: Arc::new(main),
             fault: Arc::new(fault),
+            bulk,
             gate,
         });
     }
@@ -365,6 +369,88 @@ fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
         s.set_write_timeout(Some(PEER_TIMEOUT))?;
     }
     Ok(fault)
+}
+
+/// After the fault connection: waits for the `hello.bulk` bulk connections
+/// of the session (in any order; other migrations meanwhile are refused).
+fn accept_bulk(gate: &Gate, hello: &Hello) -> Result<Vec<Arc<Conn>>> {
+    let limit = Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let want = usize::from(hello.bulk);
+    let mut got: Vec<Option<Conn>> = (0..want).map(|_| None).collect();
+    while got.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(a) = gate.next(Some(left))? else {
+            let have = got.iter().filter(|c| c.is_some()).count();
+            bail!("the source opened {have} of its {want} bulk connections within {limit:?}");
+        };
+        match a.hello.channel {
+            Channel::Bulk(n) if a.hello.session == hello.session => {
+                let slot = got.get_mut(usize::from(n));
+                match slot {
+                    Some(slot @ None) => {
+                        // The source opens the next one once this one is
+                        // answered.
+                        wire::send(&mut &a.conn, &Msg::Accept)?;
+                        *slot = Some(a.conn);
+                    }
+                    _ => bail!("the source opened bulk connection {n} twice or beyond its {want}"),
+                }
+            }
+            _ => {
+                let _ = wire::send(
+                    &mut &a.conn,
+                    &Msg::Refuse("this destination is receiving another migration".into()),
+                );
+                gate.stray(a.peer, "another migration while one is being set up");
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for c in got.into_iter().flatten() {
+        c.tcp().set_nodelay(true)?;
+        c.set_read_timeout(Some(PEER_TIMEOUT))?;
+        c.set_write_timeout(Some(PEER_TIMEOUT))?;
+        out.push(Arc::new(c));
+    }
+    Ok(out)
+}
+
+/// Places a batch of pre-copy or stop-and-copy pages into guest RAM and
+/// notes them in `have`; returns how many there were.
+fn place_pages(ram: &GuestRam, have: &AtomicBitmap, list: Vec<Page>) -> Result<u64> {
+    let n = list.len() as u64;
+    for pg in list {
+        let p = pg.index as usize;
+        let gpa = ram.base() + (p * PAGE) as u64;
+        match pg.data {
+            Some(d) => ram.write(gpa, &d[..])?,
+            // A zero page needs writing only over an earlier copy.
+            None if have.get(p) => ram.write(gpa, &[0u8; PAGE])?,
+            None => {}
+        }
+        have.set(p);
+    }
+    Ok(n)
+}
+
+/// Reads one bulk connection until its `BulkEnd`; returns the pages it
+/// brought.
+fn read_bulk(c: &Conn, ram: &GuestRam, have: &AtomicBitmap, n: usize) -> Result<u64> {
+    let mut count = 0;
+    loop {
+        match wire::recv(&mut &*c, ram.pages()) {
+            Ok(Msg::Pages(list)) => count += place_pages(ram, have, list)?,
+            Ok(Msg::BulkEnd) => return Ok(count),
+            Ok(m) => bail!("unexpected {} on bulk connection {}", m.name(), n + 1),
+            Err(WireError::Closed) => {
+                bail!("the source closed bulk connection {} before its end", n + 1)
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("receiving on bulk connection {}", n + 1)))
+            }
+        }
+    }
 }
 
 /// The connections of the current link, so that the operator's `quit` can
@@ -794,7 +880,9 @@ impl Incoming {
         guest: &dyn Fn(u128, u128) -> Value,
     ) -> Result<Received> {
         vm.set_status(Status::Active);
-        let links = Links(Mutex::new(vec![self.main.clone(), self.fault.clone()]));
+        let mut all = vec![self.main.clone(), self.fault.clone()];
+        all.extend(self.bulk.iter().cloned());
+        let links = Links(Mutex::new(all));
         let done = AtomicBool::new(false);
         let r = std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -833,8 +921,50 @@ impl Incoming {
     ) -> Result<Received> {
         let ram = vm.ram();
         let pages = ram.pages();
-        let main: &Conn = &self.main;
         let have = AtomicBitmap::new(pages);
+        let bulk = self.bulk.clone();
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = bulk
+                .iter()
+                .enumerate()
+                .map(|(n, c)| {
+                    let (ram, have) = (&ram, &have);
+                    scope.spawn(move || read_bulk(c, ram, have, n))
+                })
+                .collect();
+            let r = self.receive_main(vm, links, after_window, guest, &have, readers);
+            if r.is_err() {
+                for c in &bulk {
+                    c.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            r
+        })
+    }
+
+    /// The main connection's part of [`receive`](Self::receive); `readers`
+    /// are the bulk connections' threads, joined before the state is used.
+    fn receive_main(
+        self,
+        vm: &dyn DestVm,
+        links: &Links,
+        after_window: Duration,
+        guest: &dyn Fn(u128, u128) -> Value,
+        have: &AtomicBitmap,
+        mut readers: Vec<std::thread::ScopedJoinHandle<'_, Result<u64>>>,
+    ) -> Result<Received> {
+        let ram = vm.ram();
+        let pages = ram.pages();
+        let main: &Conn = &self.main;
+        // Every bulk connection's pages are in once its reader is joined.
+        let mut join_bulk = |received: &mut u64| -> Result<()> {
+            for r in readers.drain(..) {
+                *received += r
+                    .join()
+                    .map_err(|_| anyhow!("a bulk connection's reader panicked"))??;
+            }
+            Ok(())
+        };
         let mut rounds = 0u32;
         let mut pages_received = 0u64;
         let mut protect = None;
@@ -848,19 +978,7 @@ impl Incoming {
                 Err(e) => return Err(anyhow!(e).context("receiving the migration")),
             };
             match msg {
-                Msg::Pages(list) => {
-                    for pg in list {
-                        let p = pg.index as usize;
-                        let gpa = ram.base() + (p * PAGE) as u64;
-                        match pg.data {
-                            Some(d) => ram.write(gpa, &d[..])?,
-                            None if have.get(p) => ram.write(gpa, &[0u8; PAGE])?,
-                            None => {}
-                        }
-                        have.set(p);
-                        pages_received += 1;
-                    }
-                }
+                Msg::Pages(list) => pages_received += place_pages(&ram, have, list)?,
                 Msg::RoundEnd(n) => rounds = n,
                 Msg::Protect {
                     interval_ms,
@@ -878,6 +996,7 @@ impl Incoming {
                     });
                 }
                 Msg::State(state) => {
+                    join_bulk(&mut pages_received)?;
                     vm.set_status(Status::Device);
                     vm.load_state(&state).context("cannot load the VM state")?;
                     wire::send(&mut &*main, &Msg::Ready)?;
@@ -899,6 +1018,7 @@ impl Incoming {
                     return Ok(Received { report });
                 }
                 Msg::Switch { state, pending } => {
+                    join_bulk(&mut pages_received)?;
                     vm.set_status(Status::Device);
                     return postcopy(
                         vm,
@@ -952,7 +1072,7 @@ fn postcopy(
     ram: &GuestRam,
     first: (Arc<Conn>, Arc<Conn>),
     (gate, session, links): (&Gate, u64, &Links),
-    have: AtomicBitmap,
+    have: &AtomicBitmap,
     state: Vec<u8>,
     pending_words: Vec<u64>,
     (rounds, pages_received): (u32, u64),

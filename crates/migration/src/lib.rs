@@ -238,7 +238,16 @@ pub struct Params {
     /// How page batches of the bulk transfer (pre-copy rounds, the
     /// stop-and-copy pass) are compressed on the wire.
     pub compress: wire::Codec,
+    /// Connections (and sending threads) the bulk transfer is spread over,
+    /// 1..=[`MAX_CHANNELS`]: each page always travels on the same one, so
+    /// its copies arrive in order; compression and TLS run on each
+    /// channel's own thread. Post-copy's push and demand stay on the main
+    /// connection.
+    pub channels: u32,
 }
+
+/// Most bulk channels (the main connection and [`wire::MAX_BULK`] more).
+pub const MAX_CHANNELS: u32 = wire::MAX_BULK as u32 + 1;
 
 impl Params {
     /// The connection security these parameters ask for; one of TLS
@@ -274,6 +283,7 @@ impl Default for Params {
             failover_ms: 0,
             checkpoint_ms: 50,
             compress: wire::Codec::None,
+            channels: 1,
         }
     }
 }

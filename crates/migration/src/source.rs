@@ -102,7 +102,7 @@ struct Out<'a> {
 }
 
 /// What packing page batches did.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Packed {
     /// Page-batch bytes before and after packing.
     plain_bytes: u64,
@@ -191,6 +191,197 @@ fn send_pages(
     Ok(n)
 }
 
+/// Pages of one bulk channel's share, in a run of this many: each page
+/// always travels on the same channel (so its copies of successive rounds
+/// arrive in order), and batches stay mostly contiguous.
+const CHANNEL_RUN: usize = 64;
+
+/// The channel (0: the main connection) that page `p` travels on.
+fn channel_of(p: usize, channels: usize) -> usize {
+    (p / CHANNEL_RUN) % channels
+}
+
+/// Which progress counter a set of pages adds to.
+#[derive(Clone, Copy)]
+enum Pass {
+    Precopy,
+    StopCopy,
+}
+
+impl Pass {
+    fn counter(self, progress: &Progress) -> &AtomicU64 {
+        match self {
+            Pass::Precopy => &progress.pages_precopy,
+            Pass::StopCopy => &progress.pages_stop_copy,
+        }
+    }
+}
+
+enum Job {
+    Pages(Vec<usize>, Pass),
+    /// Send `BulkEnd` and stop.
+    End,
+}
+
+/// What one bulk channel's thread reports for a job.
+enum Done {
+    Sent(Result<u64>),
+    Ended(Result<Packed>),
+}
+
+/// The bulk connections' sending threads: each reads its share of a page
+/// set from guest RAM, packs it if asked, and writes it out on its own
+/// connection, so reading, compression and TLS run on as many threads as
+/// there are channels.
+struct Bulk<'c> {
+    jobs: Vec<std::sync::mpsc::SyncSender<Job>>,
+    done: std::sync::mpsc::Receiver<Done>,
+    conns: &'c [Conn],
+    ended: bool,
+}
+
+impl<'c> Bulk<'c> {
+    /// Starts a thread per connection of `conns` in `scope`.
+    fn start<'s, 'e>(
+        scope: &'s std::thread::Scope<'s, 'e>,
+        conns: &'c [Conn],
+        ram: &'e GuestRam,
+        progress: &'e Progress,
+        codec: Codec,
+    ) -> Result<Bulk<'c>>
+    where
+        'c: 's,
+    {
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let mut jobs = Vec::new();
+        for c in conns {
+            let mut packer = match codec {
+                Codec::None => None,
+                c => Some(Packer::new(c)?),
+            };
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                let mut out = Out::new(BufWriter::with_capacity(1 << 20, c), progress);
+                out.packer = packer.take();
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Pages(list, pass) => {
+                            let r = send_pages(
+                                &mut out,
+                                ram,
+                                list.into_iter(),
+                                pass.counter(progress),
+                                true,
+                            )
+                            .and_then(|n| out.flush().map(|()| n));
+                            if done_tx.send(Done::Sent(r)).is_err() {
+                                return;
+                            }
+                        }
+                        Job::End => {
+                            let r = out
+                                .send(&Msg::BulkEnd)
+                                .and_then(|()| out.flush())
+                                .map(|()| std::mem::take(&mut out.packed));
+                            let _ = done_tx.send(Done::Ended(r));
+                            return;
+                        }
+                    }
+                }
+            });
+            jobs.push(tx);
+        }
+        Ok(Bulk {
+            jobs,
+            done,
+            conns,
+            ended: false,
+        })
+    }
+
+    /// Every channel, the main one included.
+    fn channels(&self) -> usize {
+        self.jobs.len() + 1
+    }
+
+    /// Sends `pages`: each bulk channel's share on its thread, the main
+    /// connection's on `out` here; returns once all of it is written.
+    fn send(&self, out: &mut Out, ram: &GuestRam, pages: Vec<usize>, pass: Pass) -> Result<u64> {
+        let n = self.channels();
+        if n == 1 {
+            return send_pages(
+                out,
+                ram,
+                pages.into_iter(),
+                pass.counter(out.progress),
+                true,
+            );
+        }
+        let mut shares = vec![Vec::new(); n];
+        for p in pages {
+            shares[channel_of(p, n)].push(p);
+        }
+        let mut shares = shares.into_iter();
+        let main = shares.next().unwrap_or_default();
+        for (tx, share) in self.jobs.iter().zip(shares) {
+            tx.send(Job::Pages(share, pass))
+                .map_err(|_| anyhow!("a bulk channel's thread ended"))?;
+        }
+        // The main connection's share goes out meanwhile; every reply is
+        // collected before an error is returned, so no job is left behind.
+        let mut result = send_pages(out, ram, main.into_iter(), pass.counter(out.progress), true);
+        for _ in 0..self.jobs.len() {
+            let r = match self.done.recv() {
+                Ok(Done::Sent(r)) => r,
+                _ => Err(anyhow!("a bulk channel's thread ended")),
+            };
+            result = match (result, r) {
+                (Ok(a), Ok(b)) => Ok(a + b),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+        }
+        result
+    }
+
+    /// Ends every bulk connection (`BulkEnd` after its last page) and adds
+    /// what their packers did to `out`'s; the main connection gets the
+    /// whole bandwidth cap back.
+    fn finish(&mut self, out: &mut Out, max_bandwidth: u64) -> Result<()> {
+        if self.ended || self.jobs.is_empty() {
+            return Ok(());
+        }
+        self.ended = true;
+        for tx in &self.jobs {
+            tx.send(Job::End)
+                .map_err(|_| anyhow!("a bulk channel's thread ended"))?;
+        }
+        for _ in 0..self.jobs.len() {
+            match self.done.recv() {
+                Ok(Done::Ended(Ok(p))) => {
+                    out.packed.plain_bytes += p.plain_bytes;
+                    out.packed.wire_bytes += p.wire_bytes;
+                    out.packed.ns += p.ns;
+                }
+                Ok(Done::Ended(Err(e))) => return Err(e.context("ending a bulk connection")),
+                _ => bail!("a bulk channel's thread ended"),
+            }
+        }
+        if max_bandwidth > 0 {
+            set_pacing(out.w.get_ref(), max_bandwidth)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the bulk connections (on a failure: a thread blocked on a
+    /// write returns).
+    fn shut(&self) {
+        for c in self.conns {
+            c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
 /// Pages in `words` that are not free now.
 fn not_free(words: &[u64], ram: &GuestRam) -> Vec<usize> {
     let free = ram.free_map();
@@ -202,6 +393,8 @@ fn not_free(words: &[u64], ram: &GuestRam) -> Vec<usize> {
 struct Conns {
     main: Conn,
     fault: Conn,
+    /// The bulk connections beside the main one (none on a resume).
+    bulk: Vec<Conn>,
     pages: usize,
 }
 
@@ -214,6 +407,11 @@ fn handshake(
     resume: bool,
 ) -> Result<Conns> {
     let ram = vm.ram();
+    let bulk = if resume {
+        0
+    } else {
+        params.channels.clamp(1, crate::MAX_CHANNELS) - 1
+    } as u8;
     let hello = |channel| {
         Msg::Hello(Hello {
             version: wire::VERSION,
@@ -224,6 +422,7 @@ fn handshake(
             board: vm.board(),
             mode: params.mode.to_string(),
             resume,
+            bulk: if channel == Channel::Main { bulk } else { 0 },
         })
     };
     let answer = |c: &Conn| -> Result<()> {
@@ -244,9 +443,18 @@ fn handshake(
         .context("cannot set the fault connection's priority")?;
     wire::send(&mut &fault, &hello(Channel::Fault)).context("cannot send the handshake")?;
     answer(&fault)?;
+    let mut conns = Vec::new();
+    for n in 0..bulk {
+        let c = Conn::client(connect(to)?, sec)?;
+        wire::send(&mut &c, &hello(Channel::Bulk(n)))
+            .with_context(|| format!("cannot open bulk connection {}", n + 1))?;
+        answer(&c)?;
+        conns.push(c);
+    }
     Ok(Conns {
         main,
         fault,
+        bulk: conns,
         pages: ram.pages(),
     })
 }
@@ -285,8 +493,14 @@ pub fn migrate(
     let session = (unix_ns() as u64) ^ ((std::process::id() as u64) << 32);
     let conns = handshake(to, vm, params, sec, session, false)?;
     report.security = sec.name().into();
+    report.channels = 1 + conns.bulk.len() as u32;
     if params.max_bandwidth > 0 {
-        set_pacing(&conns.main, params.max_bandwidth)?;
+        // The bulk transfer shares the cap; the main connection gets all of
+        // it back for post-copy's push (`Bulk::finish`).
+        let share = params.max_bandwidth / u64::from(report.channels);
+        for c in std::iter::once(&conns.main).chain(&conns.bulk) {
+            set_pacing(c, share.max(1))?;
+        }
     }
     let mut s = Session {
         hot: Vec::new(),
@@ -502,7 +716,24 @@ impl Session<'_> {
     }
 
     fn run(&mut self, conns: Conns) -> Result<()> {
-        let Conns { main, fault, pages } = conns;
+        let Conns {
+            main,
+            fault,
+            bulk,
+            pages,
+        } = conns;
+        let (ram, progress, codec) = (self.ram, self.progress, self.params.compress);
+        std::thread::scope(|scope| {
+            let mut spread = Bulk::start(scope, &bulk, ram, progress, codec)?;
+            let r = self.run_on(main, fault, &mut spread, pages);
+            if r.is_err() {
+                spread.shut();
+            }
+            r
+        })
+    }
+
+    fn run_on(&mut self, main: Conn, fault: Conn, bulk: &mut Bulk, pages: usize) -> Result<()> {
         let reader = &main;
         let mut out = Out::new(BufWriter::with_capacity(1 << 20, &main), self.progress);
         if self.params.compress != Codec::None {
@@ -518,7 +749,7 @@ impl Session<'_> {
         let iterate = matches!(self.params.mode, Mode::Precopy | Mode::Hybrid);
         let mut switch_to_postcopy = self.params.mode == Mode::Postcopy;
         if iterate {
-            switch_to_postcopy = self.precopy_rounds(&mut out, &mut unsent)?;
+            switch_to_postcopy = self.precopy_rounds(&mut out, bulk, &mut unsent)?;
         } else if switch_to_postcopy && self.params.hot_pages_first && self.params.hot_pages_ahead {
             self.send_hot_ahead(&mut out, &main, &mut unsent)?;
         }
@@ -562,13 +793,8 @@ impl Session<'_> {
                     .pages_free_skipped
                     .store(free_now, Ordering::Relaxed);
             }
-            send_pages(
-                &mut out,
-                self.ram,
-                remaining.iter().copied(),
-                &self.progress.pages_stop_copy,
-                true,
-            )?;
+            bulk.send(&mut out, self.ram, remaining, Pass::StopCopy)?;
+            bulk.finish(&mut out, self.params.max_bandwidth)?;
             out.send(&Msg::State(state))?;
             out.flush()?;
             match expect(reader, pages, "Ready")? {
@@ -588,6 +814,7 @@ impl Session<'_> {
             }
             self.report.total_ms = start.elapsed().as_secs_f64() * 1e3;
         } else {
+            bulk.finish(&mut out, self.params.max_bandwidth)?;
             self.postcopy(&mut out, reader, &fault, remaining, state, pages)?;
         }
         if !self.report.failover.failed_over {
@@ -670,7 +897,7 @@ impl Session<'_> {
     /// Runs pre-copy rounds until the rest fits the downtime limit (or the
     /// rounds stop shrinking, or hit the limit). Leaves the pages still to
     /// send in `unsent`. Returns whether to finish with post-copy.
-    fn precopy_rounds(&mut self, out: &mut Out, unsent: &mut [u64]) -> Result<bool> {
+    fn precopy_rounds(&mut self, out: &mut Out, bulk: &Bulk, unsent: &mut [u64]) -> Result<bool> {
         let p = self.params;
         let progress = self.progress;
         self.vm.set_dirty_logging(true)?;
@@ -685,12 +912,14 @@ impl Session<'_> {
         let t = Instant::now();
         let free = self.ram.free_map();
         let mut skipped = 0u64;
-        let all = (0..pages).filter(|&q| {
-            let f = free.get(q);
-            skipped += f as u64;
-            !f
-        });
-        let mut sent = send_pages(out, self.ram, all, &progress.pages_precopy, true)?;
+        let all = (0..pages)
+            .filter(|&q| {
+                let f = free.get(q);
+                skipped += f as u64;
+                !f
+            })
+            .collect();
+        let mut sent = bulk.send(out, self.ram, all, Pass::Precopy)?;
         progress
             .pages_free_skipped
             .store(skipped, Ordering::Relaxed);
@@ -765,13 +994,7 @@ impl Session<'_> {
                 bail!("cancelled");
             }
             let t = Instant::now();
-            sent = send_pages(
-                out,
-                self.ram,
-                todo.into_iter(),
-                &progress.pages_precopy,
-                true,
-            )?;
+            sent = bulk.send(out, self.ram, todo, Pass::Precopy)?;
             round_secs = t.elapsed().as_secs_f64();
             out.send(&Msg::RoundEnd(rounds + 1))?;
             out.flush()?;

@@ -317,8 +317,11 @@ pub struct Report {
     /// (both 0 without compression).
     pub compress_plain_bytes: u64,
     pub compress_wire_bytes: u64,
-    /// Source CPU time spent compressing, ms.
+    /// Source CPU time spent compressing, ms (summed over the channels'
+    /// threads).
     pub compress_ms: f64,
+    /// Connections the bulk transfer was spread over (`Params::channels`).
+    pub channels: u32,
     /// Time the vCPUs slept for the throttle, summed over vCPUs, ms: the
     /// guest's CPU time lost to auto-converge.
     pub throttled_vcpu_ms: f64,

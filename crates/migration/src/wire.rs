@@ -70,7 +70,11 @@ use std::io::{self, Read, Write};
 /// Version 4: post-copy checkpoints back to the source (`Protect`,
 /// `CkptPages`, `Checkpoint`, `CheckpointAck`).
 /// Version 5: compressed page batches (`Packed`).
-pub const VERSION: u32 = 5;
+/// Version 6: bulk channels (`Hello::bulk`, `Channel::Bulk`, `BulkEnd`).
+pub const VERSION: u32 = 6;
+
+/// Most bulk connections beside the main one (`Params::channels` - 1).
+pub const MAX_BULK: u8 = 15;
 /// Handshake magic.
 pub const MAGIC: [u8; 8] = *b"GODWITMG";
 /// Guest page size on the wire.
@@ -190,11 +194,14 @@ impl Packer {
     }
 }
 
-/// Which of the two connections a `Hello` opens.
+/// Which connection a `Hello` opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
     Main,
     Fault,
+    /// Bulk connection `n` (0-based) of the pre-copy and stop-and-copy
+    /// pages, beside the main one.
+    Bulk(u8),
 }
 
 /// The handshake a source sends first on each connection.
@@ -212,6 +219,9 @@ pub struct Hello {
     pub mode: String,
     /// Reconnecting a post-copy whose link broke (same session).
     pub resume: bool,
+    /// On the main connection: how many bulk connections follow the fault
+    /// connection (0..=[`MAX_BULK`]).
+    pub bulk: u8,
 }
 
 /// One page in a batch.
@@ -272,6 +282,9 @@ pub enum Msg {
     },
     /// Source to destination: checkpoint `seq` is complete at the source.
     CheckpointAck(u64),
+    /// On a bulk connection: its last message (every page it carried is
+    /// sent before it).
+    BulkEnd,
 }
 
 /// A decoding error: the peer sent something this side cannot accept.
@@ -311,6 +324,7 @@ const T_CKPT_PAGES: u8 = 19;
 const T_CHECKPOINT: u8 = 20;
 const T_CHECKPOINT_ACK: u8 = 21;
 const T_PAGES_PACKED: u8 = 22;
+const T_BULK_END: u8 = 23;
 
 /// Largest unpacked body of a `Packed` batch: a full batch of data pages.
 /// A packed batch costs at most this much memory to unpack, whatever its
@@ -337,6 +351,7 @@ impl Msg {
                 b.push(match h.channel {
                     Channel::Main => 0,
                     Channel::Fault => 1,
+                    Channel::Bulk(n) => 2u8.saturating_add(n),
                 });
                 b.extend_from_slice(&h.session.to_le_bytes());
                 b.extend_from_slice(&h.ram_bytes.to_le_bytes());
@@ -344,6 +359,7 @@ impl Msg {
                 put_text(&mut b, &h.board);
                 put_text(&mut b, &h.mode);
                 b.push(h.resume as u8);
+                b.push(h.bulk);
             }
             Msg::Accept => b.push(T_ACCEPT),
             Msg::Refuse(s) => {
@@ -405,6 +421,7 @@ impl Msg {
                 }
             }
             Msg::PushDone => b.push(T_PUSH_DONE),
+            Msg::BulkEnd => b.push(T_BULK_END),
             Msg::Complete => b.push(T_COMPLETE),
             Msg::Report(s) => {
                 b.push(T_REPORT);
@@ -481,6 +498,7 @@ impl Msg {
                 let channel = match r.u8()? {
                     0 => Channel::Main,
                     1 => Channel::Fault,
+                    c if c - 2 < MAX_BULK => Channel::Bulk(c - 2),
                     c => return bad(format!("unknown channel {c}")),
                 };
                 Msg::Hello(Hello {
@@ -492,6 +510,10 @@ impl Msg {
                     board: r.text()?,
                     mode: r.text()?,
                     resume: r.u8()? != 0,
+                    bulk: match r.u8()? {
+                        n if n <= MAX_BULK => n,
+                        n => return bad(format!("{n} bulk connections (at most {MAX_BULK})")),
+                    },
                 })
             }
             T_ACCEPT => Msg::Accept,
@@ -598,6 +620,7 @@ impl Msg {
                 Msg::Demand(out)
             }
             T_PUSH_DONE => Msg::PushDone,
+            T_BULK_END => Msg::BulkEnd,
             T_COMPLETE => Msg::Complete,
             T_REPORT => Msg::Report(r.text()?),
             T_CANCEL => Msg::Cancel(r.text()?),
@@ -667,6 +690,7 @@ impl Msg {
             Msg::Go => "Go",
             Msg::Demand(_) => "Demand",
             Msg::PushDone => "PushDone",
+            Msg::BulkEnd => "BulkEnd",
             Msg::Complete => "Complete",
             Msg::Report(_) => "Report",
             Msg::Cancel(_) => "Cancel",
@@ -900,9 +924,26 @@ mod tests {
                 board: r#"{"harts":2}"#.into(),
                 mode: "postcopy".into(),
                 resume: false,
+                bulk: 0,
             }),
             0,
         );
+        for (channel, bulk) in [(Channel::Main, MAX_BULK), (Channel::Bulk(MAX_BULK - 1), 0)] {
+            round_trip(
+                Msg::Hello(Hello {
+                    version: VERSION,
+                    channel,
+                    session: 7,
+                    ram_bytes: 1 << 29,
+                    page_size: 4096,
+                    board: String::new(),
+                    mode: "precopy".into(),
+                    resume: false,
+                    bulk,
+                }),
+                0,
+            );
+        }
         for m in [
             Msg::Accept,
             Msg::Refuse("no".into()),
@@ -911,6 +952,7 @@ mod tests {
             Msg::Ready,
             Msg::Go,
             Msg::PushDone,
+            Msg::BulkEnd,
             Msg::Complete,
             Msg::Report("{}".into()),
             Msg::Cancel("user".into()),
@@ -1009,8 +1051,15 @@ mod tests {
             board: String::new(),
             mode: String::new(),
             resume: true,
+            bulk: 0,
         })
         .encode();
+        // A channel beyond the bulk ones, more bulk connections than allowed.
+        for (at, v) in [(17, 2 + MAX_BULK), (h.len() - 1, MAX_BULK + 1)] {
+            let mut b = h.clone();
+            b[at] = v;
+            assert!(recv(&mut &b[..], 0).is_err(), "byte {at} = {v}");
+        }
         h[5] = b'X';
         assert!(recv(&mut &h[..], 0).is_err());
         // Frames: too many, too long, corrupted, truncated.

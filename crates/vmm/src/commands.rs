@@ -170,6 +170,10 @@ pub struct MigrationParameters {
     /// Compression of the bulk page transfer: `none`, `lz4` or `zstd`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compress: Option<String>,
+    /// Connections the bulk page transfer is spread over (QEMU's
+    /// `multifd-channels`), 1 to 16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u64>,
 }
 
 impl MigrationParameters {
@@ -225,6 +229,15 @@ impl MigrationParameters {
         }
         if let Some(c) = &self.compress {
             n.compress = c.parse().map_err(CommandError::generic)?;
+        }
+        if let Some(v) = self.channels {
+            let max = godwit_migration::MAX_CHANNELS;
+            if !(1..=u64::from(max)).contains(&v) {
+                return Err(CommandError::generic(format!(
+                    "channels must be 1 to {max}, not {v}"
+                )));
+            }
+            n.channels = v as u32;
         }
         *p = n;
         Ok(())
@@ -399,5 +412,19 @@ mod tests {
         };
         zstd.apply(&mut p).unwrap();
         assert_eq!(p.compress, Codec::Zstd);
+        for bad in [0, 17] {
+            let c = MigrationParameters {
+                channels: Some(bad),
+                ..Default::default()
+            };
+            let e = format!("{:?}", c.apply(&mut p).unwrap_err());
+            assert!(e.contains("channels must be 1 to 16"), "{e}");
+        }
+        let four = MigrationParameters {
+            channels: Some(4),
+            ..Default::default()
+        };
+        four.apply(&mut p).unwrap();
+        assert_eq!(p.channels, 4);
     }
 }

@@ -12,7 +12,7 @@ use godwit_hart::{GuestClock, Hart};
 use godwit_machine::state::{HartRun, SavedHart};
 use godwit_machine::{BoardConfig, DeviceConfig, VmState};
 use godwit_memory::GuestRam;
-use godwit_migration::wire::{Channel, Codec, Hello, Msg, Packer, Page, VERSION};
+use godwit_migration::wire::{Channel, Codec, DiskOp, DiskWrite, Hello, Msg, Packer, Page, VERSION};
 use std::sync::Arc;
 
 /// Seeds by target: `(target, name, bytes)`.
@@ -155,8 +155,25 @@ pub fn messages() -> Vec<(&'static str, Msg, usize)> {
             "checkpoint",
             Msg::Checkpoint {
                 seq: 3,
+                released: 2,
                 state: vec![5; 64],
             },
+            100,
+        ),
+        (
+            "ckpt-writes",
+            Msg::CkptWrites(vec![
+                DiskWrite {
+                    slot: 1,
+                    off: 4096,
+                    op: DiskOp::Write(vec![7; 512]),
+                },
+                DiskWrite {
+                    slot: 1,
+                    off: 1 << 20,
+                    op: DiskOp::Discard(8192),
+                },
+            ]),
             100,
         ),
         ("checkpoint-ack", Msg::CheckpointAck(3), 100),

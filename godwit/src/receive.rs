@@ -46,6 +46,11 @@ pub struct Args {
     /// `tap=NAME`; one per NIC, in order.
     #[arg(long = "net", value_name = "tap=NAME")]
     net: Vec<NetSpec>,
+    /// Testing only: in a protected post-copy, make held disk writes on the
+    /// images this long after their checkpoint is confirmed (a test kills
+    /// the destination in that window).
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 0)]
+    x_disk_release_delay_ms: u64,
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -72,5 +77,6 @@ pub fn run(args: Args) -> Result<i32> {
         interpreter: args.interpreter,
         taps,
         drives,
+        disk_release_delay: Duration::from_millis(args.x_disk_release_delay_ms.min(600_000)),
     })
 }

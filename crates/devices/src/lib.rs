@@ -45,7 +45,7 @@ pub use virtio::balloon::{
     Balloon, BalloonFeatures, BalloonState, BalloonStats, HintPhase, HintStatus, ReportingStatus,
 };
 pub use virtio::block::{
-    Block, BlockBackend, BlockCounters, BlockError, BlockState, DiskOpenError, FileDisk,
+    Block, BlockBackend, BlockCounters, BlockError, BlockState, DiskOpenError, FileDisk, HeldWrite,
     HeldWriteStats, WriteHold,
 };
 pub use virtio::mmio::{KickWaker, Processed, VirtioMmio, VirtioMmioState, VIRTIO_MMIO_SIZE};

@@ -5,7 +5,7 @@
 use crate::stats::{fault_breakdown, latency_summary, FaultSample};
 use crate::transport::{Conn, Security};
 use crate::uffd::{Resolve, Resolver, Uffd};
-use crate::wire::{self, Channel, Hello, Msg, Page, WireError, PAGE};
+use crate::wire::{self, Channel, DiskWrite, Hello, Msg, Page, WireError, PAGE};
 use crate::{or_into, unix_ns, DestVm, Status};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
@@ -491,6 +491,8 @@ const CHECKPOINT_STOP_LIMIT: Duration = Duration::from_millis(200);
 struct Checkpoints {
     /// Highest checkpoint the source has confirmed.
     acked: AtomicU64,
+    /// Highest checkpoint whose disk writes are all on the images.
+    released: AtomicU64,
     /// The releaser waits here for `acked` to move.
     moved: (Mutex<()>, Condvar),
     /// Pages the guest wrote since the switch (the dirty log the
@@ -609,11 +611,12 @@ impl Post<'_> {
                 resend = true;
                 continue;
             };
-            match self.take_checkpoint(seq + 1, &mut unacked, resend, words) {
-                Ok(Some((list, state))) => {
+            let from = if resend { acked } else { seq };
+            match self.take_checkpoint(seq + 1, &mut unacked, resend, words, from) {
+                Ok(Some((list, writes, state))) => {
                     seq += 1;
                     resend = false;
-                    if self.send_checkpoint(&to, seq, list, state).is_err() {
+                    if self.send_checkpoint(&to, seq, list, writes, state).is_err() {
                         self.link_lost();
                         resend = true;
                     }
@@ -631,7 +634,8 @@ impl Post<'_> {
 
     /// One checkpoint, in one pause: the pages written since the last one
     /// (and, after a broken link, those of checkpoints not confirmed), the
-    /// state, and the output epoch. `None`: the VM did not stop in time.
+    /// disk writes of output epochs `from..seq` (likewise), the state, and
+    /// the output epoch. `None`: the VM did not stop in time.
     #[allow(clippy::type_complexity)]
     fn take_checkpoint(
         &self,
@@ -639,7 +643,8 @@ impl Post<'_> {
         unacked: &mut std::collections::VecDeque<(u64, Vec<u64>)>,
         resend: bool,
         words: usize,
-    ) -> Result<Option<(Vec<Page>, Vec<u8>)>> {
+        from: u64,
+    ) -> Result<Option<(Vec<Page>, Vec<DiskWrite>, Vec<u8>)>> {
         let t = Instant::now();
         if !self.vm.pause_checkpoint(CHECKPOINT_STOP_LIMIT)? {
             return Ok(None);
@@ -669,9 +674,10 @@ impl Post<'_> {
                 });
             }
             let state = self.vm.save_state()?;
+            let writes = self.vm.held_disk_writes(from, seq);
             self.vm.mark_output(seq);
             unacked.push_back((seq, dirty));
-            Ok::<_, anyhow::Error>((list, state))
+            Ok::<_, anyhow::Error>((list, writes, state))
         })();
         self.vm.resume_checkpoint()?;
         let taken = taken?;
@@ -684,7 +690,14 @@ impl Post<'_> {
         Ok(Some(taken))
     }
 
-    fn send_checkpoint(&self, to: &Conn, seq: u64, list: Vec<Page>, state: Vec<u8>) -> Result<()> {
+    fn send_checkpoint(
+        &self,
+        to: &Conn,
+        seq: u64,
+        list: Vec<Page>,
+        writes: Vec<DiskWrite>,
+        state: Vec<u8>,
+    ) -> Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, to);
         let mut bytes = 0usize;
         self.ckpt
@@ -697,7 +710,30 @@ impl Post<'_> {
             bytes += frame.len();
             w.write_all(&frame)?;
         }
-        let frame = Msg::Checkpoint { seq, state }.encode();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for dw in writes {
+            if batch_bytes + dw.wire_len() > wire::MAX_WRITES_BYTES && !batch.is_empty() {
+                let frame = Msg::CkptWrites(std::mem::take(&mut batch)).encode();
+                bytes += frame.len();
+                w.write_all(&frame)?;
+                batch_bytes = 0;
+            }
+            batch_bytes += dw.wire_len();
+            batch.push(dw);
+        }
+        if !batch.is_empty() {
+            let frame = Msg::CkptWrites(batch).encode();
+            bytes += frame.len();
+            w.write_all(&frame)?;
+        }
+        let released = self.ckpt.released.load(Ordering::Acquire);
+        let frame = Msg::Checkpoint {
+            seq,
+            released,
+            state,
+        }
+        .encode();
         bytes += frame.len();
         w.write_all(&frame)?;
         w.flush()?;
@@ -715,6 +751,9 @@ impl Post<'_> {
             if acked > released {
                 self.vm.release_output(Some(acked));
                 released = acked;
+                // The next checkpoint tells the source: it need not keep
+                // these disk writes any longer.
+                self.ckpt.released.store(released, Ordering::Release);
                 continue;
             }
             let (m, c) = &self.ckpt.moved;

@@ -85,6 +85,16 @@ pub trait SourceVm: Send + Sync {
         let _ = state;
         anyhow::bail!("this VM cannot be resumed from a checkpoint")
     }
+    /// After [`load_checkpoint`](Self::load_checkpoint): takes the disks
+    /// back, makes `writes` (the confirmed checkpoints' disk writes, in
+    /// order, some perhaps made already by the destination) on them and
+    /// resumes, as [`resume`](Self::resume) does.
+    fn resume_with_disk_writes(&self, writes: &[wire::DiskWrite]) -> anyhow::Result<()> {
+        if !writes.is_empty() {
+            anyhow::bail!("this VM cannot replay disk writes");
+        }
+        self.resume()
+    }
 }
 
 /// The destination VM: built empty with the RAM size from the handshake,
@@ -148,6 +158,12 @@ pub trait DestVm: Send + Sync {
     /// more.
     fn release_output(&self, epoch: Option<u64>) {
         let _ = epoch;
+    }
+    /// In a checkpoint's pause: copies of the disk writes held with epochs
+    /// `from..to`, in order per disk, for the source to keep.
+    fn held_disk_writes(&self, from: u64, to: u64) -> Vec<wire::DiskWrite> {
+        let _ = (from, to);
+        Vec::new()
     }
     /// What holding output did, for the report.
     fn held_output(&self) -> Value {

@@ -4,7 +4,7 @@
 use crate::prepaging::PushOrder;
 use crate::stats::{Progress, Report, Status, ThrottleStep};
 use crate::transport::{Conn, Security};
-use crate::wire::{self, Channel, Codec, Hello, Msg, Packer, Page, WireError, PAGE};
+use crate::wire::{self, Channel, Codec, DiskWrite, Hello, Msg, Packer, Page, WireError, PAGE};
 use crate::{converge, or_into, unix_ns, Mode, Params, SourceVm};
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_memory::{is_zero_page, AtomicBitmap, GuestRam};
@@ -532,6 +532,11 @@ pub fn migrate(
     Ok(report)
 }
 
+/// Most bytes of a protected post-copy's disk writes the source keeps (the
+/// destination holds at most 256 MiB; a destination that sends more is
+/// wrong).
+const MAX_BACKUP_WRITE_BYTES: u64 = 512 << 20;
+
 /// How long a failover waits for the VM to be able to resume here (a hung
 /// destination may still hold the disks).
 const FAILOVER_RESUME_LIMIT: Duration = Duration::from_secs(60);
@@ -567,6 +572,12 @@ fn check_failover(params: &Params) -> Result<()> {
 struct Backup {
     /// The last complete checkpoint: its number and state.
     last: Mutex<Option<(u64, Vec<u8>)>>,
+    /// The disk writes of complete checkpoints (tagged with the checkpoint
+    /// that brought them) that the destination has not said are on the
+    /// images yet, in the order they came.
+    writes: Mutex<std::collections::VecDeque<(u64, DiskWrite)>>,
+    /// Their bytes.
+    write_bytes: AtomicU64,
     /// When the destination last said anything.
     heard: Mutex<Instant>,
     checkpoints: AtomicU64,
@@ -578,6 +589,8 @@ impl Backup {
     fn new() -> Backup {
         Backup {
             last: Mutex::new(None),
+            writes: Mutex::new(Default::default()),
+            write_bytes: AtomicU64::new(0),
             heard: Mutex::new(Instant::now()),
             checkpoints: AtomicU64::new(0),
             pages: AtomicU64::new(0),
@@ -609,6 +622,8 @@ impl Backup {
     /// sends its pages again in the next one).
     fn receive(&self, main: &Conn, ram: &GuestRam, acks: &Mutex<Out>, pages: usize) -> Result<()> {
         let mut staged: Vec<Page> = Vec::new();
+        let mut staged_writes: Vec<DiskWrite> = Vec::new();
+        let mut staged_write_bytes = 0u64;
         loop {
             let msg = wire::recv(&mut &*main, pages)
                 .map_err(|e| anyhow!(e).context("the destination went silent or its link broke"))?;
@@ -627,13 +642,43 @@ impl Backup {
                     self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                     staged.extend(list);
                 }
-                Msg::Checkpoint { seq, state } => {
+                Msg::CkptWrites(list) => {
+                    let bytes: u64 = list.iter().map(|w| w.wire_len() as u64).sum();
+                    staged_write_bytes += bytes;
+                    if staged_write_bytes + self.write_bytes.load(Ordering::Relaxed)
+                        > MAX_BACKUP_WRITE_BYTES
+                    {
+                        bail!(
+                            "the destination sent more than {} MiB of disk writes not yet on its images",
+                            MAX_BACKUP_WRITE_BYTES >> 20
+                        );
+                    }
+                    self.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    staged_writes.extend(list);
+                }
+                Msg::Checkpoint {
+                    seq,
+                    released,
+                    state,
+                } => {
                     if seq <= self.last_seq() {
                         bail!(
                             "the destination sent checkpoint {seq} after {}",
                             self.last_seq()
                         );
                     }
+                    {
+                        let mut w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                        w.extend(staged_writes.drain(..).map(|d| (seq, d)));
+                        // Those of checkpoints up to `released` are on the
+                        // images: a failover need not make them again.
+                        while w.front().is_some_and(|(s, _)| *s <= released) {
+                            w.pop_front();
+                        }
+                        let held: u64 = w.iter().map(|(_, d)| d.wire_len() as u64).sum();
+                        self.write_bytes.store(held, Ordering::Relaxed);
+                    }
+                    staged_write_bytes = 0;
                     self.bytes.fetch_add(state.len() as u64, Ordering::Relaxed);
                     self.pages.fetch_add(staged.len() as u64, Ordering::Relaxed);
                     for pg in staged.drain(..) {
@@ -1153,12 +1198,22 @@ impl Session<'_> {
                 format!("the destination is lost and checkpoint {seq} cannot be loaded; the VM stays paused here")
             })?;
         }
+        // The confirmed checkpoints' disk writes the destination may not
+        // have made: made here (again, in order) before the VM runs.
+        let writes: Vec<DiskWrite> = self
+            .backup
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .map(|(_, w)| w)
+            .collect();
         // A destination that hangs (rather than dies) may still hold the
         // disks' images: the VM waits here until it lets go.
         let waited = Instant::now();
         let mut said = false;
         loop {
-            match self.vm.resume() {
+            match self.vm.resume_with_disk_writes(&writes) {
                 Ok(()) => break,
                 Err(e) if waited.elapsed() < FAILOVER_RESUME_LIMIT => {
                     if !said {
@@ -1178,6 +1233,7 @@ impl Session<'_> {
         let f = &mut self.report.failover;
         f.failed_over = true;
         f.resumed_from_checkpoint = seq;
+        f.disk_writes_replayed = writes.len() as u64;
         f.failover_ms = lost_at.elapsed().as_secs_f64() * 1e3;
         f.checkpoints = self.backup.checkpoints.load(Ordering::Relaxed);
         f.checkpoint_pages = self.backup.pages.load(Ordering::Relaxed);

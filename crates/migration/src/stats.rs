@@ -368,6 +368,9 @@ pub struct Failover {
     pub failed_over: bool,
     /// The checkpoint it resumed from (0: the state of the switch itself).
     pub resumed_from_checkpoint: u64,
+    /// Disk writes of confirmed checkpoints the source made on the images
+    /// itself before resuming (the destination may not have made them).
+    pub disk_writes_replayed: u64,
     /// From the last word of the destination to the VM running here, ms.
     pub failover_ms: f64,
 }

@@ -70,7 +70,9 @@ use std::io::{self, Read, Write};
 /// Version 4: post-copy checkpoints back to the source (`Protect`,
 /// `CkptPages`, `Checkpoint`, `CheckpointAck`).
 /// Version 5: compressed page batches (`Packed`).
-/// Version 6: bulk channels (`Hello::bulk`, `Channel::Bulk`, `BulkEnd`).
+/// Version 6: bulk channels (`Hello::bulk`, `Channel::Bulk`, `BulkEnd`);
+/// a checkpoint's disk writes (`CkptWrites`) and the epoch the destination
+/// has on its disks (`Checkpoint::released`).
 pub const VERSION: u32 = 6;
 
 /// Most bulk connections beside the main one (`Params::channels` - 1).
@@ -224,6 +226,37 @@ pub struct Hello {
     pub bulk: u8,
 }
 
+/// A guest's write to a disk, held at the destination for a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskWrite {
+    /// The disk's virtio slot (the two boards are the same).
+    pub slot: u16,
+    /// Byte offset on the image.
+    pub off: u64,
+    pub op: DiskOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    Write(Vec<u8>),
+    /// Discard (or write zeroes over) this many bytes.
+    Discard(u64),
+}
+
+impl DiskWrite {
+    /// Bytes it takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        15 + match &self.op {
+            DiskOp::Write(d) => 4 + d.len(),
+            DiskOp::Discard(_) => 8,
+        }
+    }
+}
+
+/// Most bytes of disk writes in one `CkptWrites` frame (a single write
+/// may be larger: it goes alone).
+pub const MAX_WRITES_BYTES: usize = 4 << 20;
+
 /// One page in a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
@@ -274,10 +307,16 @@ pub enum Msg {
     /// Destination to source: pages the guest wrote at the destination,
     /// part of the checkpoint the next `Checkpoint` ends.
     CkptPages(Vec<Page>),
+    /// Destination to source: the disk writes the guest made since the
+    /// checkpoint before (after a broken link: since the last confirmed
+    /// one), in order, part of the checkpoint the next `Checkpoint` ends.
+    CkptWrites(Vec<DiskWrite>),
     /// Destination to source: ends checkpoint `seq` (the VM state taken in
-    /// the same pause as its pages).
+    /// the same pause as its pages). Every disk write of the checkpoints up
+    /// to `released` is on the images (flushed).
     Checkpoint {
         seq: u64,
+        released: u64,
         state: Vec<u8>,
     },
     /// Source to destination: checkpoint `seq` is complete at the source.
@@ -325,6 +364,7 @@ const T_CHECKPOINT: u8 = 20;
 const T_CHECKPOINT_ACK: u8 = 21;
 const T_PAGES_PACKED: u8 = 22;
 const T_BULK_END: u8 = 23;
+const T_CKPT_WRITES: u8 = 24;
 
 /// Largest unpacked body of a `Packed` batch: a full batch of data pages.
 /// A packed batch costs at most this much memory to unpack, whatever its
@@ -464,14 +504,42 @@ impl Msg {
                 b.extend_from_slice(&interval_ms.to_le_bytes());
                 b.extend_from_slice(&fence_ms.to_le_bytes());
             }
-            Msg::Checkpoint { seq, state } => {
+            Msg::Checkpoint {
+                seq,
+                released,
+                state,
+            } => {
                 b.push(T_CHECKPOINT);
                 b.extend_from_slice(&seq.to_le_bytes());
+                b.extend_from_slice(&released.to_le_bytes());
                 let mut h = crc32fast::Hasher::new();
                 h.update(&seq.to_le_bytes());
+                h.update(&released.to_le_bytes());
                 h.update(state);
                 b.extend_from_slice(&h.finalize().to_le_bytes());
                 b.extend_from_slice(state);
+            }
+            Msg::CkptWrites(list) => {
+                b.push(T_CKPT_WRITES);
+                let start = b.len();
+                b.extend_from_slice(&(list.len() as u32).to_le_bytes());
+                for w in list {
+                    b.extend_from_slice(&w.slot.to_le_bytes());
+                    b.extend_from_slice(&w.off.to_le_bytes());
+                    match &w.op {
+                        DiskOp::Write(d) => {
+                            b.push(0);
+                            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+                            b.extend_from_slice(d);
+                        }
+                        DiskOp::Discard(len) => {
+                            b.push(1);
+                            b.extend_from_slice(&len.to_le_bytes());
+                        }
+                    }
+                }
+                let crc = crc32fast::hash(&b[start..]);
+                b.extend_from_slice(&crc.to_le_bytes());
             }
             Msg::CheckpointAck(seq) => {
                 b.push(T_CHECKPOINT_ACK);
@@ -564,15 +632,47 @@ impl Msg {
             },
             T_CHECKPOINT => {
                 let seq = r.u64()?;
+                let released = r.u64()?;
                 let crc = r.u32()?;
                 let state = r.rest().to_vec();
                 let mut h = crc32fast::Hasher::new();
                 h.update(&seq.to_le_bytes());
+                h.update(&released.to_le_bytes());
                 h.update(&state);
                 if h.finalize() != crc {
                     return bad("checkpoint checksum mismatch (corrupted in transit)");
                 }
-                Msg::Checkpoint { seq, state }
+                Msg::Checkpoint {
+                    seq,
+                    released,
+                    state,
+                }
+            }
+            T_CKPT_WRITES => {
+                let start = r.at;
+                let n = r.u32()? as usize;
+                // At least 15 bytes a write: room for what the bytes left
+                // can hold, not for what the count claims.
+                let mut list = Vec::with_capacity(n.min(r.left() / 15));
+                for _ in 0..n {
+                    let slot = r.u16()?;
+                    let off = r.u64()?;
+                    let op = match r.u8()? {
+                        0 => {
+                            let len = r.u32()? as usize;
+                            DiskOp::Write(r.take(len)?.to_vec())
+                        }
+                        1 => DiskOp::Discard(r.u64()?),
+                        k => return bad(format!("unknown disk operation {k}")),
+                    };
+                    list.push(DiskWrite { slot, off, op });
+                }
+                let covered = &body[start..r.at];
+                let crc = r.u32()?;
+                if crc32fast::hash(covered) != crc {
+                    return bad("disk writes checksum mismatch (corrupted in transit)");
+                }
+                Msg::CkptWrites(list)
             }
             T_CHECKPOINT_ACK => Msg::CheckpointAck(r.u64()?),
             T_ROUND_END => Msg::RoundEnd(r.u32()?),
@@ -700,6 +800,7 @@ impl Msg {
             Msg::Protect { .. } => "Protect",
             Msg::CkptPages(_) => "CkptPages",
             Msg::Checkpoint { .. } => "Checkpoint",
+            Msg::CkptWrites(_) => "CkptWrites",
             Msg::CheckpointAck(_) => "CheckpointAck",
         }
     }
@@ -967,8 +1068,22 @@ mod tests {
             },
             Msg::Checkpoint {
                 seq: 7,
+                released: 5,
                 state: vec![9; 100],
             },
+            Msg::CkptWrites(vec![]),
+            Msg::CkptWrites(vec![
+                DiskWrite {
+                    slot: 2,
+                    off: u64::MAX - 511,
+                    op: DiskOp::Write(vec![1; 512]),
+                },
+                DiskWrite {
+                    slot: 0,
+                    off: 0,
+                    op: DiskOp::Discard(1 << 40),
+                },
+            ]),
             Msg::CkptPages(vec![Page {
                 index: 3,
                 data: None,

@@ -9,7 +9,8 @@
 use std::io::{self, Read};
 
 use godwit_migration::wire::{
-    self, Channel, Hello, Msg, Page, WireError, KIND_DATA, MAX_BATCH, MAX_FRAME, PAGE,
+    self, Channel, DiskOp, DiskWrite, Hello, Msg, Page, WireError, KIND_DATA, MAX_BATCH, MAX_FRAME,
+    PAGE,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -91,19 +92,39 @@ fn hello() -> impl Strategy<Value = Hello> {
         text(),
         text(),
         any::<bool>(),
+        (0u8..=16, 0u8..=wire::MAX_BULK),
     )
         .prop_map(
-            |(version, fault, session, ram_bytes, page_size, board, mode, resume)| Hello {
-                version,
-                channel: if fault { Channel::Fault } else { Channel::Main },
-                session,
-                ram_bytes,
-                page_size,
-                board,
-                mode,
-                resume,
+            |(version, fault, session, ram_bytes, page_size, board, mode, resume, (ch, bulk))| {
+                Hello {
+                    version,
+                    channel: match (fault, ch) {
+                        (true, _) => Channel::Fault,
+                        (false, c) if c < wire::MAX_BULK => Channel::Bulk(c),
+                        _ => Channel::Main,
+                    },
+                    session,
+                    ram_bytes,
+                    page_size,
+                    board,
+                    mode,
+                    resume,
+                    bulk,
+                }
             },
         )
+}
+
+fn disk_write() -> impl Strategy<Value = DiskWrite> {
+    (
+        any::<u16>(),
+        any::<u64>(),
+        prop_oneof![
+            vec(any::<u8>(), 0..1024).prop_map(DiskOp::Write),
+            any::<u64>().prop_map(DiskOp::Discard),
+        ],
+    )
+        .prop_map(|(slot, off, op)| DiskWrite { slot, off, op })
 }
 
 /// Any valid message for a RAM of `pages` pages.
@@ -136,9 +157,15 @@ fn msg(pages: usize) -> BoxedStrategy<Msg> {
                 fence_ms,
             })
             .boxed(),
-        (any::<u64>(), state.clone())
-            .prop_map(|(seq, state)| Msg::Checkpoint { seq, state })
+        (any::<u64>(), any::<u64>(), state.clone())
+            .prop_map(|(seq, released, state)| Msg::Checkpoint {
+                seq,
+                released,
+                state,
+            })
             .boxed(),
+        vec(disk_write(), 0..8).prop_map(Msg::CkptWrites).boxed(),
+        Just(Msg::BulkEnd).boxed(),
         any::<u64>().prop_map(Msg::CheckpointAck).boxed(),
         any::<u32>().prop_map(Msg::RoundEnd).boxed(),
         state.clone().prop_map(Msg::State).boxed(),
@@ -194,6 +221,7 @@ fn checksummed_msg() -> impl Strategy<Value = (usize, Msg)> {
                 | Msg::Switch { .. }
                 | Msg::Resume(_)
                 | Msg::Checkpoint { .. }
+                | Msg::CkptWrites(_)
         )
     })
 }

@@ -14,11 +14,12 @@ use crate::drive::{expected_devices, open_images, DriveSpec};
 use crate::netdev::host_devices;
 use crate::vm_control::VmControl;
 use anyhow::{anyhow, bail, Context, Result};
-use godwit_devices::{rarp_frame, Block, Net, NetBackend, WriteHold};
+use godwit_devices::{rarp_frame, Block, HeldWrite, Net, NetBackend, WriteHold};
 use godwit_machine::layout::RAM_BASE;
 use godwit_machine::tap::Tap;
 use godwit_machine::{BoardConfig, DeviceConfig, RunOutcome, Vm, VmHandle, VmState};
 use godwit_memory::GuestRam;
+use godwit_migration::wire::{DiskOp, DiskWrite};
 use godwit_migration::{dest, DestVm, Security, Status};
 use serde_json::{json, Map, Value};
 use std::net::TcpListener;
@@ -49,6 +50,9 @@ pub struct ReceiveOptions {
     /// Images for the VM's disks, in order: opened (and locked) only when
     /// the VM's state arrives, after the source flushed and let go of them.
     pub drives: Vec<DriveSpec>,
+    /// Testing: wait this long before making confirmed disk writes on the
+    /// images (0 in use).
+    pub disk_release_delay: Duration,
 }
 
 /// The thread a received VM runs on.
@@ -76,6 +80,7 @@ struct VmDest {
     checkpoint_paused: Mutex<bool>,
     /// Writable disks whose writes are held for checkpoints (slot, hold).
     disk_holds: Mutex<Vec<(usize, Arc<WriteHold>)>>,
+    disk_release_delay: Duration,
 }
 
 impl VmDest {
@@ -219,6 +224,9 @@ impl DestVm for VmDest {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        if epoch.is_some() && !holds.is_empty() {
+            std::thread::sleep(self.disk_release_delay);
+        }
         for (slot, h) in &holds {
             if let Err(e) = h.release(epoch) {
                 eprintln!("godwit: disk in slot {slot}: a held write failed on the image: {e}");
@@ -229,6 +237,28 @@ impl DestVm for VmDest {
                 vm.with_device::<Net, _>(slot, |n| n.release_output(epoch));
             }
         }
+    }
+    fn held_disk_writes(&self, from: u64, to: u64) -> Vec<DiskWrite> {
+        let holds = self
+            .disk_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut out = Vec::new();
+        for (slot, h) in &holds {
+            for w in h.held_in(from, to) {
+                let (off, op) = match w {
+                    HeldWrite::Write { off, data } => (off, DiskOp::Write(data)),
+                    HeldWrite::Discard { off, len } => (off, DiskOp::Discard(len)),
+                };
+                out.push(DiskWrite {
+                    slot: *slot as u16,
+                    off,
+                    op,
+                });
+            }
+        }
+        out
     }
     fn held_output(&self) -> Value {
         let Ok(vm) = self.handle() else {
@@ -568,6 +598,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<i32> {
         control: control.clone(),
         checkpoint_paused: Mutex::new(false),
         disk_holds: Mutex::new(Vec::new()),
+        disk_release_delay: opts.disk_release_delay,
     };
     let received = incoming.run(&dvm, opts.report_after, &|resumed, completed| {
         console::dest_view(&beats, resumed, completed)

@@ -5,8 +5,10 @@
 use crate::console::{self, Heartbeats};
 use crate::control::EventSender;
 use anyhow::{anyhow, Result};
+use godwit_devices::{Block, HeldWrite};
 use godwit_machine::VmHandle;
 use godwit_memory::GuestRam;
+use godwit_migration::wire::{DiskOp, DiskWrite};
 use godwit_migration::{source, Mode, Params, Progress, SourceVm, Status};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -56,6 +58,45 @@ impl SourceVm for VmSource {
         self.vm.resume().map_err(gone)?;
         crate::netdev::announce_once(&self.vm, true);
         Ok(())
+    }
+    fn resume_with_disk_writes(&self, writes: &[DiskWrite]) -> Result<()> {
+        self.vm
+            .reacquire_disks()
+            .map_err(|e| anyhow!(e).context("cannot take the disks back; the VM stays paused"))?;
+        let mut slots: Vec<u16> = writes.iter().map(|w| w.slot).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots {
+            let list: Vec<HeldWrite> = writes
+                .iter()
+                .filter(|w| w.slot == slot)
+                .map(|w| match &w.op {
+                    DiskOp::Write(data) => HeldWrite::Write {
+                        off: w.off,
+                        data: data.clone(),
+                    },
+                    DiskOp::Discard(len) => HeldWrite::Discard {
+                        off: w.off,
+                        len: *len,
+                    },
+                })
+                .collect();
+            match self
+                .vm
+                .with_device::<Block, _>(usize::from(slot), |b| b.replay(&list))
+            {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    return Err(anyhow!(e).context(format!(
+                        "cannot make the checkpoints' writes on the disk in slot {slot}; the VM stays paused"
+                    )))
+                }
+                None => anyhow::bail!(
+                    "the destination kept disk writes for slot {slot}, which holds no disk here"
+                ),
+            }
+        }
+        self.resume()
     }
     fn take_host_frames(&self) -> Result<Vec<(u16, Vec<u8>)>> {
         Ok(crate::netdev::take_frames(&self.vm))

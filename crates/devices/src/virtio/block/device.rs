@@ -1,7 +1,7 @@
 //! The block device: configuration space, request validation and the I/O.
 
 use super::backend::BlockBackend;
-use super::hold::{Detached, Holding, WriteHold};
+use super::hold::{Detached, HeldWrite, Holding, WriteHold};
 use super::state::{BlockCounters, BlockState};
 use crate::virtio::queue::{DescriptorChain, SplitQueue};
 use crate::virtio::{device_id, DeviceEvents, DeviceState, VirtioDevice};
@@ -325,6 +325,24 @@ impl Block {
         self.backend = Box::new(Holding(h.clone()));
         self.hold = Some(h.clone());
         h
+    }
+
+    /// Makes `writes` on the image, in order, then flushes it: the writes
+    /// of checkpoints a lost destination confirmed but may not have made
+    /// (a failover resumes from such a checkpoint). Making one twice is
+    /// harmless: the list is replayed whole and in order. The backend must
+    /// be attached.
+    pub fn replay(&mut self, writes: &[HeldWrite]) -> io::Result<()> {
+        if self.released {
+            return Err(io::Error::other("the disk is released"));
+        }
+        for w in writes {
+            match w {
+                HeldWrite::Write { off, data } => self.backend.write_at(data, *off)?,
+                HeldWrite::Discard { off, len } => self.backend.discard(*off, *len)?,
+            }
+        }
+        self.backend.flush()
     }
 
     // ---- host-side queries and control

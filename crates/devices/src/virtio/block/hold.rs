@@ -35,15 +35,29 @@ pub struct HeldWriteStats {
     pub wait_us_max: f64,
 }
 
-enum Op {
-    Write { off: u64, data: Vec<u8> },
-    Discard { off: u64, len: u64 },
+/// A write (or discard) held for a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldWrite {
+    /// `data` written at byte `off`.
+    Write {
+        /// Byte offset on the image.
+        off: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// `len` bytes from `off` discarded.
+    Discard {
+        /// Byte offset on the image.
+        off: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 struct Held {
     epoch: u64,
     at: Instant,
-    op: Op,
+    op: HeldWrite,
 }
 
 struct Inner {
@@ -114,12 +128,12 @@ impl WriteHold {
             };
             any = true;
             let r = match &h.op {
-                Op::Write { off, data } => {
+                HeldWrite::Write { off, data } => {
                     g.bytes -= data.len();
                     g.stats.released_bytes += data.len() as u64;
                     g.backend.write_at(data, *off)
                 }
-                Op::Discard { off, len } => g.backend.discard(*off, *len),
+                HeldWrite::Discard { off, len } => g.backend.discard(*off, *len),
             };
             g.stats.released += 1;
             let us = now.saturating_duration_since(h.at).as_secs_f64() * 1e6;
@@ -142,6 +156,18 @@ impl WriteHold {
         drop(g);
         self.room.notify_all();
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Copies of the held writes of epochs `from..to`, in the order the
+    /// guest made them (for the checkpoint that covers them, so that the
+    /// source can make them itself if this side is lost before it does).
+    pub fn held_in(&self, from: u64, to: u64) -> Vec<HeldWrite> {
+        self.lock()
+            .writes
+            .iter()
+            .filter(|h| (from..to).contains(&h.epoch))
+            .map(|h| h.op.clone())
+            .collect()
     }
 
     /// What the hold did so far.
@@ -170,7 +196,7 @@ impl BlockBackend for Holding {
         let end = off + buf.len() as u64;
         // Later writes over earlier ones: in the order they were made.
         for h in &g.writes {
-            if let Op::Write { off: w, data } = &h.op {
+            if let HeldWrite::Write { off: w, data } = &h.op {
                 let wend = w + data.len() as u64;
                 let (from, to) = (off.max(*w), end.min(wend));
                 if from < to {
@@ -195,7 +221,7 @@ impl BlockBackend for Holding {
                 g.writes.push_back(Held {
                     epoch,
                     at: Instant::now(),
-                    op: Op::Write {
+                    op: HeldWrite::Write {
                         off,
                         data: buf.to_vec(),
                     },
@@ -234,7 +260,7 @@ impl BlockBackend for Holding {
         g.writes.push_back(Held {
             epoch,
             at: Instant::now(),
-            op: Op::Discard { off, len },
+            op: HeldWrite::Discard { off, len },
         });
         Ok(())
     }

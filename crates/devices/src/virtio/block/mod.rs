@@ -98,5 +98,5 @@ mod tests;
 
 pub use backend::{BlockBackend, DiskOpenError, FileDisk};
 pub use device::*;
-pub use hold::{HeldWriteStats, WriteHold};
+pub use hold::{HeldWrite, HeldWriteStats, WriteHold};
 pub use state::{BlockCounters, BlockState};

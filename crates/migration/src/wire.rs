@@ -17,7 +17,11 @@
 //! The source opens the **main** connection, then the **fault** connection,
 //! each starting with `Hello` (same session id). The destination answers each
 //! with `Accept` or `Refuse(reason)`; a refusal (protocol version, RAM size,
-//! page size) reaches the source before the guest is paused.
+//! page size) reaches the source before the guest is paused. With bulk
+//! channels (`Hello(main).bulk` = N), N bulk connections follow, each with
+//! `Hello(Bulk(n))` answered `Accept`; they carry shares of the pre-copy
+//! rounds' and the stop-and-copy pass's `Pages` (a page always on the same
+//! one) and end with `BulkEnd` before `State` or `Switch` goes on main.
 //!
 //! ```text
 //!  stop-and-copy / pre-copy                 post-copy / hybrid
@@ -44,7 +48,7 @@
 //! while the VM runs at the destination:
 //!
 //! ```text
-//!                                ◀──main──── CkptPages ... Checkpoint(seq, state)   every interval
+//!                                ◀──main──── CkptPages ... CkptWrites ... Checkpoint(seq, released, state)   every interval
 //!  CheckpointAck(seq) ──fault──▶                                   (also repeated as a heartbeat)
 //!                                ◀──main──── Complete
 //!  CheckpointAck(MAX) ──main───▶            the source will not resume the VM any more

@@ -500,6 +500,9 @@ struct Strategy {
     /// multifd ([`QEMU_MULTIFD_CHANNELS`] channels) with this
     /// `multifd-compression`.
     compress: Option<&'static str>,
+    /// Godwit's bulk channels (`--channels`; QEMU's compressed cells use
+    /// [`QEMU_MULTIFD_CHANNELS`]).
+    channels: u32,
 }
 
 /// QEMU's multifd channels in its compressed pre-copy: one per host core.
@@ -514,13 +517,20 @@ const PRECOPY_ZSTD_AC: Strategy = Strategy {
     compress: Some("zstd"),
     ..PRECOPY_AC
 };
+/// As QEMU's compressed cells: zstd and auto-converge over as many
+/// channels.
+const PRECOPY_ZSTD_AC_MFD: Strategy = Strategy {
+    channels: QEMU_MULTIFD_CHANNELS,
+    ..PRECOPY_ZSTD_AC
+};
 
 /// Every strategy the paper compares, in table order.
-const STRATEGIES: [Strategy; 9] = [
+const STRATEGIES: [Strategy; 10] = [
     Strategy::plain("stop-and-copy", None),
     PRECOPY,
     PRECOPY_AC,
     PRECOPY_ZSTD_AC,
+    PRECOPY_ZSTD_AC_MFD,
     Strategy::plain("postcopy", Some("none")),
     Strategy::plain("postcopy", Some("forward")),
     Strategy::plain("postcopy", Some("dual")),
@@ -593,6 +603,7 @@ impl Strategy {
             prepaging,
             auto_converge: false,
             compress: None,
+            channels: 1,
         }
     }
 
@@ -608,6 +619,9 @@ impl Strategy {
         }
         if self.auto_converge {
             id += "-ac";
+        }
+        if self.channels > 1 {
+            id += &format!("-mfd{}", self.channels);
         }
         id
     }
@@ -645,6 +659,8 @@ impl Cell {
             }
         } else if let Some(p) = st.prepaging {
             parts.push(p.into());
+        } else if st.channels > 1 {
+            parts.push(format!("multifd×{}", st.channels));
         }
         if let Some(c) = st.compress {
             parts.push(c.into());
@@ -1167,6 +1183,9 @@ impl CellRun<'_> {
         }
         if let Some(c) = cell.strategy.compress {
             migrate.args(["--compress", c]);
+        }
+        if cell.strategy.channels > 1 {
+            migrate.args(["--channels", &cell.strategy.channels.to_string()]);
         }
         if cell.strategy.auto_converge {
             migrate.arg("--auto-converge");
@@ -2588,7 +2607,7 @@ mod tests {
     #[test]
     fn matrices() {
         let quick = matrix(Preset::Quick);
-        assert_eq!(quick.len(), 18 + 2 * 5);
+        assert_eq!(quick.len(), 20 + 2 * 5);
         assert!(quick
             .iter()
             .all(|c| c.balloon && c.workload.wws_mb() == Some(64)));
@@ -2603,14 +2622,17 @@ mod tests {
         assert!(qemu.contains(&"memtouch-wws64-pps20000-balloon-qemu-precopy-zstd-ac".to_string()));
         assert_eq!(select(quick.clone(), Some("qemu")).len(), 10);
         // Alternatives and negations.
-        assert_eq!(select(quick.clone(), Some("stop|zstd,!qemu")).len(), 4);
+        assert_eq!(select(quick.clone(), Some("stop|zstd,!qemu")).len(), 6);
+        assert!(quick
+            .iter()
+            .any(|c| c.id() == "memtouch-wws64-busy-balloon-precopy-zstd-ac-mfd2"));
         assert_eq!(
             select(quick, Some("pps20000,precopy|hybrid,!rearm")).len(),
-            4 + 4
+            5 + 4
         );
         let full = matrix(Preset::Full);
         // Godwit: every strategy everywhere; QEMU: the fixed-rate WWS sweep, balloon on.
-        assert_eq!(full.len(), (10 + 3) * 2 * 9 + 5 * 2 * 5);
+        assert_eq!(full.len(), (10 + 3) * 2 * 10 + 5 * 2 * 5);
         let ids: BTreeSet<String> = full.iter().map(Cell::id).collect();
         assert_eq!(ids.len(), full.len(), "cell ids are unique");
         assert!(ids.contains("memtouch-wws256-busy-noballoon-postcopy-multi-pivot"));

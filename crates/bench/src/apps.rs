@@ -155,6 +155,8 @@ struct Cell {
     compress: Option<&'static str>,
     /// Pre-copy's auto-converge (the vCPU throttle).
     auto_converge: bool,
+    /// Godwit's bulk channels (`--channels`).
+    channels: u32,
 }
 
 impl Cell {
@@ -167,6 +169,7 @@ impl Cell {
             vmm: Vmm::Godwit,
             compress: None,
             auto_converge: false,
+            channels: 1,
         }
     }
 
@@ -189,6 +192,9 @@ impl Cell {
         if self.auto_converge {
             id.push_str("-ac");
         }
+        if self.channels > 1 {
+            id.push_str(&format!("-mfd{}", self.channels));
+        }
         if !self.balloon {
             id.push_str("-noballoon");
         }
@@ -206,6 +212,9 @@ impl Cell {
         }
         if self.auto_converge {
             l += " +auto-converge";
+        }
+        if self.channels > 1 {
+            l += &format!(" +multifd×{}", self.channels);
         }
         if self.vmm != Vmm::Godwit {
             l += &format!(" ({})", self.vmm.name());
@@ -246,10 +255,18 @@ fn matrix(quick: bool) -> Vec<Cell> {
         }
         // Pre-copy with its bulk transfer compressed, and with
         // auto-converge too (QEMU's tuned cell below does the same).
-        for (compress, auto_converge) in [("lz4", false), ("zstd", false), ("zstd", true)] {
+        // Then zstd spread over as many channels as QEMU's multifd gets.
+        for (compress, auto_converge, channels) in [
+            ("lz4", false, 1),
+            ("zstd", false, 1),
+            ("zstd", true, 1),
+            ("zstd", false, QEMU_MULTIFD_CHANNELS),
+            ("zstd", true, QEMU_MULTIFD_CHANNELS),
+        ] {
             v.push(Cell {
                 compress: Some(compress),
                 auto_converge,
+                channels,
                 ..Cell::new(app, "precopy", None)
             });
         }
@@ -409,6 +426,7 @@ pub fn run(o: &Options) -> Result<i32> {
             rec["balloon"] = json!(cell.balloon);
             rec["compress"] = json!(cell.compress);
             rec["auto_converge"] = json!(cell.auto_converge);
+            rec["channels"] = json!(cell.channels);
             rec["vmm"] = json!(cell.vmm.name());
             rec["run"] = json!(run);
             rec["wall_s"] = json!(t0.elapsed().as_secs_f64());
@@ -1857,6 +1875,9 @@ impl<'a> Run<'a> {
         if cell.auto_converge {
             m.arg("--auto-converge");
         }
+        if cell.channels > 1 {
+            m.args(["--channels", &cell.channels.to_string()]);
+        }
         m.arg("--json").arg(report_path);
         m.args(["--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
         self.procs
@@ -2096,8 +2117,10 @@ mod tests {
     #[test]
     fn cells_values_and_series() {
         let ids: Vec<String> = matrix(false).iter().map(Cell::id).collect();
-        assert_eq!(ids.len(), 4 * 12 + 1 + 3 * 4);
+        assert_eq!(ids.len(), 4 * 14 + 1 + 3 * 4);
         assert!(ids.contains(&"kv-precopy-lz4".to_string()));
+        assert!(ids.contains(&"kv-precopy-zstd-ac-mfd2".to_string()));
+        assert!(ids.contains(&"web-precopy-zstd-mfd2".to_string()));
         assert!(ids.contains(&"build-precopy-zstd-ac".to_string()));
         assert!(ids.contains(&"web-qemu-precopy-multifd-zstd-ac".to_string()));
         assert!(ids.contains(&"web-qemu-rearm-postcopy".to_string()));

@@ -2242,6 +2242,8 @@ impl Bench {
                         .as_ref()
                         .and_then(|v| v["prepaging"].as_str().map(String::from))
                 })
+                // Pre-copy's "n/a" says less than the cell's own label.
+                .filter(|p| p != "n/a")
                 .unwrap_or_else(|| cell.strategy_label());
             let bytes: Vec<f64> = rep("bytes_sent").iter().map(|b| b / 1e6).collect();
             let runs_ok = if ok.len() == all.len() {

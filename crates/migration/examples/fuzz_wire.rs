@@ -165,6 +165,7 @@ fn seeds() -> Vec<Vec<u8>> {
             board: r#"{"harts":1,"ram_bytes":819200,"devices":["Balloon"]}"#.into(),
             mode: mode.into(),
             resume,
+            bulk: if channel == Channel::Main { 2 } else { 0 },
         })
     };
     let mut pending = vec![u64::MAX; SEED_PAGES.div_ceil(64)];
@@ -172,6 +173,7 @@ fn seeds() -> Vec<Vec<u8>> {
     let msgs = [
         hello(Channel::Main, "postcopy", false),
         hello(Channel::Fault, "hybrid ✓ 🐦", true),
+        hello(Channel::Bulk(1), "precopy", false),
         Msg::Accept,
         Msg::Refuse("RAM size differs: 1 GiB here".into()),
         Msg::Pages(vec![]),
@@ -207,6 +209,12 @@ fn seeds() -> Vec<Vec<u8>> {
         Msg::Go,
         Msg::Demand(vec![0, 1, (SEED_PAGES - 1) as u32]),
         Msg::PushDone,
+        Msg::BulkEnd,
+        Msg::CkptWrites(vec![wire::DiskWrite {
+            slot: 1,
+            off: 512,
+            op: wire::DiskOp::Write(vec![3; 512]),
+        }]),
         Msg::Complete,
         Msg::Report("{\"pages\": 200, \"ok\": true}".into()),
         Msg::Cancel("user".into()),

@@ -305,7 +305,7 @@ pub fn accept(
             continue;
         };
         if hello.channel != Channel::Main {
-            gate.stray(peer, "a fault connection of no migration");
+            gate.stray(peer, "a fault or bulk connection of no migration");
             continue;
         }
         let verdict = if hello.version != wire::VERSION {

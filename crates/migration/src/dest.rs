@@ -353,11 +353,7 @@ fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
         if a.hello.channel == Channel::Fault && a.hello.session == session {
             break a.conn;
         }
-        let _ = wire::send(
-            &mut &a.conn,
-            &Msg::Refuse("this destination is receiving another migration".into()),
-        );
-        gate.stray(a.peer, "another migration while one is being set up");
+        refuse_another(gate, a);
     };
     fault
         .mark_fault_path()
@@ -369,6 +365,15 @@ fn accept_fault(gate: &Gate, session: u64, main: &Conn) -> Result<Conn> {
         s.set_write_timeout(Some(PEER_TIMEOUT))?;
     }
     Ok(fault)
+}
+
+/// Turns away a connection that arrived while a migration is being set up.
+fn refuse_another(gate: &Gate, a: Arrival) {
+    let _ = wire::send(
+        &mut &a.conn,
+        &Msg::Refuse("this destination is receiving another migration".into()),
+    );
+    gate.stray(a.peer, "another migration while one is being set up");
 }
 
 /// After the fault connection: waits for the `hello.bulk` bulk connections
@@ -397,13 +402,7 @@ fn accept_bulk(gate: &Gate, hello: &Hello) -> Result<Vec<Arc<Conn>>> {
                     _ => bail!("the source opened bulk connection {n} twice or beyond its {want}"),
                 }
             }
-            _ => {
-                let _ = wire::send(
-                    &mut &a.conn,
-                    &Msg::Refuse("this destination is receiving another migration".into()),
-                );
-                gate.stray(a.peer, "another migration while one is being set up");
-            }
+            _ => refuse_another(gate, a),
         }
     }
     let mut out = Vec::new();

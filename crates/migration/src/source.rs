@@ -111,6 +111,14 @@ struct Packed {
     ns: u64,
 }
 
+impl Packed {
+    fn add(&mut self, o: &Packed) {
+        self.plain_bytes += o.plain_bytes;
+        self.wire_bytes += o.wire_bytes;
+        self.ns += o.ns;
+    }
+}
+
 impl<'a> Out<'a> {
     fn new(w: BufWriter<&'a Conn>, progress: &'a Progress) -> Out<'a> {
         Out {
@@ -255,7 +263,7 @@ impl<'c> Bulk<'c> {
         let (done_tx, done) = std::sync::mpsc::channel();
         let mut jobs = Vec::new();
         for c in conns {
-            let mut packer = match codec {
+            let packer = match codec {
                 Codec::None => None,
                 c => Some(Packer::new(c)?),
             };
@@ -263,7 +271,7 @@ impl<'c> Bulk<'c> {
             let done_tx = done_tx.clone();
             scope.spawn(move || {
                 let mut out = Out::new(BufWriter::with_capacity(1 << 20, c), progress);
-                out.packer = packer.take();
+                out.packer = packer;
                 while let Ok(job) = rx.recv() {
                     match job {
                         Job::Pages(list, pass) => {
@@ -358,11 +366,7 @@ impl<'c> Bulk<'c> {
         }
         for _ in 0..self.jobs.len() {
             match self.done.recv() {
-                Ok(Done::Ended(Ok(p))) => {
-                    out.packed.plain_bytes += p.plain_bytes;
-                    out.packed.wire_bytes += p.wire_bytes;
-                    out.packed.ns += p.ns;
-                }
+                Ok(Done::Ended(Ok(p))) => out.packed.add(&p),
                 Ok(Done::Ended(Err(e))) => return Err(e.context("ending a bulk connection")),
                 _ => bail!("a bulk channel's thread ended"),
             }
